@@ -1,0 +1,266 @@
+"""Data modules. Every dataset here fits in memory, so each split is held as one tensor
+of pixel values in [0, 1] with shape (N, C, H, W) and batched by index, with no per-example
+Python work.
+
+Binarisation (for the Bernoulli likelihood): training batches are re-sampled every step
+(dynamic binarisation, on the device the batch lands on); validation and test sets are
+binarised once with fixed seeds, so every run and every checkpoint is scored on the same bits.
+"""
+import gzip
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Fixed seeds for the data splits and the val/test binarisation: independent of the run's
+# `seed`, so runs with different seeds are compared on the same examples.
+VAL_BINARIZE_SEED = 1
+TEST_BINARIZE_SEED = 2
+
+
+class _Rows(Dataset):
+    """Rows of aligned tensors; `__getitems__` lets a DataLoader fetch a whole batch with one
+    index operation instead of one call per example."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i):
+        return [t[i] for t in self.tensors]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        return [t[idx] for t in self.tensors]
+
+
+def _as_batch(batch):
+    return batch
+
+
+def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    """x_bin ~ Bernoulli(x), with a private generator when a seed is given."""
+    if seed is None:
+        return torch.bernoulli(x)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=g)
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """A dataset held as tensors. Subclasses set `shape` (C, H, W) and implement `load()`,
+    returning (train_x, train_y, test_x, test_y) with x as floats in [0, 1]."""
+
+    shape: tuple[int, int, int]
+    name = "dataset"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int | float = 0.1,
+        binarize: bool | None = True,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        likelihood: str | None = None,  # the dataset's default p(x|z), read by the model config
+    ):
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"data.{key}={value!r} is not a valid batch size; use an integer >= 1, e.g. data.{key}=128.")
+        self.data_dir = Path(os.path.expanduser(str(data_dir)))
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.binarize = bool(binarize)
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _n_val(self, n: int) -> int:
+        v = self.val_size
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"data.val_size={v!r} must be a number of examples or a fraction in (0, 1).")
+        n_val = int(v) if isinstance(v, int) or v >= 1 else round(v * n)
+        if not 1 <= n_val < n:
+            raise UserError(
+                f"data.val_size={v!r} gives {n_val} validation examples, but the {self.name} training set has {n}; "
+                f"use a count between 1 and {n - 1} or a fraction in (0, 1), e.g. data.val_size=0.1."
+            )
+        return n_val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        n_val = self._n_val(len(train_x))
+        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        val_x = train_x[val_idx]
+        if self.binarize:
+            val_x, test_x = binarize(val_x, VAL_BINARIZE_SEED), binarize(test_x, TEST_BINARIZE_SEED)
+        self._splits = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (val_x, train_y[val_idx]),
+            "test": (test_x, test_y),
+        }
+        log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, len(train_idx), n_val,
+                 len(test_x), tuple(self.shape), ", binarised" if self.binarize else "")
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.setup()
+        return self._splits[name]
+
+    def train_pixel_mean(self) -> torch.Tensor:
+        """Mean of the training images, per pixel: what a factorised model of x would predict."""
+        return self.split("train")[0].mean(0)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(_Rows(*self.split(split)), batch_size=batch_size, shuffle=shuffle,
+                          collate_fn=_as_batch, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Dynamic binarisation: a fresh Bernoulli draw of each training batch, on its device.
+        if self.binarize and self.trainer is not None and self.trainer.training:
+            batch = [binarize(batch[0]), *batch[1:]]
+        return batch
+
+
+class Digits(InMemoryDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, values 0..16): no download.
+
+    There is no official test split, so a fixed `test_size` examples (chosen with a fixed seed)
+    are held out as the test set.
+    """
+
+    shape = (1, 8, 8)
+    name = "digits"
+
+    def __init__(self, test_size: int = 297, **kwargs):
+        super().__init__(**kwargs)
+        self.test_size = test_size
+
+    def load(self):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.data, dtype=torch.float32).view(-1, *self.shape) / 16.0
+        y = torch.tensor(d.target, dtype=torch.long)
+        if not 1 <= self.test_size < len(x) - 1:
+            raise UserError(f"data.test_size={self.test_size!r} must be between 1 and {len(x) - 2} for digits.")
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(12345))
+        test, train = perm[: self.test_size], perm[self.test_size:]
+        return x[train], y[train], x[test], y[test]
+
+
+class _TorchvisionIDX(InMemoryDataModule):
+    """MNIST-format datasets read through torchvision from `data_dir`, downloaded if absent."""
+
+    shape = (1, 28, 28)
+    install_hint = ""
+    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    @property
+    def dataset_class(self):
+        raise NotImplementedError
+
+    def _raw_dir(self) -> Path:
+        return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    def _extra_sources(self) -> list[Path]:
+        """Other folders holding the gzipped IDX files (e.g. a distribution's package)."""
+        return []
+
+    def _copy_from_extra_sources(self) -> None:
+        raw = self._raw_dir()
+        if all((raw / f).exists() for f in self.files):
+            return
+        for src in self._extra_sources():
+            if all((src / f"{f}.gz").exists() for f in self.files):
+                raw.mkdir(parents=True, exist_ok=True)
+                for f in self.files:
+                    tmp = raw / f"{f}.part"
+                    with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                    tmp.replace(raw / f)  # rename last: a killed copy never looks complete
+                log.info("%s: unpacked the IDX files from %s into %s", self.name, src, raw)
+                return
+
+    def prepare_data(self) -> None:
+        self._open(train=True)
+        self._open(train=False)
+
+    def _open(self, train: bool):
+        cls = self.dataset_class
+        self._copy_from_extra_sources()
+        try:
+            return cls(str(self.data_dir), train=train, download=False)
+        except RuntimeError:
+            pass  # not on disk: try the real download below
+        try:
+            return cls(str(self.data_dir), train=train, download=True)
+        except Exception as e:  # offline, proxy, HTTP errors: all end the same way for the user
+            where = [str(self._raw_dir())] + [str(p) for p in self._extra_sources()]
+            raise UserError(
+                f"{self.name} is not on disk and could not be downloaded ({str(e).strip().splitlines()[0]}). "
+                f"Looked in: {'; '.join(where)}. Supply the files by running once with network access "
+                f"(it downloads into data.data_dir={str(self.data_dir)!r}), or by copying the four files "
+                f"{', '.join(self.files)} (optionally .gz) into {self._raw_dir()}, or point data.data_dir "
+                f"at a folder that already holds them.{self.install_hint}"
+            ) from e
+
+    def load(self):
+        train, test = self._open(train=True), self._open(train=False)
+        def x(ds):
+            return ds.data.to(torch.float32).div_(255.0).unsqueeze(1)
+        return x(train), train.targets.long(), x(test), test.targets.long()
+
+
+class MNIST(_TorchvisionIDX):
+    name = "mnist"
+
+    @property
+    def dataset_class(self):
+        from torchvision.datasets import MNIST as cls
+        return cls
+
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class FashionMNIST(_TorchvisionIDX):
+    """Fashion-MNIST; besides `data_dir` and the download, also found in the files of the
+    Debian package dataset-fashion-mnist, which are unpacked into `data_dir` on first use."""
+
+    name = "fashion_mnist"
+    install_hint = " On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` provides them."
+
+    @property
+    def dataset_class(self):
+        from torchvision.datasets import FashionMNIST as cls
+        return cls
+
+    def _extra_sources(self) -> list[Path]:
+        return [DEBIAN_FASHION_MNIST]

@@ -1,0 +1,40 @@
+"""The objective, as pure functions of tensors.
+
+ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)),  q = N(mu, diag(sigma^2)), p(z) = N(0, I).
+Every function returns per-example values (summed over data or latent dimensions);
+averaging over examples is left to the caller.
+"""
+import math
+
+import torch
+
+
+def kl_analytic(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-dimension KL(N(mu, sigma^2) || N(0, 1)) in closed form.
+
+    KL = -1/2 (1 + log sigma^2 - mu^2 - sigma^2)   (Kingma & Welling 2014, appendix B).
+    Sum over the last axis for the KL of the diagonal Gaussian.
+    """
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
+def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last axis."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last axis: the prior p(z)."""
+    return -0.5 * (math.log(2 * math.pi) + z.pow(2)).sum(-1)
+
+
+def kl_mc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Single-sample Monte Carlo KL estimate log q(z|x) - log p(z) at z ~ q(z|x)."""
+    return log_normal_diag(z, mu, logvar) - log_standard_normal(z)
+
+
+def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
+    """The KL's weight in the optimised loss: beta, ramped linearly from 0 over warmup_steps."""
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, step / warmup_steps)

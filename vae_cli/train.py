@@ -1,0 +1,108 @@
+"""vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+log = logging.getLogger("vae_cli")
+
+
+def _route_lightning_logs() -> None:
+    # Lightning's loggers carry their own handler and do not propagate, so their lines would
+    # miss the run's log file that Hydra sets up on the root logger.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    # All data lives in memory and is batched by index: worker processes would only add cost.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def resolve_ckpt_path(ckpt_path) -> str | None:
+    """A checkpoint file, or a run directory meaning its checkpoints/last.ckpt."""
+    if ckpt_path is None:
+        return None
+    p = Path(str(ckpt_path)).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise UserError(
+            f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {p}. Pass a .ckpt file or a run directory "
+            "that holds checkpoints/last.ckpt, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt."
+        )
+    return str(p)
+
+
+def fit(cfg: DictConfig) -> dict:
+    """Train and test one run; returns the metrics written to metrics.json."""
+    import pytorch_lightning as pl
+
+    _route_lightning_logs()
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    binarize = cfg.data.binarize
+    if binarize is None:
+        binarize = cfg.model.likelihood == "bernoulli"
+    datamodule = instantiate(cfg.data, binarize=binarize)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
+    model = instantiate(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,
+                        beta=cfg.objective.beta, warmup_steps=cfg.objective.warmup_steps)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - start
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    metrics = {
+        **{k: float(v) for k, v in sorted(test_metrics.items())},
+        "best_val_elbo": float(best_score) if best_score is not None else None,
+        "best_checkpoint": os.path.relpath(best, run_dir) if best else None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": round(train_seconds, 3),
+        "seed": cfg.seed,
+    }
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(run_dir / "metrics.json")
+    log.info("test: elbo %.4f  recon_loss %.4f  kl %.4f  bpd %.4f  (%s)", metrics["test/elbo"],
+             metrics["test/recon_loss"], metrics["test/kl"], metrics["test/bpd"], run_dir / "metrics.json")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def train(cfg: DictConfig) -> float:
+    """Hydra's task function; returns the best validation ELBO so any sweeper can maximise it."""
+    try:
+        metrics = fit(cfg)
+    except UserError as e:
+        log.error("%s", e)
+        print(f"vae-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
+
+
+def main() -> None:
+    train()
+
+
+if __name__ == "__main__":
+    main()
