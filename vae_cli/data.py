@@ -94,8 +94,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         v = self.val_size
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise UserError(f"data.val_size={v!r} must be a number of examples or a fraction in (0, 1).")
-        n_val = int(v) if isinstance(v, int) or v >= 1 else round(v * n)
-        if not 1 <= n_val < n:
+        fraction = isinstance(v, float) and 0 < v < 1
+        n_val = round(v * n) if fraction else int(v)
+        if not (fraction or float(v).is_integer()) or not 1 <= n_val < n:
             raise UserError(
                 f"data.val_size={v!r} gives {n_val} validation examples, but the {self.name} training set has {n}; "
                 f"use a count between 1 and {n - 1} or a fraction in (0, 1), e.g. data.val_size=0.1."

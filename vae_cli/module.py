@@ -11,6 +11,9 @@ from .likelihoods import make_likelihood
 from .nets import MLPDecoder, MLPEncoder, check_sizes, reparameterize
 
 
+METRICS = ("loss", "recon_loss", "kl", "elbo", "bpd")
+
+
 class VAE(pl.LightningModule):
     def __init__(
         self,
@@ -38,6 +41,7 @@ class VAE(pl.LightningModule):
         self.encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
         self.decoder = MLPDecoder(data_shape, hidden_dims, latent_dim, activation)
         self.n_dims = math.prod(data_shape)
+        self._epoch_sums, self._epoch_count = None, 0
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example (recon_loss, kl): -log p(x|z) at one reparameterised z ~ q(z|x),
@@ -48,25 +52,45 @@ class VAE(pl.LightningModule):
         kl = kl_analytic(mu, logvar).sum(-1)
         return recon, kl
 
-    def _step(self, batch, split: str) -> torch.Tensor:
-        x = batch[0]
+    def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batch means of the unscaled terms in nats per example, and the optimised loss."""
         recon, kl = (t.mean() for t in self.terms(x))
         loss = recon + kl_weight(self.global_step, self.hparams.beta, self.hparams.warmup_steps) * kl
         elbo = -(recon + kl)
-        metrics = {"recon_loss": recon, "kl": kl, "elbo": elbo, "loss": loss, "bpd": -elbo / (self.n_dims * math.log(2))}
-        # Unscaled terms, nats per example; epoch values are example-weighted means over the split.
-        self.log_dict({f"{split}/{k}": v.detach() for k, v in metrics.items()},
-                      on_step=split == "train", on_epoch=True, batch_size=x.shape[0])
-        return loss
+        return {"loss": loss, "recon_loss": recon, "kl": kl, "elbo": elbo, "bpd": -elbo / (self.n_dims * math.log(2))}
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        x = batch[0]
+        metrics = self._metrics(x)
+        detached = torch.stack([v.detach() for v in metrics.values()])
+        # Epoch sums stay on the device (no host sync per step); logged once per epoch.
+        self._epoch_sums = self._epoch_sums + detached * len(x) if self._epoch_sums is not None else detached * len(x)
+        self._epoch_count += len(x)
+        # self.log costs time on every call, so call it only on the steps the logger writes
+        # (Lightning's own test for "this step is written": every trainer.log_every_n_steps).
+        if self.trainer._logger_connector.should_update_logs:
+            self.log_dict({f"train/{k}": v for k, v in zip(metrics, detached)}, on_step=True, on_epoch=False)
+        return metrics["loss"]
+
+    def on_train_epoch_start(self):
+        self._epoch_sums, self._epoch_count = None, 0
+
+    def on_train_epoch_end(self):
+        if self._epoch_count:
+            means = self._epoch_sums / self._epoch_count
+            self.log_dict({f"train/{k}_epoch": v for k, v in zip(METRICS, means)}, on_step=False, on_epoch=True, sync_dist=True)
+
+    def _eval_step(self, batch, split: str) -> None:
+        x = batch[0]
+        # Example-weighted means over the whole split (batch_size weights each batch's mean).
+        self.log_dict({f"{split}/{k}": v for k, v in self._metrics(x).items()}, on_step=False, on_epoch=True,
+                      batch_size=len(x), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        self._eval_step(batch, "test")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

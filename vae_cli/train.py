@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,20 @@ def _route_lightning_logs() -> None:
         lg.propagate = True
     # All data lives in memory and is batched by index: worker processes would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, but a UserError raised by a constructor keeps its own message
+    (Hydra would wrap it in an InstantiationException with a traceback)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def resolve_ckpt_path(ckpt_path) -> str | None:
@@ -55,14 +70,14 @@ def fit(cfg: DictConfig) -> dict:
     binarize = cfg.data.binarize
     if binarize is None:
         binarize = cfg.model.likelihood == "bernoulli"
-    datamodule = instantiate(cfg.data, binarize=binarize)
+    datamodule = build(cfg.data, binarize=binarize)
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
-    model = instantiate(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,
+    model = build(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,
                         beta=cfg.objective.beta, warmup_steps=cfg.objective.warmup_steps)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    callbacks = [build(c) for c in cfg.callbacks.values()]
+    loggers = [build(c) for c in cfg.logger.values()]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -1,0 +1,84 @@
+"""Data modules: splits, binarisation, the Debian Fashion-MNIST files and the offline message."""
+import pytest
+import torch
+
+from vae_cli.data import DEBIAN_FASHION_MNIST, MNIST, Digits, FashionMNIST
+from vae_cli.errors import UserError
+
+
+def test_digits_splits_are_disjoint_and_sized_as_configured():
+    dm = Digits(val_size=150, test_size=297, binarize=False)
+    (tr, _), (va, _), (te, _) = dm.split("train"), dm.split("val"), dm.split("test")
+    assert (len(tr), len(va), len(te)) == (1350, 150, 297)
+    assert tr.shape[1:] == (1, 8, 8) and 0 <= tr.min() and tr.max() <= 1
+    rows = {tuple(r.flatten().tolist()) for r in torch.cat([tr, va, te])}
+    assert len(rows) > 1700  # nothing duplicated by the split (the raw data has a few exact repeats)
+    assert len(Digits(val_size=0.2, binarize=False).split("val")[0]) == 300
+
+
+def test_val_and_test_binarisation_is_fixed_and_independent_of_the_run_seed():
+    torch.manual_seed(0)
+    a = Digits(binarize=True)
+    torch.manual_seed(99)
+    b = Digits(binarize=True)
+    for split in ("val", "test"):
+        xa, xb = a.split(split)[0], b.split(split)[0]
+        assert set(xa.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(xa, xb)
+    grey = Digits(binarize=False).split("test")[0]
+    # A Bernoulli(x) draw: the binarised mean follows the grey mean.
+    assert abs(a.split("test")[0].mean() - grey.mean()) < 0.01
+
+
+def test_training_batches_are_binarised_afresh_each_step():
+    dm = Digits(binarize=True)
+
+    class _Trainer:
+        training = True
+
+    dm.trainer = _Trainer()
+    x = dm.split("train")[0][:256]
+    b1, b2 = dm.on_after_batch_transfer([x], 0)[0], dm.on_after_batch_transfer([x], 0)[0]
+    assert set(b1.unique().tolist()) == {0.0, 1.0} and not torch.equal(b1, b2)
+    _Trainer.training = False
+    assert torch.equal(dm.on_after_batch_transfer([x], 0)[0], x)
+
+
+def test_loader_yields_whole_batches_of_aligned_rows():
+    dm = Digits(batch_size=100, binarize=False)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (100, 1, 8, 8) and y.shape == (100,)
+    n = sum(len(b[0]) for b in dm.val_dataloader())
+    assert n == 150
+
+
+@pytest.mark.parametrize("val_size", [0, 1350 + 150, 2.5, -0.1])
+def test_bad_val_size_is_a_user_error(val_size):
+    with pytest.raises(UserError, match="data.val_size"):
+        Digits(val_size=val_size).setup()
+
+
+def test_missing_dataset_offline_gives_a_clear_message(tmp_path, monkeypatch):
+    # Route the real torchvision download through a proxy that refuses connections: the same
+    # failure as a machine without network, whether or not this one has it.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(UserError) as e:
+        MNIST(data_dir=str(tmp_path)).prepare_data()
+    msg = str(e.value)
+    assert "could not be downloaded" in msg and str(tmp_path / "MNIST" / "raw") in msg
+    assert "train-images-idx3-ubyte" in msg and "data.data_dir" in msg
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_is_read_from_the_debian_package(tmp_path):
+    dm = FashionMNIST(data_dir=str(tmp_path), val_size=10000, binarize=False)
+    dm.prepare_data()
+    tr, va, te = (dm.split(s)[0] for s in ("train", "val", "test"))
+    assert (len(tr), len(va), len(te)) == (50000, 10000, 10000)
+    assert tr.shape[1:] == (1, 28, 28)
+    full = torch.cat([tr, va])
+    assert abs(full.mean().item() - 0.2860) < 5e-4  # the published mean pixel of the training set
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()

@@ -1,0 +1,122 @@
+"""vae-train end to end, run as a user runs it: a subprocess with Hydra overrides."""
+import json
+
+import pytest
+import torch
+
+from conftest import QUIET, read_scalars, run_vae_train
+from vae_cli.data import DEBIAN_FASHION_MNIST
+
+TERMS = ("recon_loss", "kl", "elbo", "loss", "bpd")
+STEPS_PER_EPOCH = 11  # digits: 1350 training examples in batches of 128
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("short")
+    run_vae_train("trainer.max_epochs=2", "trainer.log_every_n_steps=2", f"hydra.run.dir={tmp / 'run'}", *QUIET, cwd=tmp)
+    return tmp / "run"
+
+
+def test_run_directory_holds_config_checkpoints_events_and_metrics(short_run):
+    assert (short_run / ".hydra" / "config.yaml").is_file()
+    assert (short_run / "checkpoints" / "best.ckpt").is_file()
+    assert (short_run / "checkpoints" / "last.ckpt").is_file()
+    assert list(short_run.glob("events.out.tfevents.*"))
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epochs"] == 2
+    assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+    for t in TERMS:
+        assert f"test/{t}" in metrics
+    assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon_loss"] + metrics["test/kl"]), rel=1e-6)
+    assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (64 * torch.log(torch.tensor(2.0)).item()), rel=1e-6)
+
+
+def test_event_file_has_each_term_as_its_own_scalar(short_run):
+    scalars = read_scalars(short_run)
+    for t in TERMS:
+        assert len(scalars[f"train/{t}"]) == STEPS_PER_EPOCH  # every 2nd of 22 steps
+        assert len(scalars[f"train/{t}_epoch"]) == 2
+        assert len(scalars[f"val/{t}"]) == 2
+        assert len(scalars[f"test/{t}"]) == 1
+    # The terms are logged unscaled: elbo = -(recon_loss + kl) at every logged point.
+    for (_, e), (_, r), (_, k) in zip(scalars["val/elbo"], scalars["val/recon_loss"], scalars["val/kl"]):
+        assert e == pytest.approx(-(r + k), rel=1e-5)
+    assert all(k > 0 for _, k in scalars["train/kl"])
+
+
+def test_resume_from_last_checkpoint_continues_the_step_count(short_run, tmp_path):
+    run_vae_train(f"ckpt_path={short_run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4",
+                  f"hydra.run.dir={tmp_path / 'resumed'}", *QUIET, cwd=tmp_path)
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 * STEPS_PER_EPOCH and metrics["epochs"] == 4
+    steps = [s for s, _ in read_scalars(tmp_path / "resumed")["train/loss"]]
+    assert min(steps) > 2 * STEPS_PER_EPOCH  # only the new steps were trained here
+    # A run directory works as ckpt_path too (its checkpoints/last.ckpt).
+    run_vae_train(f"ckpt_path={short_run}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'resumed2'}",
+                  *QUIET, cwd=tmp_path)
+    assert json.loads((tmp_path / "resumed2" / "metrics.json").read_text())["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_multirun_writes_one_run_directory_per_job(tmp_path):
+    run_vae_train("--multirun", "model.latent_dim=2,4", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                  *QUIET, cwd=tmp_path)
+    for job, k in ((0, 2), (1, 4)):
+        job_dir = tmp_path / "sweep" / str(job)
+        assert (job_dir / "metrics.json").is_file() and (job_dir / "checkpoints" / "last.ckpt").is_file()
+        assert f"model.latent_dim={k}" in (job_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_help_and_cfg_show_the_composed_config(tmp_path):
+    help_text = run_vae_train("--help", cwd=tmp_path).stdout
+    assert "vae-train" in help_text and "latent_dim" in help_text and "data: digits" in help_text
+    cfg = run_vae_train("--cfg", "job", "model.latent_dim=7", "data=fashion_mnist", cwd=tmp_path).stdout
+    assert "latent_dim: 7" in cfg and "vae_cli.data.FashionMNIST" in cfg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.latent_dim=0", "model.latent_dim=0"),
+        ("optim.lr=-1", "optim.lr=-1"),
+        ("data.val_size=5000", "data.val_size=5000"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path='/nonexistent/last.ckpt'"),
+    ],
+)
+def test_bad_values_stop_before_training_with_a_message(tmp_path, override, expected):
+    proc = run_vae_train(override, f"hydra.run.dir={tmp_path / 'run'}", *QUIET, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_learning_beats_initialisation_and_the_best_factorised_model(tmp_path):
+    """After a short CPU budget the test ELBO must clearly beat (a) the untrained model and (b) the best
+    model that ignores z (independent Bernoulli pixels at the training means), which a VAE whose encoder
+    learns nothing, or whose KL has the wrong sign, cannot beat."""
+    from vae_cli.data import Digits
+    from vae_cli.module import VAE
+
+    run_vae_train("trainer.max_epochs=100", "seed=0", f"hydra.run.dir={tmp_path / 'run'}", *QUIET, cwd=tmp_path)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["test/elbo"]
+
+    dm = Digits(binarize=True)
+    x = dm.split("test")[0]
+    p = dm.train_pixel_mean().clamp(1e-6, 1 - 1e-6)
+    factorised = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(-1).mean().item()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        initial = -sum(t.mean() for t in VAE(tuple(dm.shape)).terms(x)).item()
+    assert trained > initial + 15, (trained, initial)
+    assert trained > factorised + 2.0, (trained, factorised)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_run_reads_the_real_files(tmp_path):
+    run_vae_train("data=fashion_mnist", f"data.data_dir={tmp_path / 'data'}", "trainer.max_steps=30",
+                  "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", f"hydra.run.dir={tmp_path / 'run'}",
+                  *QUIET, cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 30
+    assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (784 * 0.6931471805599453), rel=1e-6)
+    assert "fashion_mnist: 50000 train, 10000 val, 10000 test" in (tmp_path / "run" / "train.log").read_text()
