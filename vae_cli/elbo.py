@@ -38,3 +38,15 @@ def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return beta
     return beta * min(1.0, step / warmup_steps)
+
+
+def log_importance_weights(log_px_given_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+                           logvar: torch.Tensor) -> torch.Tensor:
+    """log w = log p(x|z) + log p(z) - log q(z|x) for z ~ q(z|x): E_q[w] = p(x)."""
+    return log_px_given_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
+
+
+def iwae_bound(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/k sum_i w_i) over k importance samples along `dim` (Burda et al. 2016, eq. 8):
+    a lower bound on log p(x) in expectation that tightens as k grows; k = 1 is the ELBO."""
+    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])

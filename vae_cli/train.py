@@ -27,6 +27,8 @@ def _route_lightning_logs() -> None:
         lg.propagate = True
     # All data lives in memory and is batched by index: worker processes would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Lightning 2.6 on torch 2.14 warns about its own use of a torch internal; nothing for users to do.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def build(node: DictConfig, **kwargs):
