@@ -90,15 +90,14 @@ def test_bad_values_stop_before_training_with_a_message(tmp_path, override, expe
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_learning_beats_initialisation_and_the_best_factorised_model(tmp_path):
+def test_learning_beats_initialisation_and_the_best_factorised_model(trained_digits_run):
     """After a short CPU budget the test ELBO must clearly beat (a) the untrained model and (b) the best
     model that ignores z (independent Bernoulli pixels at the training means), which a VAE whose encoder
     learns nothing, or whose KL has the wrong sign, cannot beat."""
     from vae_cli.data import Digits
     from vae_cli.module import VAE
 
-    run_vae_train("trainer.max_epochs=100", "seed=0", f"hydra.run.dir={tmp_path / 'run'}", *QUIET, cwd=tmp_path)
-    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["test/elbo"]
+    trained = json.loads((trained_digits_run / "metrics.json").read_text())["test/elbo"]
 
     dm = Digits(binarize=True)
     x = dm.split("test")[0]

@@ -265,3 +265,12 @@ class FashionMNIST(_TorchvisionIDX):
 
     def _extra_sources(self) -> list[Path]:
         return [DEBIAN_FASHION_MNIST]
+
+
+def build_datamodule(data_config: dict | None, **overrides) -> InMemoryDataModule:
+    """The datamodule described by a saved data config (a `_target_` and its arguments)."""
+    from hydra.utils import instantiate
+
+    if not data_config:
+        raise UserError("the checkpoint holds no data config (it was not written by vae-train), so its data is unknown.")
+    return instantiate({**data_config, **overrides})

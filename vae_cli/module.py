@@ -35,13 +35,21 @@ class VAE(pl.LightningModule):
             raise UserError(f"objective.beta={beta!r} is not a valid KL weight; use a number >= 0 (1 is the ELBO).")
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise UserError(f"objective.warmup_steps={warmup_steps!r} must be an integer >= 0 (0 turns warm-up off).")
-        self.save_hyperparameters()
+        # Kept in checkpoints; the run's hyperparameters reach TensorBoard from the full config instead.
+        self.save_hyperparameters(logger=False)
         hidden_dims = list(hidden_dims)
         self.likelihood = make_likelihood(likelihood, gaussian_std)
         self.encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
         self.decoder = MLPDecoder(data_shape, hidden_dims, latent_dim, activation)
         self.n_dims = math.prod(data_shape)
         self._epoch_sums, self._epoch_count = None, 0
+        self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_config"] = self.data_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_config = checkpoint.get("data_config", self.data_config)
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example (recon_loss, kl): -log p(x|z) at one reparameterised z ~ q(z|x),

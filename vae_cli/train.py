@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoints import resolve_checkpoint
 from .errors import UserError
 
 log = logging.getLogger("vae_cli")
@@ -45,19 +46,31 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def resolve_ckpt_path(ckpt_path) -> str | None:
-    """A checkpoint file, or a run directory meaning its checkpoints/last.ckpt."""
-    if ckpt_path is None:
-        return None
-    p = Path(str(ckpt_path)).expanduser()
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise UserError(
-            f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {p}. Pass a .ckpt file or a run directory "
-            "that holds checkpoints/last.ckpt, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/last.ckpt."
-        )
-    return str(p)
+HP_METRICS = ("best_val_elbo", "test/elbo", "test/recon_loss", "test/kl", "test/bpd")
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """The run's settings as flat scalars for TensorBoard's HPARAMS tab (one row per run of a sweep)."""
+    choices = HydraConfig.get().runtime.choices
+    flat = {"data": choices.get("data"), "model": choices.get("model"), "seed": cfg.seed, "optim.lr": cfg.optim.lr,
+            "data.batch_size": cfg.data.batch_size, "trainer.max_epochs": cfg.trainer.max_epochs}
+    for group in ("model", "objective"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if not key.startswith("_"):
+                flat[f"{group}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _log_hparams(trainer, cfg: DictConfig) -> None:
+    # The HPARAMS tab lists a metric only when it is declared with the hyperparameters, before it is
+    # logged; hp/ tags keep the declaration's placeholder out of the real curves.
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in HP_METRICS})
+        else:
+            lg.log_hyperparams(hparams_of(cfg))
 
 
 def fit(cfg: DictConfig) -> dict:
@@ -66,7 +79,7 @@ def fit(cfg: DictConfig) -> dict:
 
     _route_lightning_logs()
     run_dir = Path(cfg.run_dir)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path)
+    ckpt_path = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.ckpt_path is not None else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     binarize = cfg.data.binarize
@@ -77,10 +90,13 @@ def fit(cfg: DictConfig) -> dict:
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
     model = build(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,
                         beta=cfg.objective.beta, warmup_steps=cfg.objective.warmup_steps)
+    # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
+    model.data_config = {**OmegaConf.to_container(cfg.data, resolve=True), "binarize": binarize}
     callbacks = [build(c) for c in cfg.callbacks.values()]
     loggers = [build(c) for c in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
 
+    _log_hparams(trainer, cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
@@ -97,6 +113,10 @@ def fit(cfg: DictConfig) -> dict:
         "train_seconds": round(train_seconds, 3),
         "seed": cfg.seed,
     }
+    for lg in trainer.loggers:
+        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in HP_METRICS if metrics[m] is not None},
+                       step=trainer.global_step)
+        lg.finalize("success")
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(run_dir / "metrics.json")

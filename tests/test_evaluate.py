@@ -1,0 +1,164 @@
+"""The identity log p(x) = ELBO + KL(q || p(z|x)) and the importance-weighted estimator, on a model
+whose log p(x) and true posterior are known in closed form; then vae-eval on a trained checkpoint."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from conftest import run_tool
+from vae_cli.elbo import kl_analytic
+from vae_cli.evaluate import score, summarize
+from vae_cli.likelihoods import Gaussian
+
+D, K, S = 6, 2, 0.5  # data dim, latent dim, decoder noise std
+
+
+class LinearGaussian:
+    """p(z) = N(0, I), p(x|z) = N(Wz + b, S^2 I): p(x) = N(b, W W^T + S^2 I), and the posterior
+    p(z|x) = N(m, C) with C = (I + W^T W / S^2)^-1, m = C W^T (x - b) / S^2."""
+
+    def __init__(self, orthogonal: bool = False):
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(D, K, generator=g, dtype=torch.float64)
+        if orthogonal:  # W^T W diagonal, so the true posterior is a diagonal Gaussian
+            w = torch.linalg.qr(w).Q * torch.tensor([2.0, 0.7], dtype=torch.float64)
+        self.w, self.b = w, torch.randn(D, generator=g, dtype=torch.float64)
+
+    def log_px(self, x):
+        return MultivariateNormal(self.b, self.w @ self.w.T + S**2 * torch.eye(D, dtype=torch.float64)).log_prob(x)
+
+    def posterior(self, x):
+        cov = torch.linalg.inv(torch.eye(K, dtype=torch.float64) + self.w.T @ self.w / S**2)
+        return ((x - self.b) @ self.w / S**2) @ cov, cov
+
+    def elbo(self, x, mu, logvar):
+        """Closed form: E_q[log p(x|z)] exactly, minus the analytic KL under test."""
+        resid = x - mu @ self.w.T - self.b
+        expected_sq = resid.pow(2).sum(-1) + (logvar.exp() * self.w.pow(2).sum(0)).sum(-1)
+        e_log_lik = -0.5 * D * math.log(2 * math.pi * S**2) - expected_sq / (2 * S**2)
+        return e_log_lik - kl_analytic(mu, logvar).sum(-1)
+
+
+class FixedPosteriorVAE:
+    """A VAE-shaped wrapper (encoder, decoder, likelihood) around the linear-Gaussian model, with
+    q(z|x) = N(q(x)) for a given function q of x."""
+
+    def __init__(self, model: LinearGaussian, q):
+        self.encoder = lambda x: q(x.flatten(1))
+        self.decoder = lambda z: (z @ model.w.T + model.b).view(-1, 1, 1, D)
+        self.likelihood = Gaussian(S)
+
+
+def _random_q(seed=1):
+    """An arbitrary (wrong) encoder: mu and log sigma^2 as fixed random affine functions of x."""
+    g = torch.Generator().manual_seed(seed)
+    a, c = torch.randn(D, 2 * K, generator=g, dtype=torch.float64), torch.randn(2 * K, generator=g, dtype=torch.float64)
+    return lambda x: (0.3 * x @ a + c).chunk(2, dim=-1)
+
+
+def _data(model, n, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, K, generator=g, dtype=torch.float64)
+    return z @ model.w.T + model.b + S * torch.randn(n, D, generator=g, dtype=torch.float64)
+
+
+def test_elbo_plus_kl_to_the_true_posterior_is_log_px_for_any_q():
+    model = LinearGaussian()
+    x = _data(model, 16)
+    mu, logvar = _random_q()(x)
+    m, cov = model.posterior(x)
+    q = MultivariateNormal(mu, torch.diag_embed(logvar.exp()))
+    kl_true_post = kl_divergence(q, MultivariateNormal(m, cov.expand(16, K, K)))
+    torch.testing.assert_close(model.elbo(x, mu, logvar) + kl_true_post, model.log_px(x), rtol=1e-12, atol=1e-10)
+    assert (kl_true_post > 0.01).all()  # a wrong q really is worse
+
+
+def test_elbo_equals_log_px_when_q_is_the_true_posterior():
+    model = LinearGaussian(orthogonal=True)
+    x = _data(model, 16)
+    m, cov = model.posterior(x)
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)))
+    logvar = torch.diagonal(cov).log().expand(16, K)
+    torch.testing.assert_close(model.elbo(x, m, logvar), model.log_px(x), rtol=1e-12, atol=1e-10)
+    # Every importance weight is then p(x) itself: the estimate is exact for any k and any chunking.
+    vae = FixedPosteriorVAE(model, lambda x: (model.posterior(x)[0], torch.diagonal(cov).log().expand(len(x), K)))
+    for k, iw_batch in ((1, 10), (7, 3), (64, 1000)):
+        torch.testing.assert_close(score(vae, x.view(-1, 1, 1, D), k, iw_batch)["log_px"], model.log_px(x),
+                                   rtol=1e-10, atol=1e-8)
+
+
+def test_iwae_estimate_rises_towards_log_px_and_stays_below_it():
+    model = LinearGaussian()
+    x0 = _data(model, 1)
+    q = _random_q(seed=5)
+    n = 400  # independent repetitions of the estimate for one x
+    x = x0.expand(n, D)
+    vae = FixedPosteriorVAE(model, q)
+    log_px = model.log_px(x0).item()
+    elbo = model.elbo(x0, *q(x0)).item()
+    assert log_px - elbo > 0.5  # q is far from the posterior, so the bound has room to tighten
+    torch.manual_seed(0)
+    means = []
+    for k in (1, 10, 100, 1000):
+        est = score(vae, x.reshape(n, 1, 1, D), k, iw_batch=20_000)["log_px"]
+        mean, se = est.mean().item(), est.std().item() / math.sqrt(n)
+        assert mean < log_px + 3 * se, (k, mean, log_px)  # a lower bound in expectation
+        means.append((k, mean, se))
+    k1_mean, k1_se = means[0][1], means[0][2]
+    assert abs(k1_mean - elbo) < 4 * k1_se  # k = 1 is the ELBO
+    assert all(a[1] < b[1] for a, b in zip(means, means[1:])), means  # tightens as k grows
+    assert log_px - means[-1][1] < 0.1 * (log_px - elbo)  # and closes most of the gap
+
+
+def test_summary_counts_active_units_by_the_variance_of_posterior_means():
+    n = 1000
+    g = torch.Generator().manual_seed(0)
+    mu = torch.stack([torch.randn(n, generator=g), 0.05 * torch.randn(n, generator=g), torch.zeros(n)], -1)
+    per = {"log_px": -torch.ones(n), "elbo": -torch.ones(n) * 1.5, "recon": torch.ones(n),
+           "kl_dims": kl_analytic(mu, torch.zeros_like(mu)), "mu": mu}
+    res = summarize(per, n_dims=4)
+    assert res["active_units"] == 1  # variances ~1, ~0.0025 and 0 against the 0.01 threshold
+    assert res["inference_gap"] == pytest.approx(0.5) and res["nll_iw"] == pytest.approx(1.0)
+    assert res["kl"] == pytest.approx(sum(res["kl_per_dim"]))
+
+
+def _eval(run_dir, k, tmp_path, *extra):
+    out = tmp_path / f"eval_k{k}.json"
+    run_tool("vae-eval", f"ckpt_path={run_dir}", f"iw_samples={k}", f"out={out}", *extra, cwd=tmp_path)
+    return json.loads(out.read_text())
+
+
+def test_vae_eval_on_a_trained_checkpoint(trained_digits_run, tmp_path):
+    results = {k: _eval(trained_digits_run, k, tmp_path) for k in (1, 10, 100, 1000)}
+    r1 = results[1]
+    # k = 1: the importance-weighted estimate is the single-sample ELBO, equal in expectation.
+    assert abs(r1["nll_iw"] + r1["elbo"]) < 3 * r1["nll_iw_se"], r1
+    nll = [results[k]["nll_iw"] for k in (1, 10, 100, 1000)]
+    assert all(a > b for a, b in zip(nll, nll[1:])), nll
+    r = results[1000]
+    assert r["inference_gap"] + 3 * r["inference_gap_se"] >= 0
+    assert r["n_examples"] == 297 and r["split"] == "test" and len(r["kl_per_dim"]) == r["latent_dim"] == 16
+    assert 1 <= r["active_units"] <= 16
+    # The ELBO agrees with the one vae-train reported for the same checkpoint (one-sample estimate there).
+    train_elbo = json.loads((trained_digits_run / "metrics.json").read_text())["test/elbo"]
+    assert abs(r["elbo"] - train_elbo) < 3 * r1["elbo_se"] + 0.05
+    val = _eval(trained_digits_run, 10, tmp_path, "split=val")
+    assert val["n_examples"] == 150
+
+
+def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp_path):
+    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=5", cwd=tmp_path)
+    assert "nll_iw (k=5)" in proc.stdout and "active_units" in proc.stdout
+    assert (trained_digits_run / "eval_test_k5.json").is_file()
+
+
+def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path):
+    proc = run_tool("vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    proc = run_tool("vae-eval", f"ckpt_path={bad}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr

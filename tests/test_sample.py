@@ -1,0 +1,82 @@
+"""vae-sample writes the promised grids with the expected sizes; the training callbacks write
+images, histograms, val/nll_iw, the projector and the HPARAMS tab."""
+import pytest
+from PIL import Image
+
+from conftest import QUIET, read_scalars, run_tool, run_vae_train
+
+CELL = 8 * 4 + 2  # an 8x8 digit upscaled x4 to reach 28+ pixels, plus the grid's 2-pixel padding
+
+
+def _size(path):
+    with Image.open(path) as im:
+        return im.size  # (width, height)
+
+
+@pytest.fixture(scope="module")
+def k2_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("k2")
+    run_vae_train("model.latent_dim=2", "trainer.max_epochs=3", "callbacks.image_grids.every_n_epochs=1",
+                  "callbacks.val_nll_iw.iw_samples=8", "callbacks.val_nll_iw.every_n_epochs=1",
+                  f"hydra.run.dir={tmp / 'run'}", *QUIET, cwd=tmp)
+    return tmp / "run"
+
+
+def test_sample_grids_for_k_equal_2(k2_run, tmp_path):
+    out = tmp_path / "png"
+    run_tool("vae-sample", f"ckpt_path={k2_run}", f"out={out}", "n=16", "steps=5", "manifold_steps=6", "draw=true",
+             cwd=tmp_path)
+    assert _size(out / "prior_samples.png") == (4 * CELL + 2, 4 * CELL + 2)  # 16 samples, 4 per row
+    assert _size(out / "prior_draws.png") == (4 * CELL + 2, 4 * CELL + 2)
+    assert _size(out / "reconstructions.png") == (8 * CELL + 2, 4 * CELL + 2)  # 2 input rows, each with its recon row
+    assert _size(out / "traversals.png") == (5 * CELL + 2, 2 * CELL + 2)  # one row per latent dimension
+    assert _size(out / "interpolations.png") == (5 * CELL + 2, 8 * CELL + 2)  # 8 pairs from 16 images
+    assert _size(out / "manifold.png") == (6 * CELL + 2, 6 * CELL + 2)
+
+
+def test_sample_grids_for_k_above_2(trained_digits_run, tmp_path):
+    run_tool("vae-sample", f"ckpt_path={trained_digits_run / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
+    out = trained_digits_run / "samples"
+    assert _size(out / "traversals.png") == (11 * CELL + 2, 16 * CELL + 2)  # K = 16 rows of 11 steps
+    assert _size(out / "prior_samples.png") == (8 * CELL + 2, 8 * CELL + 2)
+    assert not (out / "manifold.png").exists() and not (out / "prior_draws.png").exists()
+
+
+def test_training_writes_images_histograms_iw_nll_projector_and_hparams(k2_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {"images": set(), "histograms": set()}
+    for f in k2_run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    assert {"val/reconstructions", "samples/prior_mean"} <= tags["images"]
+    assert "val/kl_per_dim" in tags["histograms"]
+    scalars = read_scalars(k2_run)
+    assert len(scalars["val/nll_iw"]) == 3
+    # The k-sample bound is tighter than the ELBO in expectation; here loosely, as k = 8 and 150 examples.
+    assert scalars["val/nll_iw"][-1][1] < -scalars["val/elbo"][-1][1] + 0.5
+    assert [v for _, v in scalars["hp/test_elbo"]][-1] == pytest.approx(scalars["test/elbo"][-1][1])
+    projector = list(k2_run.glob("*/test%2fposterior_mean"))
+    assert projector and (projector[0] / "metadata.tsv").read_text().count("\n") == 297
+    assert (k2_run / "projector_config.pbtxt").is_file()
+    # The HPARAMS tab: one session with the run's settings and the hp/ metrics declared.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = False
+    for f in k2_run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        try:
+            contents = acc.PluginTagToContent("hparams").values()
+        except KeyError:  # an event file without hyperparameters (e.g. the test stage's)
+            continue
+        for content in contents:
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if data.HasField("session_start_info"):
+                found = True
+                assert data.session_start_info.hparams["model.latent_dim"].number_value == 2
+            if data.HasField("experiment"):
+                assert {m.name.tag for m in data.experiment.metric_infos} >= {"hp/test_elbo", "hp/best_val_elbo"}
+    assert found
