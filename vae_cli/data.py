@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError
 
@@ -26,26 +25,39 @@ VAL_BINARIZE_SEED = 1
 TEST_BINARIZE_SEED = 2
 
 
-class _Rows(Dataset):
-    """Rows of aligned tensors; `__getitems__` lets a DataLoader fetch a whole batch with one
-    index operation instead of one call per example."""
+class TensorBatches:
+    """Batches of rows of aligned in-memory tensors, by index: one permutation per epoch (when
+    shuffling), then slices of it. No DataLoader, sampler or collate step, so a batch costs one
+    gather per tensor; with the tensors on the training device no copy is made at all.
 
-    def __init__(self, *tensors: torch.Tensor):
-        self.tensors = tensors
+    The permutation of epoch e depends only on (seed, e), so a resumed run sees the same order
+    as an uninterrupted one; `epoch` is read from the trainer when one is attached.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], batch_size: int, shuffle: bool, seed: int = 0,
+                 epoch=lambda: 0, rank: int = 0, world_size: int = 1):
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        # Each process of a multi-process run takes every world_size-th example.
+        return idx[self.rank::self.world_size].to(self.tensors[0].device)
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        n = len(range(self.rank, len(self.tensors[0]), self.world_size))
+        return -(-n // self.batch_size)
 
-    def __getitem__(self, i):
-        return [t[i] for t in self.tensors]
-
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices)
-        return [t[idx] for t in self.tensors]
-
-
-def _as_batch(batch):
-    return batch
+    def __iter__(self):
+        idx = self._indices()
+        for start in range(0, len(idx), self.batch_size):
+            rows = idx[start:start + self.batch_size]
+            yield [t[rows] for t in self.tensors]
 
 
 def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -71,7 +83,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         val_size: int | float = 0.1,
         binarize: bool | None = True,
         split_seed: int = 0,
-        num_workers: int = 0,
+        seed: int = 0,
+        on_device: bool = True,
         likelihood: str | None = None,  # the dataset's default p(x|z), read by the model config
     ):
         super().__init__()
@@ -84,7 +97,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.val_size = val_size
         self.binarize = bool(binarize)
         self.split_seed = split_seed
-        self.num_workers = num_workers
+        self.seed = seed  # the run's seed: the order of training batches
+        self.on_device = bool(on_device)
+        self._on_device: dict[str, list[torch.Tensor]] = {}
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,17 +144,28 @@ class InMemoryDataModule(pl.LightningDataModule):
         """Mean of the training images, per pixel: what a factorised model of x would predict."""
         return self.split("train")[0].mean(0)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(_Rows(*self.split(split)), batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=_as_batch, num_workers=self.num_workers)
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        tensors = list(self.split(split))
+        trainer = self.trainer
+        if trainer is not None and self.on_device:
+            # The whole split lives on the training device: batches are gathered there, no copies.
+            device = trainer.strategy.root_device
+            cached = self._on_device.get(split)
+            if cached is None or cached[0].device != device:
+                self._on_device[split] = cached = [t.to(device) for t in tensors]
+            tensors = cached
+        return TensorBatches(tensors, batch_size, shuffle, seed=self.seed,
+                             epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+                             rank=trainer.global_rank if trainer is not None else 0,
+                             world_size=trainer.world_size if trainer is not None else 1)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> TensorBatches:
         return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> TensorBatches:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

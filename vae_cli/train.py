@@ -85,7 +85,7 @@ def fit(cfg: DictConfig) -> dict:
     binarize = cfg.data.binarize
     if binarize is None:
         binarize = cfg.model.likelihood == "bernoulli"
-    datamodule = build(cfg.data, binarize=binarize)
+    datamodule = build(cfg.data, binarize=binarize, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
     model = build(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,

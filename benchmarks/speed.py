@@ -1,0 +1,150 @@
+"""Training throughput of vae-train against two hand-written PyTorch loops, in one run.
+
+Same model (784-400-20 MLP VAE, Bernoulli likelihood on dynamically binarised pixels, analytic KL),
+batch 128, Adam 1e-3, Fashion-MNIST's training images, the same number of optimiser steps:
+  (a) vae-train, as a user runs it (a subprocess; its own timer around trainer.fit, validation off);
+  (b) a loop fed by DataLoader(FashionMNIST, transform=ToTensor()), as in pytorch/examples' vae;
+  (c) a loop over the training set preloaded as one tensor.
+Each is run --repeats times, interleaved, and the median is reported, so machine noise hits all
+three alike. Also times the start-up of `vae-train --help` and of a one-step run.
+
+    python benchmarks/speed.py --steps 2000 --repeats 3 [--device cuda] [--data-dir data]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BATCH, LR, HIDDEN, K = 128, 1e-3, 400, 20
+
+
+class ReferenceVAE(nn.Module):
+    """The classic 784-400-20 VAE of pytorch/examples, written out by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, HIDDEN), nn.Linear(HIDDEN, 2 * K)
+        self.fc3, self.fc4 = nn.Linear(K, HIDDEN), nn.Linear(HIDDEN, 784)
+
+    def loss(self, x):
+        mu, logvar = self.fc2(F.relu(self.fc1(x))).chunk(2, -1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = self.fc4(F.relu(self.fc3(z)))
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+        return (recon + kl).mean()
+
+
+def _train_steps(batches, steps: int, device: str) -> float:
+    """Seconds for `steps` optimiser steps over an iterator factory of grey-value batches."""
+    torch.manual_seed(0)
+    model = ReferenceVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    done = 0
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    while done < steps:
+        for x in batches():
+            x = torch.bernoulli(x.to(device, non_blocking=True).view(-1, 784))
+            opt.zero_grad(set_to_none=True)
+            model.loss(x).backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def loop_dataloader(data_dir: str, steps: int, device: str) -> float:
+    from torchvision import datasets, transforms
+
+    ds = datasets.FashionMNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
+    kwargs = {"num_workers": 1, "pin_memory": True} if device.startswith("cuda") else {}
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, **kwargs)
+    return _train_steps(lambda: (x for x, _ in loader), steps, device)
+
+
+def loop_tensor(data_dir: str, steps: int, device: str) -> float:
+    from torchvision import datasets
+
+    x_all = (datasets.FashionMNIST(data_dir, train=True, download=False).data.float() / 255).to(device)
+
+    def batches():
+        perm = torch.randperm(len(x_all), device=device)
+        return (x_all[perm[i:i + BATCH]] for i in range(0, len(x_all), BATCH))
+
+    return _train_steps(batches, steps, device)
+
+
+def vae_train_cmd(data_dir: str, run_dir: Path, steps: int, device: str, extra: list[str]) -> list[str]:
+    exe = Path(sys.executable).parent / "vae-train"
+    return [str(exe), "data=fashion_mnist", f"data.data_dir={data_dir}", "model.hidden_dims=[400]",
+            f"model.latent_dim={K}", f"data.batch_size={BATCH}", f"optim.lr={LR}", f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=0", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
+            "callbacks.latent_projector.max_points=0", f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}",
+            f"hydra.run.dir={run_dir}", *extra]
+
+
+def vae_train(data_dir: str, steps: int, device: str, extra: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(vae_train_cmd(data_dir, Path(tmp) / "run", steps, device, extra), check=True,
+                       capture_output=True, text=True)
+        return json.loads((Path(tmp) / "run" / "metrics.json").read_text())["train_seconds"]
+
+
+def startup(data_dir: str, device: str) -> dict[str, float]:
+    exe = str(Path(sys.executable).parent / "vae-train")
+    t = time.perf_counter()
+    subprocess.run([exe, "--help"], check=True, capture_output=True)
+    help_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run(vae_train_cmd(data_dir, Path(tmp) / "run", 1, device, []), check=True, capture_output=True)
+        one_step_s = time.perf_counter() - t
+    return {"help_s": help_s, "one_step_run_s": one_step_s}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=os.environ.get("VAE_CLI_DATA", "data"))
+    p.add_argument("--extra", nargs="*", default=[], help="extra vae-train overrides for (a)")
+    args = p.parse_args()
+
+    # Unpack the data once (vae-train finds it in data_dir, from the Debian package or a download).
+    subprocess.run(vae_train_cmd(args.data_dir, Path(tempfile.mkdtemp()) / "warm", 1, args.device, []),
+                   check=True, capture_output=True)
+    runs = {"a_vae_train": [], "b_dataloader_loop": [], "c_tensor_loop": []}
+    for _ in range(args.repeats):
+        runs["a_vae_train"].append(vae_train(args.data_dir, args.steps, args.device, args.extra))
+        runs["b_dataloader_loop"].append(loop_dataloader(args.data_dir, args.steps, args.device))
+        runs["c_tensor_loop"].append(loop_tensor(args.data_dir, args.steps, args.device))
+    rate = {k: args.steps * BATCH / statistics.median(v) for k, v in runs.items()}
+    result = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)",
+        "steps": args.steps, "repeats": args.repeats, "torch": torch.__version__,
+        "samples_per_s": {k: round(v) for k, v in rate.items()},
+        "a/b": round(rate["a_vae_train"] / rate["b_dataloader_loop"], 3),
+        "a/c": round(rate["a_vae_train"] / rate["c_tensor_loop"], 3),
+        "seconds": {k: [round(s, 3) for s in v] for k, v in runs.items()},
+        **{k: round(v, 2) for k, v in startup(args.data_dir, args.device).items()},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
