@@ -5,6 +5,7 @@ batch 128, Adam 1e-3, Fashion-MNIST's training images, the same number of optimi
   (a) vae-train, as a user runs it (a subprocess; its own timer around trainer.fit, validation off);
   (b) a loop fed by DataLoader(FashionMNIST, transform=ToTensor()), as in pytorch/examples' vae;
   (c) a loop over the training set preloaded as one tensor.
+(a) is also run with trainer.precision=bf16-mixed (networks in bf16, objective in float32).
 Each is run --repeats times, interleaved, and the median is reported, so machine noise hits all
 three alike. Also times the start-up of `vae-train --help` and of a one-step run.
 
@@ -128,9 +129,11 @@ def main() -> None:
     # Unpack the data once (vae-train finds it in data_dir, from the Debian package or a download).
     subprocess.run(vae_train_cmd(args.data_dir, Path(tempfile.mkdtemp()) / "warm", 1, args.device, []),
                    check=True, capture_output=True)
-    runs = {"a_vae_train": [], "b_dataloader_loop": [], "c_tensor_loop": []}
+    runs = {"a_vae_train": [], "a_vae_train_bf16": [], "b_dataloader_loop": [], "c_tensor_loop": []}
     for _ in range(args.repeats):
         runs["a_vae_train"].append(vae_train(args.data_dir, args.steps, args.device, args.extra))
+        runs["a_vae_train_bf16"].append(vae_train(args.data_dir, args.steps, args.device,
+                                                  ["trainer.precision=bf16-mixed", *args.extra]))
         runs["b_dataloader_loop"].append(loop_dataloader(args.data_dir, args.steps, args.device))
         runs["c_tensor_loop"].append(loop_tensor(args.data_dir, args.steps, args.device))
     rate = {k: args.steps * BATCH / statistics.median(v) for k, v in runs.items()}
@@ -140,6 +143,8 @@ def main() -> None:
         "samples_per_s": {k: round(v) for k, v in rate.items()},
         "a/b": round(rate["a_vae_train"] / rate["b_dataloader_loop"], 3),
         "a/c": round(rate["a_vae_train"] / rate["c_tensor_loop"], 3),
+        "a_bf16/b": round(rate["a_vae_train_bf16"] / rate["b_dataloader_loop"], 3),
+        "a_bf16/c": round(rate["a_vae_train_bf16"] / rate["c_tensor_loop"], 3),
         "seconds": {k: [round(s, 3) for s in v] for k, v in runs.items()},
         **{k: round(v, 2) for k, v in startup(args.data_dir, args.device).items()},
     }

@@ -82,3 +82,22 @@ def test_fashion_mnist_is_read_from_the_debian_package(tmp_path):
     full = torch.cat([tr, va])
     assert abs(full.mean().item() - 0.2860) < 5e-4  # the published mean pixel of the training set
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
+    from vae_cli.data import TensorBatches
+
+    x = torch.arange(10)
+
+    def order(seed, epoch, rank=0, world=1, shuffle=True):
+        tb = TensorBatches([x], batch_size=3, shuffle=shuffle, seed=seed, epoch=lambda: epoch, rank=rank, world_size=world)
+        batches = [b[0] for b in tb]
+        assert len(batches) == len(tb) and all(len(b) <= 3 for b in batches)
+        return torch.cat(batches).tolist()
+
+    assert sorted(order(0, 0)) == list(range(10))
+    assert order(0, 0) == order(0, 0)  # a resumed run replays the same epoch order
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert order(0, 0, shuffle=False) == list(range(10))
+    shards = [order(0, 3, rank=r, world=2) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(10)) and len(shards[0]) == 5

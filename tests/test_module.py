@@ -53,3 +53,17 @@ def test_out_of_range_settings_name_the_key(kwargs, key):
     with pytest.raises(UserError) as e:
         VAE((1, 8, 8), **kwargs)
     assert key in str(e.value)
+
+
+def test_objective_stays_float32_and_close_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), latent_dim=8, hidden_dims=[64])
+    x = torch.bernoulli(torch.full((32, 1, 28, 28), 0.3))
+    torch.manual_seed(1)
+    recon32, kl32 = model.terms(x)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recon16, kl16 = model.terms(x)
+    assert recon16.dtype == kl16.dtype == torch.float32
+    torch.testing.assert_close(recon16, recon32, rtol=0.02, atol=0.5)
+    torch.testing.assert_close(kl16, kl32, rtol=0.05, atol=0.05)

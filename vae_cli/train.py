@@ -96,6 +96,10 @@ def fit(cfg: DictConfig) -> dict:
     loggers = [build(c) for c in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
 
+    if trainer.strategy.root_device.type == "cpu":
+        # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
+        # is not cached and costs a library load on every optimiser step. Nothing forks CUDA here.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     _log_hparams(trainer, cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
