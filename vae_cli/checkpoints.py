@@ -2,8 +2,6 @@
 weights_only=True only rebuilds tensors and plain containers."""
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
 
 
@@ -23,6 +21,8 @@ def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
 
 
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
+    import torch  # here, not at the top: `vae-train --help` should not pay for importing torch
+
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt, or holding objects other than tensors and plain data

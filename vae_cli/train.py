@@ -92,6 +92,10 @@ def fit(cfg: DictConfig) -> dict:
                         beta=cfg.objective.beta, warmup_steps=cfg.objective.warmup_steps)
     # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
     model.data_config = {**OmegaConf.to_container(cfg.data, resolve=True), "binarize": binarize}
+    if cfg.compile:
+        # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
+        model.encoder.compile()
+        model.decoder.compile()
     callbacks = [build(c) for c in cfg.callbacks.values()]
     loggers = [build(c) for c in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
