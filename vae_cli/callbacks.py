@@ -31,13 +31,13 @@ class ImageGrids(pl.Callback):
         tb = _tensorboard(trainer)
         if tb is None or not _due(trainer, self.every_n_epochs):
             return
-        x = trainer.datamodule.split("val")[0][: self.n].to(pl_module.device)
+        x = trainer.datamodule.head("val", self.n)[0].to(pl_module.device)
         step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
         tb.add_image("val/reconstructions", images.reconstructions(pl_module, x), step)
         tb.add_image("samples/prior_mean", images.prior_samples(pl_module, self.n), step)
-        kl = images.kl_per_dim(pl_module, trainer.datamodule.split("val")[0].to(pl_module.device))
+        kl = images.kl_per_dim(pl_module, trainer.datamodule.head("val", 2000)[0].to(pl_module.device))
         # One value per latent dimension: how many dimensions carry how much information.
         tb.add_histogram("val/kl_per_dim", kl, step)
         pl_module.train(was_training)
@@ -53,10 +53,10 @@ class ImportanceWeightedNLL(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.iw_samples < 1 or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        from .evaluate import score
+        from .evaluate import score_batches
 
-        x = trainer.datamodule.split("val")[0].to(pl_module.device)
-        log_px = score(pl_module, x, self.iw_samples, self.iw_batch)["log_px"]
+        log_px = score_batches(pl_module, trainer.datamodule.eval_batches("val"), self.iw_samples, self.iw_batch,
+                               pl_module.device)["log_px"]
         pl_module.log("val/nll_iw", -log_px.mean(), on_epoch=True, sync_dist=True)
 
 
@@ -71,8 +71,15 @@ class LatentProjector(pl.Callback):
         tb = _tensorboard(trainer)
         if tb is None or not trainer.is_global_zero or self.max_points < 1:
             return
-        x, y = (t[: self.max_points] for t in trainer.datamodule.split("test"))
+        xs, ys, mus = [], [], []
         with torch.no_grad():
-            mu = torch.cat([pl_module.encoder(b.to(pl_module.device))[0].cpu() for b in x.split(1000)])
+            for x, y in trainer.datamodule.eval_batches("test"):
+                x, y = x[: self.max_points - sum(map(len, xs))], y[: self.max_points - sum(map(len, xs))]
+                mus.append(pl_module.encoder(x.to(pl_module.device))[0].float().cpu())
+                xs.append(x.cpu())
+                ys.append(y.cpu())
+                if sum(map(len, xs)) >= self.max_points:
+                    break
+        x, y, mu = torch.cat(xs), torch.cat(ys), torch.cat(mus)
         tb.add_embedding(mu, metadata=y.tolist(), label_img=x[:, :3].float(), global_step=trainer.global_step,
                          tag="test/posterior_mean")

@@ -142,6 +142,16 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.setup()
         return self._splits[name]
 
+    # The two ways the evaluation code reads data, shared by every datamodule (in memory or not).
+    def head(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n examples (x, y) of a split, for image grids."""
+        x, y = self.split(split)
+        return x[:n], y[:n]
+
+    def eval_batches(self, split: str):
+        """The whole split in order, as [x, y] batches of eval_batch_size."""
+        return TensorBatches(list(self.split(split)), self.eval_batch_size, shuffle=False)
+
     def train_pixel_mean(self) -> torch.Tensor:
         """Mean of the training images, per pixel: what a factorised model of x would predict."""
         return self.split("train")[0].mean(0)

@@ -61,6 +61,18 @@ def score(model, x: torch.Tensor, iw_samples: int, iw_batch: int = 50_000) -> di
     return res
 
 
+def score_batches(model, batches, iw_samples: int, iw_batch: int, device, limit: int | None = None) -> dict:
+    """score() over an iterable of [x, y] batches (at most `limit` examples), concatenated."""
+    parts, seen = [], 0
+    for batch in batches:
+        x = batch[0][: None if limit is None else limit - seen].to(device)
+        parts.append(score(model, x, iw_samples, iw_batch))
+        seen += len(x)
+        if limit is not None and seen >= limit:
+            break
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
 def _mean_se(v: torch.Tensor) -> tuple[float, float]:
     v = v.double()
     se = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
@@ -117,9 +129,8 @@ def run_eval(cfg: DictConfig) -> dict:
     model.eval()
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
     dm = build_datamodule(data_config, **overrides)
-    x = dm.split(cfg.split)[0].to(device)
     torch.manual_seed(cfg.seed)
-    per_example = score(model, x, cfg.iw_samples, cfg.iw_batch)
+    per_example = score_batches(model, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
            **summarize(per_example, model.n_dims)}
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"

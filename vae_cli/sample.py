@@ -23,7 +23,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / "samples"
     out.mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
-    x = build_datamodule(data_config, **overrides).split(cfg.split)[0][: cfg.n].to(device)
+    x = build_datamodule(data_config, **overrides).head(cfg.split, cfg.n)[0].to(device)
     torch.manual_seed(cfg.seed)
 
     grids = {
