@@ -236,3 +236,32 @@ def make_likelihood(name: str, gaussian_std: float = 0.1) -> nn.Module:
             f"model.likelihood={name!r} is not a known likelihood; choose one of {', '.join(NAMES)}."
         )
     return cls(gaussian_std) if cls in (Gaussian, GaussianGlobalVar) else cls()
+
+
+def location_from_mean(likelihood: nn.Module, mean: torch.Tensor) -> torch.Tensor:
+    """The decoder output (the first C channels: logit or location) whose p(x|z) has roughly this
+    mean; used to start the decoder's output bias at the data's mean image. For the continuous
+    Bernoulli the logit of the mean is an approximation (its mean is pulled towards 1/2)."""
+    if likelihood.name in ("bernoulli", "continuous_bernoulli"):
+        return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
+    return mean
+
+
+def check_fits_data(name: str, x: torch.Tensor, binarize: bool) -> None:
+    """Refuse a likelihood whose support the data (a sample of training images) does not lie in."""
+    if name == "bernoulli" and not binarize and not ((x == 0) | (x == 1)).all():
+        raise UserError(
+            "model.likelihood=bernoulli needs binary data, but these pixels take grey values and data.binarize=false; "
+            "binarise them (data.binarize=true, or leave it null) or use a likelihood for grey values "
+            "(model.likelihood=gaussian or continuous_bernoulli)."
+        )
+    if name in ("bernoulli", "continuous_bernoulli", "discretized_logistic") and (x.min() < 0 or x.max() > 1):
+        raise UserError(f"model.likelihood={name} needs pixel values in [0, 1]; this data spans "
+                        f"[{x.min().item():.3g}, {x.max().item():.3g}].")
+    if name == "discretized_logistic" and not binarize:
+        k = x * 255
+        if (k - k.round()).abs().max() > 1e-3:
+            raise UserError(
+                "model.likelihood=discretized_logistic models 8-bit images (values k/255), but this data is not on "
+                "that grid (e.g. data=digits has 17 grey levels); use model.likelihood=gaussian or continuous_bernoulli."
+            )

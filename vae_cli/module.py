@@ -5,19 +5,20 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from .elbo import kl_analytic, kl_weight
+from .elbo import free_bits_kl, kl_analytic, kl_mc_dims, kl_weight
 from .errors import UserError
-from .likelihoods import make_likelihood
-from .nets import MLPDecoder, MLPEncoder, check_sizes, reparameterize
-
+from .likelihoods import location_from_mean, make_likelihood
+from .nets import check_sizes, make_networks, reparameterize
 
 METRICS = ("loss", "recon_loss", "kl", "elbo", "bpd")
+KL_ESTIMATORS = ("analytic", "mc")
 
 
 class VAE(pl.LightningModule):
     def __init__(
         self,
         data_shape: tuple[int, ...],
+        arch: str = "mlp",
         latent_dim: int = 16,
         hidden_dims: tuple[int, ...] = (512, 256),
         activation: str = "relu",
@@ -26,6 +27,9 @@ class VAE(pl.LightningModule):
         lr: float = 1e-3,
         beta: float = 1.0,
         warmup_steps: int = 0,
+        warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+        kl_estimator: str = "analytic",
     ):
         super().__init__()
         check_sizes(latent_dim, hidden_dims)
@@ -33,41 +37,64 @@ class VAE(pl.LightningModule):
             raise UserError(f"optim.lr={lr!r} is not a valid learning rate; use a positive number, e.g. optim.lr=1e-3.")
         if not beta >= 0:
             raise UserError(f"objective.beta={beta!r} is not a valid KL weight; use a number >= 0 (1 is the ELBO).")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise UserError(f"objective.warmup_steps={warmup_steps!r} must be an integer >= 0 (0 turns warm-up off).")
+        for key, value in (("warmup_steps", warmup_steps), ("warmup_epochs", warmup_epochs)):
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"objective.{key}={value!r} must be an integer >= 0 (0 turns warm-up off).")
+        if warmup_steps and warmup_epochs:
+            raise UserError(f"objective.warmup_steps={warmup_steps} and objective.warmup_epochs={warmup_epochs} "
+                            "are both set; set one of them, the other to 0.")
+        if not free_bits >= 0:
+            raise UserError(f"objective.free_bits={free_bits!r} must be >= 0 nats per latent dimension (0 turns it off).")
+        if kl_estimator not in KL_ESTIMATORS:
+            raise UserError(f"objective.kl_estimator={kl_estimator!r} is not known; choose analytic or mc.")
         # Kept in checkpoints; the run's hyperparameters reach TensorBoard from the full config instead.
         self.save_hyperparameters(logger=False)
-        hidden_dims = list(hidden_dims)
         self.likelihood = make_likelihood(likelihood, gaussian_std)
-        self.encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
-        self.decoder = MLPDecoder(data_shape, hidden_dims, latent_dim, activation)
+        self.encoder, self.decoder = make_networks(arch, data_shape, list(hidden_dims), latent_dim, activation,
+                                                   self.likelihood.params_per_dim)
         self.n_dims = math.prod(data_shape)
+        self._warmup = warmup_steps
         self._epoch_sums, self._epoch_count = None, 0
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data_config"] = self.data_config
+    def init_output_bias(self, data_mean: torch.Tensor) -> None:
+        """Start p(x|z) at the data's mean image (the literature's decoder-bias initialisation):
+        the first steps then learn structure instead of the average pixel intensity."""
+        bias = self.decoder.output_bias()
+        loc = location_from_mean(self.likelihood, data_mean.to(bias))
+        c = loc.shape[0]
+        with torch.no_grad():
+            bias[:c].copy_(loc.mean((-2, -1), keepdim=True) if bias.shape[-1] == 1 else loc)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.data_config = checkpoint.get("data_config", self.data_config)
-
-    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example (recon_loss, kl): -log p(x|z) at one reparameterised z ~ q(z|x),
-        and the analytic KL(q(z|x) || p(z))."""
+    def _forward(self, x: torch.Tensor):
         # The objective is computed in float32 even when the networks run in bf16 (precision=bf16-mixed):
         # sums over hundreds of dimensions would lose several digits in bf16.
         mu, logvar = (t.float() for t in self.encoder(x))
         z = reparameterize(mu, logvar)
         recon = -self.likelihood.log_prob(x, self.decoder(z).float())
-        kl = kl_analytic(mu, logvar).sum(-1)
-        return recon, kl
+        return recon, z, mu, logvar
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (recon_loss, kl): -log p(x|z) at one reparameterised z ~ q(z|x),
+        and the analytic KL(q(z|x) || p(z))."""
+        recon, _, mu, logvar = self._forward(x)
+        return recon, kl_analytic(mu, logvar).sum(-1)
 
     def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Batch means of the unscaled terms in nats per example, and the optimised loss."""
-        recon, kl = (t.mean() for t in self.terms(x))
-        loss = recon + kl_weight(self.global_step, self.hparams.beta, self.hparams.warmup_steps) * kl
+        recon, z, mu, logvar = self._forward(x)
+        kl_dims = kl_analytic(mu, logvar)  # exact: what is logged, whatever the estimator
+        recon, kl = recon.mean(), kl_dims.sum(-1).mean()
+        hp = self.hparams
+        kl_opt = kl_dims if hp.kl_estimator == "analytic" else kl_mc_dims(z, mu, logvar)
+        kl_opt = free_bits_kl(kl_opt, hp.free_bits) if hp.free_bits > 0 else kl_opt.sum(-1).mean()
+        loss = recon + kl_weight(self.global_step, hp.beta, self._warmup) * kl_opt
         elbo = -(recon + kl)
         return {"loss": loss, "recon_loss": recon, "kl": kl, "elbo": elbo, "bpd": -elbo / (self.n_dims * math.log(2))}
+
+    def on_train_start(self):
+        if self.hparams.warmup_epochs:
+            self._warmup = self.hparams.warmup_epochs * self.trainer.num_training_batches
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
@@ -101,6 +128,12 @@ class VAE(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_config"] = self.data_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_config = checkpoint.get("data_config", self.data_config)
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters in one pass: about 5x faster than the default

@@ -1,7 +1,8 @@
 """Encoder and decoder networks.
 
 The encoder maps x to the parameters (mu, log sigma^2) of q(z|x) = N(mu, diag(sigma^2));
-the decoder maps z to the parameters of p(x|z), shaped like x.
+the decoder maps z to the parameters of p(x|z): `params_per_dim` values per data dimension,
+shaped (B, params_per_dim * C, H, W) for x of shape (B, C, H, W).
 """
 import math
 
@@ -11,6 +12,7 @@ from torch import nn
 from .errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+ARCHS = ("mlp", "conv")
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -32,9 +34,8 @@ def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, data_shape: tuple[int, ...], hidden_dims: list[int], latent_dim: int, activation: str):
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str):
         super().__init__()
-        self.latent_dim = latent_dim
         self.net = _mlp([math.prod(data_shape), *hidden_dims, 2 * latent_dim], activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,13 +44,90 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, data_shape: tuple[int, ...], hidden_dims: list[int], latent_dim: int, activation: str):
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str, params_per_dim: int = 1):
         super().__init__()
-        self.data_shape = tuple(data_shape)
-        self.net = _mlp([latent_dim, *reversed(hidden_dims), math.prod(data_shape)], activation)
+        c, *rest = data_shape
+        self.out_shape = (params_per_dim * c, *rest)
+        self.net = _mlp([latent_dim, *reversed(hidden_dims), math.prod(self.out_shape)], activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, *self.data_shape)
+        return self.net(z).view(-1, *self.out_shape)
+
+    def output_bias(self) -> torch.Tensor:
+        """The last layer's bias, viewed as (params_per_dim * C, H, W)."""
+        return self.net[-1].bias.view(self.out_shape)
+
+
+def _halvings(size: tuple[int, int], n: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each of n stride-2 convolutions (kernel 3, padding 1): ceil(s / 2)."""
+    sizes = [tuple(size)]
+    for _ in range(n):
+        sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 3x3 convolutions with hidden_dims channels, then a linear map to (mu, log sigma^2).
+    Any image size works: each layer halves it, rounding up."""
+
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str):
+        super().__init__()
+        act = _activation(activation)
+        c, h, w = data_shape
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *hidden_dims[:-1]], hidden_dims):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
+        self.convs = nn.Sequential(*layers)
+        h_last, w_last = _halvings((h, w), len(hidden_dims))[-1]
+        self.fc = nn.Linear(hidden_dims[-1] * h_last * w_last, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.fc(self.convs(x).flatten(1)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    """The encoder's mirror: a linear map to the smallest feature map, then stride-2 transposed
+    convolutions whose output padding restores each of the encoder's sizes exactly."""
+
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str, params_per_dim: int = 1):
+        super().__init__()
+        act = _activation(activation)
+        c, h, w = data_shape
+        sizes = _halvings((h, w), len(hidden_dims))  # input size first, smallest last
+        self.start = (hidden_dims[-1], *sizes[-1])
+        self.fc = nn.Linear(latent_dim, math.prod(self.start))
+        channels = [*reversed(hidden_dims), params_per_dim * c]
+        layers: list[nn.Module] = [act()]
+        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+            target = sizes[-2 - i]
+            # (s - 1) * 2 - 2 + 3 + p = 2s - 1 + p: p = 1 where the target size is even.
+            pad = tuple(int(t % 2 == 0) for t in target)
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+            if i < len(channels) - 2:
+                layers.append(act())
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deconvs(self.fc(z).view(-1, *self.start))
+
+    def output_bias(self) -> torch.Tensor:
+        """The last layer's bias, one value per output channel, as (params_per_dim * C, 1, 1)."""
+        return self.deconvs[-1].bias.view(-1, 1, 1)
+
+
+def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
+                  params_per_dim: int) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) of the architecture named in model.arch."""
+    if arch == "mlp":
+        return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation),
+                MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
+    if arch == "conv":
+        if len(data_shape) != 3:
+            raise UserError(f"model=conv needs image data shaped (C, H, W); this data is shaped {tuple(data_shape)}.")
+        return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation),
+                ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
+    raise UserError(f"model.arch={arch!r} is not a known architecture; choose one of {', '.join(ARCHS)}.")
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

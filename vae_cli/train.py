@@ -75,7 +75,9 @@ def _log_hparams(trainer, cfg: DictConfig) -> None:
 
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
+
+    from .likelihoods import check_fits_data
 
     _route_lightning_logs()
     run_dir = Path(cfg.run_dir)
@@ -88,8 +90,13 @@ def fit(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data, binarize=binarize, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
-    model = build(cfg.model, _convert_="all", data_shape=tuple(datamodule.shape), lr=cfg.optim.lr,
-                        beta=cfg.objective.beta, warmup_steps=cfg.objective.warmup_steps)
+    check_fits_data(cfg.model.likelihood, datamodule.head("train", 1000)[0], binarize)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init_output_bias = model_cfg.pop("init_output_bias", False)  # an action at start-up, not a model setting
+    model = build(OmegaConf.create(model_cfg), _convert_="all", data_shape=tuple(datamodule.shape),
+                  lr=cfg.optim.lr, **cfg.objective)
+    if init_output_bias and ckpt_path is None:
+        model.init_output_bias(datamodule.train_pixel_mean())
     # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
     model.data_config = {**OmegaConf.to_container(cfg.data, resolve=True), "binarize": binarize}
     if cfg.compile:
@@ -139,7 +146,11 @@ def train(cfg: DictConfig) -> float:
     try:
         metrics = fit(cfg)
     except UserError as e:
-        log.error("%s", e)
+        # Once on the terminal (no traceback), and in the run's log file for the record.
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
         print(f"vae-train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
