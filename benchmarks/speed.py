@@ -102,7 +102,7 @@ def vae_train(data_dir: str, steps: int, device: str, extra: list[str]) -> float
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(vae_train_cmd(data_dir, Path(tmp) / "run", steps, device, extra), check=True,
                        capture_output=True, text=True)
-        return json.loads((Path(tmp) / "run" / "metrics.json").read_text())["train_seconds"]
+        return json.loads((Path(tmp) / "run" / "timing.json").read_text())["train_seconds"]
 
 
 def startup(data_dir: str, device: str) -> dict[str, float]:

@@ -69,7 +69,8 @@ def test_multirun_writes_one_run_directory_per_job(tmp_path):
 
 def test_help_and_cfg_show_the_composed_config(tmp_path):
     help_text = run_vae_train("--help", cwd=tmp_path).stdout
-    assert "vae-train" in help_text and "latent_dim" in help_text and "data: digits" in help_text
+    assert "vae-train" in help_text and "latent_dim" in help_text
+    assert "data: cifar10, digits, fashion_mnist, image_folder, mnist" in help_text and "model: conv, mlp" in help_text
     cfg = run_vae_train("--cfg", "job", "model.latent_dim=7", "data=fashion_mnist", cwd=tmp_path).stdout
     assert "latent_dim: 7" in cfg and "vae_cli.data.FashionMNIST" in cfg
 

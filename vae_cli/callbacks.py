@@ -1,6 +1,7 @@
 """Training-time diagnostics for TensorBoard: image grids, the KL per latent dimension, the
 importance-weighted NLL on the validation set, and the test set's latent means in the projector.
-Each works on the datamodule's in-memory splits and writes through the run's TensorBoard logger."""
+Each reads data through the datamodule's head() and eval_batches() and writes through the run's
+TensorBoard logger."""
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger

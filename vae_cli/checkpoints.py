@@ -45,3 +45,53 @@ def load_vae(path: Path, map_location="cpu"):
     model.load_state_dict(ckpt["state_dict"])
     model.to(map_location)
     return model, ckpt.get("data_config")
+
+
+def check_compatible(model, ckpt: dict, path) -> None:
+    """A checkpoint whose tensors do not fit the configured model, named parameter by parameter."""
+    own = model.state_dict()
+    theirs = ckpt["state_dict"]
+    for name, tensor in theirs.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise UserError(
+                f"ckpt_path={str(path)!r} does not fit the configured model: parameter {name} has shape "
+                f"{tuple(tensor.shape)} in the checkpoint and {tuple(own[name].shape)} here. Resume with the model "
+                f"settings it was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
+            )
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    if missing or unexpected:
+        raise UserError(
+            f"ckpt_path={str(path)!r} does not fit the configured model: "
+            f"{'missing ' + ', '.join(missing[:5]) if missing else ''}{'; ' if missing and unexpected else ''}"
+            f"{'unexpected ' + ', '.join(unexpected[:5]) if unexpected else ''}. Resume with the model settings it "
+            f"was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
+        )
+
+
+def atomic_checkpoint_io():
+    """Lightning's checkpoint writer, made atomic on the local disk: each file is written beside its
+    destination, flushed to disk, then renamed over it, so a kill mid-write leaves the previous
+    last.ckpt in place (Lightning's own temporary file may live on another file system, where the
+    final move is a copy)."""
+    import os
+
+    import torch
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            if "://" in str(path):  # remote storage: keep Lightning's transactional writer
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    return AtomicCheckpointIO()

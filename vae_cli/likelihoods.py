@@ -49,10 +49,10 @@ def _normal_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tens
 
 
 def _check_std(std: float, minimum: float = 0.0) -> None:
-    if not std > minimum:
+    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > minimum:
         bound = "a positive number" if minimum == 0 else f"a number above {minimum:g} (the smallest std it can learn)"
         raise UserError(
-            f"model.gaussian_std={std} is not a valid standard deviation; use {bound} such as model.gaussian_std=0.1."
+            f"model.gaussian_std={std!r} is not a valid standard deviation; use {bound} such as model.gaussian_std=0.1."
         )
 
 

@@ -14,6 +14,10 @@ METRICS = ("loss", "recon_loss", "kl", "elbo", "bpd")
 KL_ESTIMATORS = ("analytic", "mc")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class VAE(pl.LightningModule):
     def __init__(
         self,
@@ -33,9 +37,9 @@ class VAE(pl.LightningModule):
     ):
         super().__init__()
         check_sizes(latent_dim, hidden_dims)
-        if not lr > 0:
+        if not _is_number(lr) or not lr > 0:
             raise UserError(f"optim.lr={lr!r} is not a valid learning rate; use a positive number, e.g. optim.lr=1e-3.")
-        if not beta >= 0:
+        if not _is_number(beta) or not beta >= 0:
             raise UserError(f"objective.beta={beta!r} is not a valid KL weight; use a number >= 0 (1 is the ELBO).")
         for key, value in (("warmup_steps", warmup_steps), ("warmup_epochs", warmup_epochs)):
             if not isinstance(value, int) or value < 0:
@@ -43,7 +47,7 @@ class VAE(pl.LightningModule):
         if warmup_steps and warmup_epochs:
             raise UserError(f"objective.warmup_steps={warmup_steps} and objective.warmup_epochs={warmup_epochs} "
                             "are both set; set one of them, the other to 0.")
-        if not free_bits >= 0:
+        if not _is_number(free_bits) or not free_bits >= 0:
             raise UserError(f"objective.free_bits={free_bits!r} must be >= 0 nats per latent dimension (0 turns it off).")
         if kl_estimator not in KL_ESTIMATORS:
             raise UserError(f"objective.kl_estimator={kl_estimator!r} is not known; choose analytic or mc.")
@@ -54,7 +58,7 @@ class VAE(pl.LightningModule):
                                                    self.likelihood.params_per_dim)
         self.n_dims = math.prod(data_shape)
         self._warmup = warmup_steps
-        self._epoch_sums, self._epoch_count = None, 0
+        self._sums: dict[str, torch.Tensor] = {}  # per split: example-weighted metric sums and the count
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
     def init_output_bias(self, data_mean: torch.Tensor) -> None:
@@ -96,13 +100,30 @@ class VAE(pl.LightningModule):
         if self.hparams.warmup_epochs:
             self._warmup = self.hparams.warmup_epochs * self.trainer.num_training_batches
 
+    def _accumulate(self, split: str, metrics: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        """Add this batch's example-weighted sums to the split's running totals, on the device."""
+        detached = torch.stack([v.detach() for v in metrics.values()])
+        total = torch.cat([detached * n, detached.new_tensor([n])])
+        self._sums[split] = total if self._sums.get(split) is None else self._sums[split] + total
+        return detached
+
+    def _log_epoch_means(self, split: str, suffix: str = "") -> None:
+        """Means over every example the split saw in this epoch, in all processes: sums and counts are
+        added across processes first, so the result is the mean over the whole set (not a mean of
+        per-process means)."""
+        total = self._sums.pop(split, None)
+        if total is None:
+            return
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        means = total[:-1] / total[-1]
+        self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(METRICS, means)}, on_step=False, on_epoch=True)
+
     def training_step(self, batch, batch_idx):
         x = batch[0]
         metrics = self._metrics(x)
-        detached = torch.stack([v.detach() for v in metrics.values()])
         # Epoch sums stay on the device (no host sync per step); logged once per epoch.
-        self._epoch_sums = self._epoch_sums + detached * len(x) if self._epoch_sums is not None else detached * len(x)
-        self._epoch_count += len(x)
+        detached = self._accumulate("train", metrics, len(x))
+        self.last_terms = detached[1:3]  # (recon_loss, kl), for the non-finite guard
         # self.log costs time on every call, so call it only on the steps the logger writes
         # (Lightning's own test for "this step is written": every trainer.log_every_n_steps).
         if self.trainer._logger_connector.should_update_logs:
@@ -110,24 +131,28 @@ class VAE(pl.LightningModule):
         return metrics["loss"]
 
     def on_train_epoch_start(self):
-        self._epoch_sums, self._epoch_count = None, 0
+        self._sums.pop("train", None)
 
     def on_train_epoch_end(self):
-        if self._epoch_count:
-            means = self._epoch_sums / self._epoch_count
-            self.log_dict({f"train/{k}_epoch": v for k, v in zip(METRICS, means)}, on_step=False, on_epoch=True, sync_dist=True)
-
-    def _eval_step(self, batch, split: str) -> None:
-        x = batch[0]
-        # Example-weighted means over the whole split (batch_size weights each batch's mean).
-        self.log_dict({f"{split}/{k}": v for k, v in self._metrics(x).items()}, on_step=False, on_epoch=True,
-                      batch_size=len(x), sync_dist=True)
+        self._log_epoch_means("train", suffix="_epoch")
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+        self._accumulate("val", self._metrics(batch[0]), len(batch[0]))
+
+    def on_validation_epoch_start(self):
+        self._sums.pop("val", None)
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_means("val")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
+        self._accumulate("test", self._metrics(batch[0]), len(batch[0]))
+
+    def on_test_epoch_start(self):
+        self._sums.pop("test", None)
+
+    def on_test_epoch_end(self):
+        self._log_epoch_means("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_config"] = self.data_config

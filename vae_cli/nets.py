@@ -142,8 +142,8 @@ def check_sizes(latent_dim, hidden_dims) -> None:
             f"model.latent_dim={latent_dim!r} is not a valid latent dimension K; use an integer >= 1, "
             "e.g. model.latent_dim=16."
         )
-    dims = list(hidden_dims)
-    if not dims or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in dims):
+    dims = hidden_dims if isinstance(hidden_dims, str) else list(hidden_dims)
+    if isinstance(dims, str) or not dims or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in dims):
         raise UserError(
             f"model.hidden_dims={dims!r} is not a list of layer widths; use one or more integers >= 1, "
             "e.g. model.hidden_dims=[512,256]."
