@@ -29,6 +29,7 @@ class VAE(pl.LightningModule):
         likelihood: str = "bernoulli",
         gaussian_std: float = 0.1,
         lr: float = 1e-3,
+        lr_decay: float = 1.0,
         beta: float = 1.0,
         warmup_steps: int = 0,
         warmup_epochs: int = 0,
@@ -39,6 +40,8 @@ class VAE(pl.LightningModule):
         check_sizes(latent_dim, hidden_dims)
         if not _is_number(lr) or not lr > 0:
             raise UserError(f"optim.lr={lr!r} is not a valid learning rate; use a positive number, e.g. optim.lr=1e-3.")
+        if not _is_number(lr_decay) or not 0 < lr_decay <= 1:
+            raise UserError(f"optim.lr_decay={lr_decay!r} must be in (0, 1]: the learning rate's factor per epoch (1: constant).")
         if not _is_number(beta) or not beta >= 0:
             raise UserError(f"objective.beta={beta!r} is not a valid KL weight; use a number >= 0 (1 is the ELBO).")
         for key, value in (("warmup_steps", warmup_steps), ("warmup_epochs", warmup_epochs)):
@@ -163,4 +166,8 @@ class VAE(pl.LightningModule):
     def configure_optimizers(self):
         # The fused kernel updates all parameters in one pass: about 5x faster than the default
         # per-tensor Adam on the CPU, a large share of a step for models this small.
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        if self.hparams.lr_decay == 1.0:
+            return optimizer
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.hparams.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

@@ -18,18 +18,37 @@ ARCHS = ("mlp", "conv")
 def _activation(name: str) -> type[nn.Module]:
     if name not in ACTIVATIONS:
         raise UserError(
-            f"model.activation={name!r} is not a known activation; choose one of {', '.join(ACTIVATIONS)}."
+            f"model.activation={name!r} is not a known activation; choose one of {', '.join(ACTIVATIONS)}"
+            " (or gated, for model=mlp)."
         )
     return ACTIVATIONS[name]
 
 
+class GatedLinear(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c): a linear layer gated by a second one (Dauphin et al. 2017),
+    the hidden layer of the VampPrior / Exemplar VAE MLPs whose results we compare against."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2 * n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(gate)
+
+
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    act = _activation(activation)
+    """Hidden layers with the activation (or gated layers, activation=gated), a linear output layer."""
+    act = None if activation == "gated" else _activation(activation)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(act())
+        hidden = i < len(sizes) - 2
+        if hidden and act is None:
+            layers.append(GatedLinear(n_in, n_out))
+        else:
+            layers.append(nn.Linear(n_in, n_out))
+            if hidden:
+                layers.append(act())
     return nn.Sequential(*layers)
 
 

@@ -137,7 +137,7 @@ def fit(cfg: DictConfig) -> dict:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     init_output_bias = model_cfg.pop("init_output_bias", False)  # an action at start-up, not a model setting
     model = build(OmegaConf.create(model_cfg), _convert_="all", data_shape=tuple(datamodule.shape),
-                  lr=cfg.optim.lr, **cfg.objective)
+                  **cfg.optim, **cfg.objective)
     if ckpt_path is not None:
         # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
         # checkpoint stops the run with the parameter named, before anything is written.
