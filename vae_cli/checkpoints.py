@@ -20,6 +20,18 @@ def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
     return p
 
 
+def resolve_device(name: str):
+    """`device=auto` means CUDA when available; otherwise the named torch device (cpu, cuda, cuda:1)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+
+
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
     import torch  # here, not at the top: `vae-train --help` should not pay for importing torch
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from .elbo import kl_analytic, log_importance_weights
 from .errors import UserError
-from .checkpoints import load_vae, resolve_checkpoint
+from .checkpoints import load_vae, resolve_checkpoint, resolve_device
 from .data import build_datamodule
 
 log = logging.getLogger("vae_cli")
@@ -123,8 +123,7 @@ def run_eval(cfg: DictConfig) -> dict:
         raise UserError(f"iw_samples={cfg.iw_samples!r} must be an integer >= 1 (5000 is the literature's choice).")
     if cfg.split not in ("val", "test"):
         raise UserError(f"split={cfg.split!r} is not a split vae-eval scores; use split=test or split=val.")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     model, data_config = load_vae(ckpt, map_location=device)
     model.eval()
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}

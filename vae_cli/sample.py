@@ -9,15 +9,14 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from . import images
-from .checkpoints import load_vae, resolve_checkpoint
+from .checkpoints import load_vae, resolve_checkpoint, resolve_device
 from .data import build_datamodule
 from .errors import UserError
 
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
     ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     model, data_config = load_vae(ckpt, map_location=device)
     model.eval()
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / "samples"
