@@ -61,7 +61,7 @@ class VAE(pl.LightningModule):
                                                    self.likelihood.params_per_dim)
         self.n_dims = math.prod(data_shape)
         self._warmup = warmup_steps
-        self._sums: dict[str, torch.Tensor] = {}  # per split: example-weighted metric sums and the count
+        self._sums: dict[str, tuple] = {}  # per split: (example-weighted metric sums, example count)
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
     def init_output_bias(self, data_mean: torch.Tensor) -> None:
@@ -106,18 +106,19 @@ class VAE(pl.LightningModule):
     def _accumulate(self, split: str, metrics: dict[str, torch.Tensor], n: int) -> torch.Tensor:
         """Add this batch's example-weighted sums to the split's running totals, on the device."""
         detached = torch.stack([v.detach() for v in metrics.values()])
-        total = torch.cat([detached * n, detached.new_tensor([n])])
-        self._sums[split] = total if self._sums.get(split) is None else self._sums[split] + total
+        # The count stays a Python int: a new device tensor per step would be a host-to-device copy.
+        sums, count = self._sums.get(split, (0.0, 0))
+        self._sums[split] = (sums + detached * n, count + n)
         return detached
 
     def _log_epoch_means(self, split: str, suffix: str = "") -> None:
         """Means over every example the split saw in this epoch, in all processes: sums and counts are
         added across processes first, so the result is the mean over the whole set (not a mean of
         per-process means)."""
-        total = self._sums.pop(split, None)
-        if total is None:
+        if split not in self._sums:
             return
-        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        sums, count = self._sums.pop(split)
+        total = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum")
         means = total[:-1] / total[-1]
         self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(METRICS, means)}, on_step=False, on_epoch=True)
 
