@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from conftest import run_tool

@@ -3,7 +3,6 @@ clear errors for bad checkpoints, and sweeps that survive a failing job."""
 import json
 import os
 import pickle
-import sys
 
 import pytest
 import torch

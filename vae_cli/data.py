@@ -257,6 +257,8 @@ class _Torchvision(InMemoryDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
+        if self._splits is not None:  # already loaded: Lightning calls this again at fit and at test
+            return
         self._open(train=True)
         self._open(train=False)
 

@@ -7,7 +7,6 @@ log p(x) = ELBO + KL(q(z|x) || p(z|x)) measurable: the inference gap is log p(x)
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from .elbo import kl_analytic, log_importance_weights
-from .errors import UserError
+from .errors import UserError, exit_on_user_error
 from .checkpoints import load_vae, resolve_checkpoint, resolve_device
 from .data import build_datamodule
 
@@ -144,11 +143,7 @@ def run_eval(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def evaluate(cfg: DictConfig) -> None:
-    try:
-        run_eval(cfg)
-    except UserError as e:
-        print(f"vae-eval: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error("vae-eval", run_eval, cfg)
 
 
 def main() -> None:

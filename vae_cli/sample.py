@@ -1,6 +1,5 @@
 """vae-sample: PNG grids from a checkpoint: prior samples, reconstructions, latent traversals,
 interpolations, and the 2-D manifold when K = 2."""
-import sys
 from pathlib import Path
 
 import hydra
@@ -11,7 +10,7 @@ from torchvision.utils import save_image
 from . import images
 from .checkpoints import load_vae, resolve_checkpoint, resolve_device
 from .data import build_datamodule
-from .errors import UserError
+from .errors import exit_on_user_error
 
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
@@ -45,11 +44,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def sample(cfg: DictConfig) -> None:
-    try:
-        run_sample(cfg)
-    except UserError as e:
-        print(f"vae-sample: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error("vae-sample", run_sample, cfg)
 
 
 def main() -> None:
