@@ -1,8 +1,16 @@
-"""Finding and loading checkpoints. Loading never executes code from the file: torch.load with
-weights_only=True only rebuilds tensors and plain containers."""
+"""Finding, loading and writing a run's files. Loading never executes code from the file: torch.load
+with weights_only=True only rebuilds tensors and plain containers; writing goes through a temporary
+file and a rename, so a reader (or a run killed mid-write) never sees half a file."""
+import json
 from pathlib import Path
 
 from .errors import UserError
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:

@@ -4,7 +4,6 @@ Besides the ELBO's terms it estimates log p(x) itself by importance sampling wit
 proposal (the IWAE bound with k samples, Burda et al. 2016), which makes the seed's identity
 log p(x) = ELBO + KL(q(z|x) || p(z|x)) measurable: the inference gap is log p(x) - ELBO.
 """
-import json
 import logging
 import math
 from pathlib import Path
@@ -15,7 +14,7 @@ from omegaconf import DictConfig
 
 from .elbo import kl_analytic, log_importance_weights
 from .errors import UserError, exit_on_user_error
-from .checkpoints import load_vae, resolve_checkpoint, resolve_device
+from .checkpoints import load_vae, resolve_checkpoint, resolve_device, write_json
 from .data import build_datamodule
 
 log = logging.getLogger("vae_cli")
@@ -133,9 +132,7 @@ def run_eval(cfg: DictConfig) -> dict:
            **summarize(per_example, model.n_dims)}
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, res)
     print(format_table(res))
     print(f"  written to {out}")
     return res

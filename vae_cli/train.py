@@ -1,5 +1,4 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
-import json
 import logging
 import os
 import sys
@@ -14,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import resolve_checkpoint
+from .checkpoints import resolve_checkpoint, write_json
 from .errors import UserError
 
 log = logging.getLogger("vae_cli")
@@ -107,12 +106,6 @@ def _check_run_settings(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key}={v!r} must be an integer (-1 for no limit), e.g. trainer.{key}=20.")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)  # readers never see half a file
-
-
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
@@ -185,8 +178,8 @@ def fit(cfg: DictConfig) -> dict:
         lg.finalize("success")
     if trainer.is_global_zero:  # one writer when several processes train (DDP)
         # metrics.json holds only what the seed determines (same seed, same file); wall time goes beside it.
-        _write_json(run_dir / "metrics.json", metrics)
-        _write_json(run_dir / "timing.json", {"train_seconds": round(train_seconds, 3)})
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "timing.json", {"train_seconds": round(train_seconds, 3)})
     log.info("test: elbo %.4f  recon_loss %.4f  kl %.4f  bpd %.4f  (%s)", metrics["test/elbo"],
              metrics["test/recon_loss"], metrics["test/kl"], metrics["test/bpd"], run_dir / "metrics.json")
     return metrics
