@@ -56,3 +56,37 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     single = json.loads(out.read_text())
     assert metrics["test/kl"] == pytest.approx(single["kl"], rel=1e-5)
     assert abs(metrics["test/elbo"] - single["elbo"]) < 4 * single["elbo_se"]
+
+
+def test_ddp_scores_an_image_folder_split_exactly_once(tmp_path):
+    """Image folders go through DataLoaders; under DDP each validation image must be scored by exactly one
+    process (Lightning's default sampler pads the shards by repeating images, which skews the mean)."""
+    import numpy as np
+    from PIL import Image
+
+    from vae_cli.checkpoints import load_vae
+    from vae_cli.data import build_datamodule
+    from vae_cli.elbo import kl_analytic
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+    run_dir = tmp_path / "run"
+    # 7 validation images: the processes hold 4 and 3; a padded sampler would score one of them twice.
+    run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                  "data=image_folder", f"data.path={folder}", "data.image_size=[8,8]", "data.channels=1",
+                  "data.val_size=7", "data.test_size=5", "data.num_workers=0", "model.hidden_dims=[16]",
+                  "callbacks.latent_projector.max_points=0", f"hydra.run.dir={run_dir}", *QUIET,
+                  cwd=tmp_path, timeout=600)
+    model, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
+    dm = build_datamodule(data_config)
+    with torch.no_grad():
+        kl = {split: torch.cat([kl_analytic(*model.encoder(x)).sum(-1) for x, _ in dm.eval_batches(split)])
+              for split in ("val", "test")}
+    assert [len(kl["val"]), len(kl["test"])] == [7, 5]
+    assert read_scalars(run_dir)["val/kl"][-1][1] == pytest.approx(kl["val"].mean().item(), rel=1e-5, abs=1e-6)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_checkpoint"].endswith("best.ckpt")  # one epoch: best and last hold the same weights
+    assert metrics["test/kl"] == pytest.approx(kl["test"].mean().item(), rel=1e-5, abs=1e-6)

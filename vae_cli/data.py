@@ -430,6 +430,18 @@ class _ImageFiles(torch.utils.data.Dataset):
         return x, self.labels[i]
 
 
+class _Shard(torch.utils.data.DistributedSampler):
+    """Every num_replicas-th example from rank on, in order and without padding: the processes of a
+    multi-process run score the validation or test split exactly once between them (Lightning's own
+    sampler pads the shards to equal length by repeating examples, which would count some twice)."""
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class ImageFolder(BaseDataModule):
     """A user's own images, read from `path` batch by batch through DataLoader workers (never all in
     memory): PNG, JPEG, BMP or WebP files, resized to `image_size` (H, W) (the aspect ratio is not
@@ -561,11 +573,17 @@ class ImageFolder(BaseDataModule):
         )
         return self._loader(self.dataset("train"), self.batch_size, sampler=sampler, persistent=True)
 
+    def _eval_sampler(self, split: str):
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return _Shard(self.dataset(split), num_replicas=trainer.world_size, rank=trainer.global_rank)
+
     def val_dataloader(self):
-        return self._loader(self.dataset("val"), self.eval_batch_size, persistent=True)
+        return self._loader(self.dataset("val"), self.eval_batch_size, sampler=self._eval_sampler("val"), persistent=True)
 
     def test_dataloader(self):
-        return self._loader(self.dataset("test"), self.eval_batch_size)
+        return self._loader(self.dataset("test"), self.eval_batch_size, sampler=self._eval_sampler("test"))
 
     def eval_batches(self, split: str):
         """The whole split in order, as [x, y] batches of eval_batch_size."""
