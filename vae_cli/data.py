@@ -435,11 +435,14 @@ class _Shard(torch.utils.data.DistributedSampler):
     multi-process run score the validation or test split exactly once between them (Lightning's own
     sampler pads the shards to equal length by repeating examples, which would count some twice)."""
 
+    def _indices(self) -> range:
+        return range(self.rank, len(self.dataset), self.num_replicas)
+
     def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return len(self._indices())
 
 
 class ImageFolder(BaseDataModule):
