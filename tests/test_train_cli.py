@@ -1,5 +1,6 @@
 """vae-train end to end, run as a user runs it: a subprocess with Hydra overrides."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -120,3 +121,17 @@ def test_fashion_mnist_run_reads_the_real_files(tmp_path):
     assert metrics["global_step"] == 30
     assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (784 * 0.6931471805599453), rel=1e-6)
     assert "fashion_mnist: 50000 train, 10000 val, 10000 test" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_resume_in_a_moved_run_directory_keeps_its_best_checkpoint(short_run, tmp_path):
+    # A run copied elsewhere (another disk, the GPU machine) and resumed there in place.
+    moved = tmp_path / "moved"
+    shutil.copytree(short_run, moved)
+    best_before = json.loads((short_run / "metrics.json").read_text())["best_val_elbo"]
+    run_vae_train(f"ckpt_path={moved / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=3", *QUIET, cwd=tmp_path)
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no best-v1.ckpt
+    metrics = json.loads((moved / "metrics.json").read_text())
+    val = [v for _, v in read_scalars(moved)["val/elbo"]]
+    assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert metrics["best_val_elbo"] == pytest.approx(max(best_before, val[-1]))
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
