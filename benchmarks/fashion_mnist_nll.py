@@ -5,7 +5,7 @@ Trains `vae-train experiment=fashion_mnist_vae` (plus any overrides), then score
 test nll_iw with its standard error, test ELBO, active units, epochs, wall times and the machine.
 
     python benchmarks/fashion_mnist_nll.py [--k 5000] [--append BENCHMARKS.md] [--run-dir DIR] [-- OVERRIDES...]
-    python benchmarks/fashion_mnist_nll.py -- model=conv trainer.accelerator=gpu
+    python benchmarks/fashion_mnist_nll.py -- model=conv 'model.hidden_dims=[32,64,128]' model.activation=relu trainer.accelerator=gpu
 """
 import argparse
 import json
