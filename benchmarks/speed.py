@@ -99,11 +99,15 @@ def vae_train_cmd(data_dir: str, run_dir: Path, steps: int, device: str, extra: 
             f"hydra.run.dir={run_dir}", *extra]
 
 
-def vae_train(data_dir: str, steps: int, device: str, extra: list[str]) -> float:
+def fit_seconds(cmd_for) -> float:
+    """vae-train's own timer around trainer.fit, for the command cmd_for(run_dir) in a scratch run directory."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(vae_train_cmd(data_dir, Path(tmp) / "run", steps, device, extra), check=True,
-                       capture_output=True, text=True)
+        subprocess.run(cmd_for(Path(tmp) / "run"), check=True, capture_output=True, text=True)
         return json.loads((Path(tmp) / "run" / "timing.json").read_text())["train_seconds"]
+
+
+def vae_train(data_dir: str, steps: int, device: str, extra: list[str]) -> float:
+    return fit_seconds(lambda run_dir: vae_train_cmd(data_dir, run_dir, steps, device, extra))
 
 
 def startup(data_dir: str, device: str) -> dict[str, float]:
@@ -121,14 +125,12 @@ def startup(data_dir: str, device: str) -> dict[str, float]:
 def protocol_epoch(data_dir: str, device: str, epochs: int) -> dict[str, float]:
     """Seconds per epoch of `experiment=fashion_mnist_vae` (batch 100, 50,000 training images, validation on),
     from two runs of 1 and `epochs` epochs, so start-up and the first epoch's warm-up cancel."""
-    def fit_seconds(n: int) -> float:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [str(Path(sys.executable).parent / "vae-train"), "experiment=fashion_mnist_vae", f"data.data_dir={data_dir}",
-                   f"trainer.max_epochs={n}", "trainer.enable_progress_bar=false", "callbacks.latent_projector.max_points=0",
-                   f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", f"hydra.run.dir={Path(tmp) / 'run'}"]
-            subprocess.run(cmd, check=True, capture_output=True)
-            return json.loads((Path(tmp) / "run" / "timing.json").read_text())["train_seconds"]
-    first, total = fit_seconds(1), fit_seconds(epochs)
+    def cmd(n: int):
+        return lambda run_dir: [
+            str(Path(sys.executable).parent / "vae-train"), "experiment=fashion_mnist_vae", f"data.data_dir={data_dir}",
+            f"trainer.max_epochs={n}", "trainer.enable_progress_bar=false", "callbacks.latent_projector.max_points=0",
+            f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", f"hydra.run.dir={run_dir}"]
+    first, total = fit_seconds(cmd(1)), fit_seconds(cmd(epochs))
     return {"protocol_first_epoch_s": round(first, 2), "protocol_epoch_s": round((total - first) / (epochs - 1), 2)}
 
 
