@@ -111,6 +111,7 @@ def fit(cfg: DictConfig) -> dict:
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
 
     from .checkpoints import atomic_checkpoint_io, check_compatible, read_checkpoint
+    from .ema import EMA
     from .guards import NonFiniteGuard, RNGState
     from .likelihoods import check_fits_data
 
@@ -147,7 +148,9 @@ def fit(cfg: DictConfig) -> dict:
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         model.encoder.compile()
         model.decoder.compile()
-    callbacks = [NonFiniteGuard(), RNGState(), *(build(c) for c in cfg.callbacks.values())]
+    callbacks = [cb for cb in (build(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
+    # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
+    callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     loggers = [build(c) for c in cfg.logger.values()]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[atomic_checkpoint_io()])
 
