@@ -161,3 +161,27 @@ def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     proc = run_tool("vae-eval", f"ckpt_path={bad}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr
+
+
+def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, tmp_path):
+    (tmp_path / "a").mkdir()
+    a = _eval(trained_digits_run, 10, tmp_path / "a")
+    b = _eval(trained_digits_run, 10, tmp_path, "seed=1", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}")
+    c = b["compared_to"]
+    # The mean of the per-image differences is the difference of the two means.
+    assert c["nll_iw_diff"] == pytest.approx(b["nll_iw"] - a["nll_iw"], abs=1e-9)
+    assert c["elbo_diff"] == pytest.approx(b["elbo"] - a["elbo"], abs=1e-9)
+    # Its standard error is that of the per-image differences, which pairing makes far smaller than the two
+    # standard errors together (every model finds the same images hard).
+    pa, pb = (torch.load(p, weights_only=True) for p in (tmp_path / "a" / "eval_k10.pt", tmp_path / "eval_k10.pt"))
+    d = pa["log_px"] - pb["log_px"]
+    assert c["nll_iw_diff_se"] == pytest.approx(d.std().item() / math.sqrt(len(d)))
+    assert 0 < c["nll_iw_diff_se"] < 0.2 * math.hypot(a["nll_iw_se"], b["nll_iw_se"])
+    # Another split has other images: named before any scoring.
+    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "split=val",
+                    f"out={tmp_path / 'v.json'}", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "scored other images" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "v.json").exists()
+    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", f"out={tmp_path / 'n.json'}",
+                    f"compare_to={tmp_path / 'nope.json'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no per-image results" in proc.stderr and "nope.json" in proc.stderr

@@ -4,6 +4,7 @@ Besides the ELBO's terms it estimates log p(x) itself by importance sampling wit
 proposal (the IWAE bound with k samples, Burda et al. 2016), which makes the seed's identity
 log p(x) = ELBO + KL(q(z|x) || p(z|x)) measurable: the inference gap is log p(x) - ELBO.
 """
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -99,6 +100,53 @@ def summarize(per_example: dict[str, torch.Tensor], n_dims: int) -> dict:
     }
 
 
+def read_per_example(path: str, split: str, iw_samples: int) -> dict:
+    """Another vae-eval's per-image results: its .pt (or the .json beside it), or a run directory's
+    eval_<split>_k<iw_samples>.pt."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / f"eval_{split}_k{iw_samples}.pt"
+    p = p.with_suffix(".pt")
+    if not p.is_file():
+        raise UserError(f"compare_to={path!r}: no per-image results at {p}. Give the .json or .pt that an earlier "
+                        "vae-eval wrote (vae-eval writes both), or a run directory where vae-eval ran with the same "
+                        f"split={split} and iw_samples={iw_samples}.")
+    try:
+        other = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        other = f"{type(e).__name__}: {e}"
+    if not (isinstance(other, dict) and {"log_px", "elbo", "images_sha256"} <= other.keys()):
+        raise UserError(f"compare_to={path!r}: {p} is not a vae-eval per-image file ({str(other)[:200]}). "
+                        "Rerun vae-eval on that checkpoint to write it again.")
+    other["file"] = str(p)
+    return other
+
+
+def fingerprint(batches) -> str:
+    """SHA-256 of the images in order: two evaluations with the same one scored the same pixels."""
+    h = hashlib.sha256()
+    for batch in batches:
+        h.update(batch[0].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_same_images(images_sha256: str, other: dict) -> None:
+    if images_sha256 != other["images_sha256"]:
+        raise UserError(f"compare_to={other['file']!r} scored other images than this evaluation would (a different "
+                        "split, data, or binarisation seed). Compare evaluations of the same split of the same data.")
+
+
+def paired_difference(mine: dict, other: dict) -> dict:
+    """This model minus the other on the same images: the mean per-image difference in nll_iw and
+    elbo, with the standard error of that mean. Most of the per-image variance is the images' own
+    (some are harder for every model), so this is far tighter than the two nll_iw_se together."""
+    check_same_images(mine["images_sha256"], other)
+    d_nll, d_nll_se = _mean_se(other["log_px"] - mine["log_px"])
+    d_elbo, d_elbo_se = _mean_se(mine["elbo"] - other["elbo"])
+    return {"file": other["file"], "checkpoint": other.get("checkpoint"), "nll_iw_diff": d_nll,
+            "nll_iw_diff_se": d_nll_se, "elbo_diff": d_elbo, "elbo_diff_se": d_elbo_se}
+
+
 def format_table(res: dict) -> str:
     rows = [
         ("elbo", f"{res['elbo']:.4f} ± {res['elbo_se']:.4f}"),
@@ -112,7 +160,13 @@ def format_table(res: dict) -> str:
     order = sorted(range(res["latent_dim"]), key=lambda j: -res["kl_per_dim"][j])
     kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order)
     head = f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
-    return "\n".join([head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"])
+    lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
+    if "compared_to" in res:
+        c = res["compared_to"]
+        lines += [f"  minus {c['file']} (paired, same {res['n_examples']} images):",
+                  f"    nll_iw {c['nll_iw_diff']:+.4f} ± {c['nll_iw_diff_se']:.4f}   elbo {c['elbo_diff']:+.4f} ± "
+                  f"{c['elbo_diff_se']:.4f}"]
+    return "\n".join(lines)
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -126,13 +180,22 @@ def run_eval(cfg: DictConfig) -> dict:
     model.eval()
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
     dm = build_datamodule(data_config, **overrides)
+    images = fingerprint(dm.eval_batches(cfg.split))
+    baseline = read_per_example(cfg.compare_to, cfg.split, cfg.iw_samples) if cfg.compare_to else None
+    if baseline is not None:
+        check_same_images(images, baseline)  # before the (long) scoring
     torch.manual_seed(cfg.seed)
     per_example = score_batches(model, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
            **summarize(per_example, model.n_dims)}
+    mine = {"log_px": per_example["log_px"].double().cpu(), "elbo": per_example["elbo"].double().cpu(),
+            "images_sha256": images, "checkpoint": str(ckpt)}
+    if baseline is not None:
+        res["compared_to"] = paired_difference(mine, baseline)
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, res)
+    torch.save(mine, out.with_suffix(".pt"))  # per image, for later paired comparisons (compare_to=)
     print(format_table(res))
     print(f"  written to {out}")
     return res
