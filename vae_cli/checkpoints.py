@@ -13,6 +13,14 @@ def write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
+def write_tensors(path: Path, obj: dict) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
     """A checkpoint file, or a run directory meaning its checkpoints/<default_name>."""
     if ckpt_path is None or str(ckpt_path) == "":

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from .elbo import kl_analytic, log_importance_weights
 from .errors import UserError, exit_on_user_error
-from .checkpoints import load_vae, resolve_checkpoint, resolve_device, write_json
+from .checkpoints import load_vae, resolve_checkpoint, resolve_device, write_json, write_tensors
 from .data import build_datamodule
 
 log = logging.getLogger("vae_cli")
@@ -195,7 +195,7 @@ def run_eval(cfg: DictConfig) -> dict:
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, res)
-    torch.save(mine, out.with_suffix(".pt"))  # per image, for later paired comparisons (compare_to=)
+    write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)
     print(format_table(res))
     print(f"  written to {out}")
     return res
