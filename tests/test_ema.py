@@ -101,3 +101,20 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+
+
+def test_a_run_resumed_without_the_average_continues_the_raw_weights(tmp_path):
+    # The average never feeds back into the optimisation, so epoch 3 of an averaged run and epoch 3 of
+    # the same run resumed at epoch 2 with the average switched off start from, and reach, the same weights.
+    args = ("seed=3", *QUIET)
+    run_vae_train("trainer.max_epochs=3", "callbacks.ema.decay=0.9", *args, f"hydra.run.dir={tmp_path / 'a'}",
+                  cwd=tmp_path)
+    run_vae_train("trainer.max_epochs=2", "callbacks.ema.decay=0.9", *args, f"hydra.run.dir={tmp_path / 'b'}",
+                  cwd=tmp_path)
+    run_vae_train("trainer.max_epochs=3", *args, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
+                  cwd=tmp_path)
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True) for r in "ab")
+    assert a["global_step"] == b["global_step"] == 33 and "current_model_state" not in b
+    assert a["current_model_state"].keys() == b["state_dict"].keys()
+    for name, raw in a["current_model_state"].items():
+        assert torch.equal(raw, b["state_dict"][name]), name

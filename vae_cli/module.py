@@ -3,6 +3,7 @@ elbo.py, optimises the (optionally KL-weighted) loss, and logs each term separat
 import math
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 import torch
 
 from .elbo import free_bits_kl, kl_analytic, kl_mc_dims, kl_weight
@@ -163,6 +164,13 @@ class VAE(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.data_config = checkpoint.get("data_config", self.data_config)
+        # A run trained with a weight average (callbacks.ema) saves the average as its state_dict and
+        # the raw weights beside it. Resumed without the average, training goes on from the raw
+        # weights, which the optimiser's state belongs to (with it, the EMA callback restores them).
+        trainer = self._trainer
+        if ("current_model_state" in checkpoint and trainer is not None and trainer.state.fn == TrainerFn.FITTING
+                and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)):
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters in one pass: about 5x faster than the default
