@@ -11,18 +11,19 @@ import sys
 
 import torch
 
-from vae_cli.checkpoints import load_vae, resolve_checkpoint
-from vae_cli.data import build_datamodule
+from vae_cli.cli.loading import load_vae, make_datamodule, resolve_checkpoint
+from vae_cli.training.objective import Objective
 
 
-def encoder_grad_variance(model, x: torch.Tensor, estimator: str, draws: int) -> float:
-    """trace Cov[d loss / d phi] over the reparameterisation noise, phi = the encoder's parameters."""
-    model.hparams.kl_estimator = estimator
-    params = [p for p in model.encoder.parameters()]
+def encoder_grad_variance(vae, x: torch.Tensor, estimator: str, draws: int) -> float:
+    """trace Cov[d loss / d phi] over the reparameterisation noise, phi = the encoder's parameters, for the
+    negative ELBO (beta 1, no warm-up or free bits) with the KL estimated by `estimator`."""
+    objective = Objective(kl_estimator=estimator)
+    params = list(vae.encoder.parameters())
     grads = []
     for _ in range(draws):
-        model.zero_grad(set_to_none=True)
-        model._metrics(x)["loss"].backward()
+        vae.zero_grad(set_to_none=True)
+        objective.loss(vae.terms(x), step=0, steps_per_epoch=0).backward()
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     g = torch.stack(grads).double()
     return g.var(0).sum().item()
@@ -30,12 +31,10 @@ def encoder_grad_variance(model, x: torch.Tensor, estimator: str, draws: int) ->
 
 def main(argv: list[str]) -> None:
     args = {"draws": "200", "batch": "128", "seed": "0", **dict(a.split("=", 1) for a in argv)}
-    model, data_config = load_vae(resolve_checkpoint(args["ckpt_path"], "best.ckpt"))
-    model.hparams.free_bits = 0.0
-    model.train()
-    x = build_datamodule(data_config).head("val", int(args["batch"]))[0]
+    vae, data_config = load_vae(resolve_checkpoint(args["ckpt_path"], "best.ckpt"))
+    x = make_datamodule(data_config).head("val", int(args["batch"]))[0]
     torch.manual_seed(int(args["seed"]))
-    var = {e: encoder_grad_variance(model, x, e, int(args["draws"])) for e in ("analytic", "mc")}
+    var = {e: encoder_grad_variance(vae, x, e, int(args["draws"])) for e in ("analytic", "mc")}
     print(json.dumps({"checkpoint": args["ckpt_path"], "draws": int(args["draws"]), "batch": len(x),
                       "trace_cov_encoder_grad": var, "mc/analytic": var["mc"] / var["analytic"]}, indent=2))
 

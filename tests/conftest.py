@@ -1,3 +1,7 @@
+"""Helpers for running the commands as users do. Most tests run a command in this process (its real
+Hydra entry point, with sys.argv set: the same config composition, run directory and log file, without
+paying for a new Python process); tests of an entry point's process contract (exit status, what
+reaches stderr, signals, several processes) run it as a subprocess."""
 import os
 import shutil
 import subprocess
@@ -8,22 +12,61 @@ import pytest
 
 # Short runs with quiet output; every test writes only under its own tmp_path.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # an in-process run that fails shows its whole traceback
 
 
-def vae_train_exe() -> str:
-    exe = Path(sys.executable).parent / "vae-train"
-    found = str(exe) if exe.exists() else shutil.which("vae-train")
+def _exe(tool: str) -> str:
+    exe = Path(sys.executable).parent / tool
+    found = str(exe) if exe.exists() else shutil.which(tool)
     if not found:
-        pytest.fail("vae-train is not installed: run `pip install -e '.[test]'` first")
+        pytest.fail(f"{tool} is not installed: run `pip install -e '.[test]'` first")
     return found
 
 
-def run_vae_train(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts in a new process, as a user would."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([vae_train_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([_exe(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        pytest.fail(f"vae-train {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_vae_train(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run_tool("vae-train", *args, cwd=cwd, check=check, timeout=timeout)
+
+
+def run_here(tool: str, *args: str, cwd: Path) -> None:
+    """Run a command's Hydra entry point in this process, as `tool ARGS` typed in `cwd`."""
+    from vae_cli.cli import evaluate, sample, train
+
+    main = {"vae-train": train.main, "vae-eval": evaluate.main, "vae-sample": sample.main}[tool]
+    argv, here = sys.argv, os.getcwd()
+    sys.argv = [tool, *args]
+    os.chdir(cwd)
+    try:
+        main()
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+
+
+def train(tmp_path: Path, name: str, *args: str) -> Path:
+    """vae-train ARGS in this process, into the run directory tmp_path/name; returns that directory."""
+    run_here("vae-train", *args, *QUIET, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+    return tmp_path / name
+
+
+def compose(config_name: str, *overrides: str):
+    """The config a command composes from these overrides, without running it (so without Hydra's
+    run directory: vae-train's run_dir is set to a placeholder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    placeholder = ["run_dir=/nonexistent/run"] if config_name == "train" else []
+    with initialize_config_module("vae_cli.configs", version_base="1.3"):
+        return hydra_compose(config_name, overrides=[*placeholder, *overrides])
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -39,19 +82,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the installed console scripts (vae-eval, vae-sample) as a user would."""
-    exe = Path(sys.executable).parent / tool
-    proc = subprocess.run([str(exe) if exe.exists() else tool, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if check and proc.returncode != 0:
-        pytest.fail(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory) -> Path:
     """The default model trained for the default 100 epochs on digits (about 15 s on 2 CPU cores)."""
-    tmp = tmp_path_factory.mktemp("trained")
-    run_vae_train("trainer.max_epochs=100", "seed=0", f"hydra.run.dir={tmp / 'run'}", *QUIET, cwd=tmp)
-    return tmp / "run"
+    return train(tmp_path_factory.mktemp("trained"), "run", "trainer.max_epochs=100", "seed=0")

@@ -85,7 +85,7 @@ def test_fashion_mnist_is_read_from_the_debian_package(tmp_path):
 
 
 def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
-    from vae_cli.data import TensorBatches
+    from vae_cli.data.batching import TensorBatches
 
     x = torch.arange(10)
 

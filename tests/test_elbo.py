@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae_cli.elbo import kl_analytic, kl_mc, kl_weight, log_normal_diag, log_standard_normal
-from vae_cli.nets import reparameterize
+from vae_cli.core.elbo import (iwae_bound, kl_analytic, kl_mc_dims, log_importance_weights, log_normal_diag,
+                               log_standard_normal, reparameterize)
+from vae_cli.core.metrics import bits_per_dim
+from vae_cli.training.objective import Objective
 
 
 def _reference_kl(mu, logvar):
@@ -58,7 +60,7 @@ def test_monte_carlo_kl_converges_to_the_analytic_kl():
     exact = kl_analytic(mu, logvar).sum().item()
     for n in (1_000, 100_000, 1_000_000):
         z = reparameterize(mu.expand(n, -1), logvar.expand(n, -1))
-        samples = kl_mc(z, mu, logvar)
+        samples = kl_mc_dims(z, mu, logvar).sum(-1)
         se = samples.std().item() / math.sqrt(n)
         assert abs(samples.mean().item() - exact) < 5 * se, (n, samples.mean().item(), exact, se)
     assert se < 0.005  # the estimate has converged to within a few thousandths of a nat
@@ -77,6 +79,29 @@ def test_reparameterised_samples_have_the_posterior_moments_and_carry_gradients(
 
 
 def test_kl_weight_ramps_linearly_to_beta():
-    assert kl_weight(0, 1.0, 0) == 1.0
-    assert kl_weight(123, 0.5, 0) == 0.5
-    assert [kl_weight(s, 2.0, 4) for s in (0, 1, 2, 4, 10)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert Objective().kl_weight(0, steps_per_epoch=11) == 1.0
+    assert Objective(beta=0.5).kl_weight(123, steps_per_epoch=11) == 0.5
+    ramp = Objective(beta=2.0, warmup_steps=4)
+    assert [ramp.kl_weight(s, steps_per_epoch=11) for s in (0, 1, 2, 4, 10)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    by_epoch = Objective(warmup_epochs=2)  # 2 epochs of 11 steps
+    assert [by_epoch.kl_weight(s, steps_per_epoch=11) for s in (0, 11, 22, 30)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_importance_weights_and_the_iwae_bound_match_torch_distributions():
+    g = torch.Generator().manual_seed(2)
+    k, b, dim = 7, 5, 3
+    mu, logvar = torch.randn(b, dim, generator=g, dtype=torch.float64), torch.randn(b, dim, generator=g, dtype=torch.float64)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(k, b, dim, generator=g, dtype=torch.float64)
+    log_px_z = torch.randn(k, b, generator=g, dtype=torch.float64)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    prior = Independent(Normal(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)), 1)
+    log_w = log_importance_weights(log_px_z, z, mu, logvar)
+    torch.testing.assert_close(log_w, log_px_z + prior.log_prob(z) - q.log_prob(z), rtol=1e-12, atol=1e-12)
+    # log of the mean of the weights, computed directly in float64 (no overflow at these values).
+    torch.testing.assert_close(iwae_bound(log_w), log_w.exp().mean(0).log(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(iwae_bound(log_w[:1]), log_w[0])  # k = 1: the single-sample ELBO
+
+
+def test_bits_per_dim_is_nats_over_d_ln_2():
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+    assert bits_per_dim(torch.tensor(100.0), 64).item() == pytest.approx(100 / (64 * math.log(2)))

@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from conftest import run_tool
-from vae_cli.elbo import kl_analytic
-from vae_cli.evaluate import score, summarize
-from vae_cli.likelihoods import Gaussian
+from torch import nn
+
+from conftest import run_here, run_tool
+from vae_cli.core.elbo import kl_analytic
+from vae_cli.core.scoring import summarize
+from vae_cli.core.vae import VAE, ImportanceWeighted
 
 D, K, S = 6, 2, 0.5  # data dim, latent dim, decoder noise std
 
@@ -41,14 +43,22 @@ class LinearGaussian:
         return e_log_lik - kl_analytic(mu, logvar).sum(-1)
 
 
-class FixedPosteriorVAE:
-    """A VAE-shaped wrapper (encoder, decoder, likelihood) around the linear-Gaussian model, with
-    q(z|x) = N(q(x)) for a given function q of x."""
+class _Fn(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
 
-    def __init__(self, model: LinearGaussian, q):
-        self.encoder = lambda x: q(x.flatten(1))
-        self.decoder = lambda z: (z @ model.w.T + model.b).view(-1, 1, 1, D)
-        self.likelihood = Gaussian(S)
+    def forward(self, x):
+        return self.f(x)
+
+
+def fixed_posterior_vae(model: LinearGaussian, q) -> VAE:
+    """The core VAE with the linear-Gaussian model as its decoder and likelihood (p(x|z) = N(Wz + b, S^2 I))
+    and q(z|x) = N(q(x)) for a given function q of x as its encoder, in float64."""
+    vae = VAE((1, 1, D), latent_dim=K, hidden_dims=[1], likelihood="gaussian", gaussian_std=S)
+    vae.encoder = _Fn(lambda x: q(x.flatten(1)))
+    vae.decoder = _Fn(lambda z: (z @ model.w.T + model.b).view(-1, 1, 1, D))
+    return vae
 
 
 def _random_q(seed=1):
@@ -83,9 +93,9 @@ def test_elbo_equals_log_px_when_q_is_the_true_posterior():
     logvar = torch.diagonal(cov).log().expand(16, K)
     torch.testing.assert_close(model.elbo(x, m, logvar), model.log_px(x), rtol=1e-12, atol=1e-10)
     # Every importance weight is then p(x) itself: the estimate is exact for any k and any chunking.
-    vae = FixedPosteriorVAE(model, lambda x: (model.posterior(x)[0], torch.diagonal(cov).log().expand(len(x), K)))
-    for k, iw_batch in ((1, 10), (7, 3), (64, 1000)):
-        torch.testing.assert_close(score(vae, x.view(-1, 1, 1, D), k, iw_batch)["log_px"], model.log_px(x),
+    vae = fixed_posterior_vae(model, lambda x: (model.posterior(x)[0], torch.diagonal(cov).log().expand(len(x), K)))
+    for k, max_pairs in ((1, 10), (7, 3), (64, 1000)):
+        torch.testing.assert_close(vae.importance_weighted(x.view(-1, 1, 1, D), k, max_pairs).log_px, model.log_px(x),
                                    rtol=1e-10, atol=1e-8)
 
 
@@ -95,14 +105,15 @@ def test_iwae_estimate_rises_towards_log_px_and_stays_below_it():
     q = _random_q(seed=5)
     n = 400  # independent repetitions of the estimate for one x
     x = x0.expand(n, D)
-    vae = FixedPosteriorVAE(model, q)
+    vae = fixed_posterior_vae(model, q)
     log_px = model.log_px(x0).item()
     elbo = model.elbo(x0, *q(x0)).item()
     assert log_px - elbo > 0.5  # q is far from the posterior, so the bound has room to tighten
     torch.manual_seed(0)
     means = []
     for k in (1, 10, 100, 1000):
-        est = score(vae, x.reshape(n, 1, 1, D), k, iw_batch=20_000)["log_px"]
+        with torch.no_grad():
+            est = vae.importance_weighted(x.reshape(n, 1, 1, D), k, max_pairs=20_000).log_px
         mean, se = est.mean().item(), est.std().item() / math.sqrt(n)
         assert mean < log_px + 3 * se, (k, mean, log_px)  # a lower bound in expectation
         means.append((k, mean, se))
@@ -116,18 +127,27 @@ def test_summary_counts_active_units_by_the_variance_of_posterior_means():
     n = 1000
     g = torch.Generator().manual_seed(0)
     mu = torch.stack([torch.randn(n, generator=g), 0.05 * torch.randn(n, generator=g), torch.zeros(n)], -1)
-    per = {"log_px": -torch.ones(n), "elbo": -torch.ones(n) * 1.5, "recon": torch.ones(n),
-           "kl_dims": kl_analytic(mu, torch.zeros_like(mu)), "mu": mu}
+    kl_dims = kl_analytic(mu, torch.zeros_like(mu))
+    per = ImportanceWeighted(log_px=-torch.ones(n), recon=1.5 - kl_dims.sum(-1), kl_dims=kl_dims, mu=mu)
     res = summarize(per, n_dims=4)
     assert res["active_units"] == 1  # variances ~1, ~0.0025 and 0 against the 0.01 threshold
+    assert res["elbo"] == pytest.approx(-1.5) and res["bpd"] == pytest.approx(1.5 / (4 * math.log(2)))
     assert res["inference_gap"] == pytest.approx(0.5) and res["nll_iw"] == pytest.approx(1.0)
     assert res["kl"] == pytest.approx(sum(res["kl_per_dim"]))
 
 
 def _eval(run_dir, k, tmp_path, *extra):
     out = tmp_path / f"eval_k{k}.json"
-    run_tool("vae-eval", f"ckpt_path={run_dir}", f"iw_samples={k}", f"out={out}", *extra, cwd=tmp_path)
+    run_here("vae-eval", f"ckpt_path={run_dir}", f"iw_samples={k}", f"out={out}", *extra, cwd=tmp_path)
     return json.loads(out.read_text())
+
+
+def _refused(tool, *args, cwd, capsys) -> str:
+    """An entry point run in this process that stops on a user error: exit status 2; its stderr."""
+    with pytest.raises(SystemExit) as e:
+        run_here(tool, *args, cwd=cwd)
+    assert e.value.code == 2
+    return capsys.readouterr().err
 
 
 def test_vae_eval_on_a_trained_checkpoint(trained_digits_run, tmp_path):
@@ -148,22 +168,23 @@ def test_vae_eval_on_a_trained_checkpoint(trained_digits_run, tmp_path):
     assert val["n_examples"] == 150
 
 
-def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp_path):
-    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=5", cwd=tmp_path)
-    assert "nll_iw (k=5)" in proc.stdout and "active_units" in proc.stdout
+def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp_path, capsys):
+    run_here("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=5", cwd=tmp_path)
+    out = capsys.readouterr().out
+    assert "nll_iw (k=5)" in out and "active_units" in out
     assert (trained_digits_run / "eval_test_k5.json").is_file()
 
 
-def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path):
-    proc = run_tool("vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr
+def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    assert "no checkpoint at" in _refused("vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, capsys=capsys)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    # The process contract, once: exit status 2 and one paragraph on stderr, no traceback.
     proc = run_tool("vae-eval", f"ckpt_path={bad}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, tmp_path):
+def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, tmp_path, capsys):
     (tmp_path / "a").mkdir()
     a = _eval(trained_digits_run, 10, tmp_path / "a")
     b = _eval(trained_digits_run, 10, tmp_path, "seed=1", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}")
@@ -178,10 +199,10 @@ def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, t
     assert c["nll_iw_diff_se"] == pytest.approx(d.std().item() / math.sqrt(len(d)))
     assert 0 < c["nll_iw_diff_se"] < 0.2 * math.hypot(a["nll_iw_se"], b["nll_iw_se"])
     # Another split has other images: named before any scoring.
-    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "split=val",
-                    f"out={tmp_path / 'v.json'}", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "scored other images" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "v.json").exists()
-    proc = run_tool("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", f"out={tmp_path / 'n.json'}",
-                    f"compare_to={tmp_path / 'nope.json'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no per-image results" in proc.stderr and "nope.json" in proc.stderr
+    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "split=val",
+                   f"out={tmp_path / 'v.json'}", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}", cwd=tmp_path,
+                   capsys=capsys)
+    assert "scored other images" in err and not (tmp_path / "v.json").exists()
+    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", f"out={tmp_path / 'n.json'}",
+                   f"compare_to={tmp_path / 'nope.json'}", cwd=tmp_path, capsys=capsys)
+    assert "no per-image results" in err and "nope.json" in err

@@ -10,10 +10,9 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import ContinuousBernoulli as TorchContinuousBernoulli
 from torch.distributions import Normal
 
-from vae_cli import likelihoods
-from vae_cli.errors import UserError
-from vae_cli.likelihoods import (
-    NAMES,
+from vae_cli.core import likelihoods
+from vae_cli.core.likelihoods import (
+    LIKELIHOODS,
     Bernoulli,
     ContinuousBernoulli,
     DiscretizedLogistic,
@@ -23,6 +22,7 @@ from vae_cli.likelihoods import (
 )
 
 F64 = torch.float64
+NAMES = list(LIKELIHOODS)
 
 
 def test_bernoulli_log_prob_matches_torch_distributions():
@@ -300,11 +300,80 @@ def test_two_output_families_reject_a_decoder_with_one_output_per_dimension():
         DiscretizedLogistic().log_prob(x, torch.randn(2, 1, 4, 4))
 
 
-def test_unknown_likelihood_and_bad_std_are_user_errors():
-    with pytest.raises(UserError, match="model.likelihood='poisson'") as err:
+def test_unknown_likelihood_and_bad_std_are_plain_errors_about_the_arguments():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'") as err:
         make_likelihood("poisson")
     assert all(name in str(err.value) for name in NAMES)
-    with pytest.raises(UserError, match="model.gaussian_std=0"):
+    with pytest.raises(ValueError, match="std=0 must be a number above 0"):
         make_likelihood("gaussian", 0)
-    with pytest.raises(UserError, match=r"model.gaussian_std=0.0005 .*above 0.001"):
+    with pytest.raises(ValueError, match=r"std=0.0005 must be a number above 0.001"):
         make_likelihood("gaussian_global_var", 0.0005)
+
+
+# --- the registry: every family, checked against an independent reference by walking LIKELIHOODS ---------
+
+def _logistic_bins(x, mean, scale):
+    """log P(bin of x) of a logistic(mean, scale) rounded to the 8-bit grid, the edge bins taking the tails."""
+    logistic = TransformedDistribution(
+        Uniform(torch.zeros_like(mean), torch.ones_like(mean)), [SigmoidTransform().inv, AffineTransform(mean, scale)])
+    half = 0.5 / 255
+    upper = torch.where(x == 1, 1.0, logistic.cdf((x + half).clamp(max=1)))
+    lower = torch.where(x == 0, 0.0, logistic.cdf((x - half).clamp(min=0)))
+    return torch.log(upper - lower)
+
+
+def _split_scale(params, floor):
+    mean, raw = params.chunk(2, dim=1)
+    return mean, floor + raw.exp()
+
+
+# name -> log p(x | params) per data dimension, written with torch.distributions (not with the code under test).
+REFERENCES = {
+    "bernoulli": lambda lik, x, p: TorchBernoulli(logits=p).log_prob(x),
+    "gaussian": lambda lik, x, p: Normal(p, lik.std).log_prob(x),
+    "gaussian_global_var": lambda lik, x, p: Normal(p, likelihoods.STD_MIN + lik.raw_log_std.detach().exp()).log_prob(x),
+    "gaussian_pixel_var": lambda lik, x, p: Normal(*_split_scale(p, likelihoods.STD_MIN)).log_prob(x),
+    "continuous_bernoulli": lambda lik, x, p: TorchContinuousBernoulli(logits=p).log_prob(x),
+    "discretized_logistic": lambda lik, x, p: _logistic_bins(x, *_split_scale(p, likelihoods.SCALE_MIN)),
+}
+
+
+def _data_on_support(support: str, shape, g) -> torch.Tensor:
+    if support == "binary":
+        return torch.randint(0, 2, shape, generator=g).to(F64)
+    if support == "8bit":
+        return torch.randint(0, 256, shape, generator=g).to(F64) / 255
+    if support == "unit":
+        return torch.rand(shape, generator=g, dtype=F64)
+    return torch.randn(shape, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_family_matches_its_reference_on_its_support(name):
+    if name not in REFERENCES:
+        pytest.fail(f"likelihood {name!r} is registered without a reference: add log p(x|z) written with "
+                    "torch.distributions (or mpmath) to REFERENCES in this file")
+    lik = make_likelihood(name, 0.3).double()
+    g = torch.Generator().manual_seed(11)
+    x = _data_on_support(lik.support, (16, 2, 3, 3), g)
+    # Moderate decoder outputs (means near the data, log-scales around -1), where the references are exact.
+    params = torch.cat([torch.rand(16, 2, 3, 3, generator=g, dtype=F64) * 0.8 + 0.1,
+                        -1 - torch.rand(16, 2 * (lik.params_per_dim - 1), 3, 3, generator=g, dtype=F64)], dim=1)
+    ref = REFERENCES[name](lik, x, params).flatten(1).sum(-1)
+    torch.testing.assert_close(lik.log_prob(x, params), ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_starts_its_decoder_near_the_data_mean(name):
+    # The trait behind model.init_output_bias: the decoder output (other channels at a small scale)
+    # whose p(x|z) has the given mean: to the 8-bit grid's rounding, or, for the continuous Bernoulli,
+    # whose mean the logit of m pulls towards 1/2, between m and 1/2.
+    lik = make_likelihood(name).double()
+    m = torch.linspace(0.05, 0.95, 10, dtype=F64).view(1, 1, 10, 1)
+    params = torch.cat([lik.location(m), torch.full((1, lik.params_per_dim - 1, 10, 1), -8.0, dtype=F64)], dim=1)
+    got = lik.mean(params)
+    if name == "continuous_bernoulli":
+        assert ((got - m) * (0.5 - m) >= 0).all() and ((got - 0.5) * (m - 0.5) >= 0).all()
+        assert (got.flatten().diff() > 0).all()
+    else:
+        torch.testing.assert_close(got, m, rtol=0, atol=0.5 / 255)

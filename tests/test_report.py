@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUIET, run_vae_train
-from vae_cli import report
+from vae_cli.cli import report
 
 CONSTANT = "trainer.max_epochs=5"
 ERROR_MSG = "KL(q(z|x) || p(z)) is not finite at step 40; last.ckpt holds the last good state."

@@ -3,7 +3,7 @@ images, histograms, val/nll_iw, the projector and the HPARAMS tab."""
 import pytest
 from PIL import Image
 
-from conftest import QUIET, read_scalars, run_tool, run_vae_train
+from conftest import read_scalars, run_here, train
 
 CELL = 8 * 4 + 2  # an 8x8 digit upscaled x4 to reach 28+ pixels, plus the grid's 2-pixel padding
 
@@ -15,16 +15,14 @@ def _size(path):
 
 @pytest.fixture(scope="module")
 def k2_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("k2")
-    run_vae_train("model.latent_dim=2", "trainer.max_epochs=3", "callbacks.image_grids.every_n_epochs=1",
-                  "callbacks.val_nll_iw.iw_samples=8", "callbacks.val_nll_iw.every_n_epochs=1",
-                  f"hydra.run.dir={tmp / 'run'}", *QUIET, cwd=tmp)
-    return tmp / "run"
+    return train(tmp_path_factory.mktemp("k2"), "run", "model.latent_dim=2", "trainer.max_epochs=3",
+                 "callbacks.image_grids.every_n_epochs=1", "callbacks.val_nll_iw.iw_samples=8",
+                 "callbacks.val_nll_iw.every_n_epochs=1")
 
 
 def test_sample_grids_for_k_equal_2(k2_run, tmp_path):
     out = tmp_path / "png"
-    run_tool("vae-sample", f"ckpt_path={k2_run}", f"out={out}", "n=16", "steps=5", "manifold_steps=6", "draw=true",
+    run_here("vae-sample", f"ckpt_path={k2_run}", f"out={out}", "n=16", "steps=5", "manifold_steps=6", "draw=true",
              cwd=tmp_path)
     assert _size(out / "prior_samples.png") == (4 * CELL + 2, 4 * CELL + 2)  # 16 samples, 4 per row
     assert _size(out / "prior_draws.png") == (4 * CELL + 2, 4 * CELL + 2)
@@ -35,7 +33,7 @@ def test_sample_grids_for_k_equal_2(k2_run, tmp_path):
 
 
 def test_sample_grids_for_k_above_2(trained_digits_run, tmp_path):
-    run_tool("vae-sample", f"ckpt_path={trained_digits_run / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
+    run_here("vae-sample", f"ckpt_path={trained_digits_run / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
     out = trained_digits_run / "samples"
     assert _size(out / "traversals.png") == (11 * CELL + 2, 16 * CELL + 2)  # K = 16 rows of 11 steps
     assert _size(out / "prior_samples.png") == (8 * CELL + 2, 8 * CELL + 2)

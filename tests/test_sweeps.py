@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUIET, read_scalars, run_tool, run_vae_train
+from conftest import QUIET, read_scalars, run_here, run_vae_train
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="install the test extra: pip install -e '.[test]'")
 
@@ -28,9 +28,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
-    from vae_cli.checkpoints import load_vae
-    from vae_cli.data import build_datamodule
-    from vae_cli.elbo import kl_analytic
+    from vae_cli.cli.loading import load_vae, make_datamodule
+    from vae_cli.core.elbo import kl_analytic
 
     run_dir = tmp_path / "run"
     # 151 validation examples: the processes hold 76 and 75, so a mean of per-process means would be off.
@@ -41,18 +40,18 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
 
     # The analytic KL has no sampling noise: the reduced val/kl of the last epoch must equal the mean over
     # all 151 validation examples, computed here in one process with the weights of that epoch.
-    model, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
-    x = build_datamodule(data_config).split("val")[0]
+    vae, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
+    x = make_datamodule(data_config).split("val")[0]
     assert len(x) == 151
     with torch.no_grad():
-        kl = kl_analytic(*model.encoder(x)).sum(-1).mean().item()
+        kl = kl_analytic(*vae.encode(x)).sum(-1).mean().item()
     logged = read_scalars(run_dir)["val/kl"][-1][1]
     assert logged == pytest.approx(kl, rel=1e-5, abs=1e-6)
 
     # The test metrics agree with a single-process evaluation of the same checkpoint (vae-eval, k = 1):
     # the KL exactly, the ELBO within the estimator's noise.
     out = tmp_path / "eval.json"
-    run_tool("vae-eval", f"ckpt_path={run_dir / metrics['best_checkpoint']}", "iw_samples=1", f"out={out}", cwd=tmp_path)
+    run_here("vae-eval", f"ckpt_path={run_dir / metrics['best_checkpoint']}", "iw_samples=1", f"out={out}", cwd=tmp_path)
     single = json.loads(out.read_text())
     assert metrics["test/kl"] == pytest.approx(single["kl"], rel=1e-5)
     assert abs(metrics["test/elbo"] - single["elbo"]) < 4 * single["elbo_se"]
@@ -64,9 +63,8 @@ def test_ddp_scores_an_image_folder_split_exactly_once(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vae_cli.checkpoints import load_vae
-    from vae_cli.data import build_datamodule
-    from vae_cli.elbo import kl_analytic
+    from vae_cli.cli.loading import load_vae, make_datamodule
+    from vae_cli.core.elbo import kl_analytic
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "pictures"
@@ -80,10 +78,10 @@ def test_ddp_scores_an_image_folder_split_exactly_once(tmp_path):
                   "data.val_size=7", "data.test_size=5", "data.num_workers=0", "model.hidden_dims=[16]",
                   "callbacks.latent_projector.max_points=0", f"hydra.run.dir={run_dir}", *QUIET,
                   cwd=tmp_path, timeout=600)
-    model, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
-    dm = build_datamodule(data_config)
+    vae, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
+    dm = make_datamodule(data_config)
     with torch.no_grad():
-        kl = {split: torch.cat([kl_analytic(*model.encoder(x)).sum(-1) for x, _ in dm.eval_batches(split)])
+        kl = {split: torch.cat([kl_analytic(*vae.encode(x)).sum(-1) for x, _ in dm.eval_batches(split)])
               for split in ("val", "test")}
     assert [len(kl["val"]), len(kl["test"])] == [7, 5]
     assert read_scalars(run_dir)["val/kl"][-1][1] == pytest.approx(kl["val"].mean().item(), rel=1e-5, abs=1e-6)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_METRICS = ("test/elbo", "test/recon_loss", "test/kl", "test/bpd", "best_val_elbo")
+from ..core.metrics import RUN_SUMMARY
+from ..errors import UserError
+from .errors import run_or_exit
+
+DEFAULT_METRICS = RUN_SUMMARY
 NO_ERROR = "no metrics.json and no error recorded"
 # A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
 LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")
 EVAL_FILE = re.compile(r"eval_(\w+)_k(\d+)\.json")
-
-
-class ReportError(Exception):
-    """A problem with the command line or the directory: printed as one line, exit status 2."""
 
 
 @dataclass
@@ -111,14 +111,14 @@ def read_job(job_dir: Path) -> Job:
 
 def read_sweep(sweep: Path) -> list[Job]:
     if not sweep.exists():
-        raise ReportError(f"{sweep} does not exist")
+        raise UserError(f"{sweep} does not exist")
     if not sweep.is_dir():
-        raise ReportError(f"{sweep} is not a directory; give a sweep directory such as outputs/multirun/DATE/TIME")
+        raise UserError(f"{sweep} is not a directory; give a sweep directory such as outputs/multirun/DATE/TIME")
     # A job directory is any sub-directory with Hydra's record of its overrides (written before the job runs).
     dirs = [d for d in sweep.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
     if not dirs:
         hint = " (it is a single run's directory)" if (sweep / ".hydra").is_dir() else ""
-        raise ReportError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml){hint}; "
+        raise UserError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml){hint}; "
                           "give a sweep directory such as outputs/multirun/DATE/TIME")
     jobs = [read_job(d) for d in dirs]
     return sorted(jobs, key=lambda j: sortable(j.value("job")))
@@ -296,7 +296,7 @@ def choose_metrics(jobs: list[Job], requested: str | None) -> list[str]:
     names = [m.strip() for m in requested.split(",") if m.strip()]
     unknown = [m for m in names if m not in available]
     if available and unknown:  # with no finished job every name is unknown; show empty columns then
-        raise ReportError(f"no job has metric {', '.join(unknown)}; available: {', '.join(available)}")
+        raise UserError(f"no job has metric {', '.join(unknown)}; available: {', '.join(available)}")
     return names
 
 
@@ -326,27 +326,26 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def report(args) -> None:
+    jobs = read_sweep(args.sweep)
+    metrics = choose_metrics(jobs, args.metrics)
+    known = {"job", "status", "train_seconds", *(k for j in jobs for k in [*j.overrides, *j.metrics])}
+    if args.sort.removeprefix("-") not in known:
+        raise UserError(f"--sort {args.sort}: no such column; use job, status, train_seconds, "
+                        "an override key or a metric")
+    rep = build_report(args.sweep, jobs, metrics, args.sort)
+    sys.stdout.write(render_text(rep))
+    md, csv_path = args.markdown or args.sweep / "report.md", args.csv or args.sweep / "report.csv"
     try:
-        jobs = read_sweep(args.sweep)
-        metrics = choose_metrics(jobs, args.metrics)
-        known = {"job", "status", "train_seconds", *(k for j in jobs for k in [*j.overrides, *j.metrics])}
-        if args.sort.removeprefix("-") not in known:
-            raise ReportError(f"--sort {args.sort}: no such column; use job, status, train_seconds, "
-                              "an override key or a metric")
-        report = build_report(args.sweep, jobs, metrics, args.sort)
-        sys.stdout.write(render_text(report))
-        md, csv_path = args.markdown or args.sweep / "report.md", args.csv or args.sweep / "report.csv"
-        try:
-            md.write_text(render_markdown(report), encoding="utf-8")
-            write_csv(csv_path, jobs, metrics)
-        except OSError as e:
-            raise ReportError(f"could not write the report: {e}") from None
-    except ReportError as e:
-        print(f"vae-report: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        md.write_text(render_markdown(rep), encoding="utf-8")
+        write_csv(csv_path, jobs, metrics)
+    except OSError as e:
+        raise UserError(f"could not write the report: {e}") from None
     print(f"wrote {md} and {csv_path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_or_exit("vae-report", report, parse_args(argv))
 
 
 if __name__ == "__main__":

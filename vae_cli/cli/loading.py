@@ -1,24 +1,14 @@
-"""Finding, loading and writing a run's files. Loading never executes code from the file: torch.load
-with weights_only=True only rebuilds tensors and plain containers; writing goes through a temporary
-file and a rename, so a reader (or a run killed mid-write) never sees half a file."""
-import json
+"""What the commands are pointed at: checkpoints (found from a file or a run directory, read without
+running code from them, checked against the configured model), the device, and the datamodule a
+data config describes. Loading never executes code from a checkpoint: torch.load with
+weights_only=True only rebuilds tensors and plain containers."""
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def write_tensors(path: Path, obj: dict) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+# A data config's keys that are settings of the run, not of the datamodule: the dataset's default p(x|z),
+# which model.likelihood reads.
+CONFIG_ONLY_DATA_KEYS = ("likelihood",)
 
 
 def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
@@ -49,7 +39,10 @@ def resolve_device(name: str):
 
 
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
+    """The checkpoint's contents, in today's layout whichever version wrote it."""
     import torch  # here, not at the top: `vae-train --help` should not pay for importing torch
+
+    from ..training.checkpointing import upgrade_checkpoint
 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -61,65 +54,45 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserError(f"ckpt_path={str(path)!r} is not a vae-cli checkpoint (it has no model weights or hyperparameters).")
-    return ckpt
+    return upgrade_checkpoint(ckpt)
 
 
 def load_vae(path: Path, map_location="cpu"):
-    """The trained VAE and the data config it was trained on (None for checkpoints without one)."""
-    from .module import VAE
+    """The trained network (a core VAE, in eval mode) and the data config it was trained on (None for
+    checkpoints without one)."""
+    from ..training.module import build_vae
 
     ckpt = read_checkpoint(path, map_location)
-    model = VAE(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(map_location)
-    return model, ckpt.get("data_config")
+    vae = build_vae(ckpt["hyper_parameters"]["model"])
+    vae.load_state_dict({name[len("vae."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")})
+    return vae.to(map_location).eval(), ckpt.get("data_config")
 
 
-def check_compatible(model, ckpt: dict, path) -> None:
+def check_compatible(module, ckpt: dict, path) -> None:
     """A checkpoint whose tensors do not fit the configured model, named parameter by parameter."""
-    own = model.state_dict()
+    own = module.state_dict()
     theirs = ckpt["state_dict"]
+    hint = f"Resume with the model settings it was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
     for name, tensor in theirs.items():
         if name in own and own[name].shape != tensor.shape:
             raise UserError(
                 f"ckpt_path={str(path)!r} does not fit the configured model: parameter {name} has shape "
-                f"{tuple(tensor.shape)} in the checkpoint and {tuple(own[name].shape)} here. Resume with the model "
-                f"settings it was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
+                f"{tuple(tensor.shape)} in the checkpoint and {tuple(own[name].shape)} here. {hint}"
             )
     missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
     if missing or unexpected:
         raise UserError(
             f"ckpt_path={str(path)!r} does not fit the configured model: "
             f"{'missing ' + ', '.join(missing[:5]) if missing else ''}{'; ' if missing and unexpected else ''}"
-            f"{'unexpected ' + ', '.join(unexpected[:5]) if unexpected else ''}. Resume with the model settings it "
-            f"was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
+            f"{'unexpected ' + ', '.join(unexpected[:5]) if unexpected else ''}. {hint}"
         )
 
 
-def atomic_checkpoint_io():
-    """Lightning's checkpoint writer, made atomic on the local disk: each file is written beside its
-    destination, flushed to disk, then renamed over it, so a kill mid-write leaves the previous
-    last.ckpt in place (Lightning's own temporary file may live on another file system, where the
-    final move is a copy)."""
-    import os
+def make_datamodule(data_config: dict | None, **overrides):
+    """The datamodule a data config describes (its `_target_` and arguments), as saved in checkpoints."""
+    from hydra.utils import instantiate
 
-    import torch
-    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            if "://" in str(path):  # remote storage: keep Lightning's transactional writer
-                return super().save_checkpoint(checkpoint, path, storage_options)
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-    return AtomicCheckpointIO()
+    if not data_config:
+        raise UserError("the checkpoint holds no data config (it was not written by vae-train), so its data is unknown.")
+    args = {k: v for k, v in data_config.items() if k not in CONFIG_ONLY_DATA_KEYS}
+    return instantiate({**args, **overrides})

@@ -9,18 +9,14 @@ import math
 import torch
 from torch import nn
 
-from .errors import UserError
-
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+GATED = "gated"  # the MLPs' gated linear layers, in place of an activation
 ARCHS = ("mlp", "conv")
 
 
 def _activation(name: str) -> type[nn.Module]:
     if name not in ACTIVATIONS:
-        raise UserError(
-            f"model.activation={name!r} is not a known activation; choose one of {', '.join(ACTIVATIONS)}"
-            " (or gated, for model=mlp)."
-        )
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)} (and {GATED} for an MLP)")
     return ACTIVATIONS[name]
 
 
@@ -39,7 +35,7 @@ class GatedLinear(nn.Module):
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """Hidden layers with the activation (or gated layers, activation=gated), a linear output layer."""
-    act = None if activation == "gated" else _activation(activation)
+    act = None if activation == GATED else _activation(activation)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         hidden = i < len(sizes) - 2
@@ -137,33 +133,13 @@ class ConvDecoder(nn.Module):
 
 def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
                   params_per_dim: int) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) of the architecture named in model.arch."""
+    """(encoder, decoder) of the architecture `arch`."""
     if arch == "mlp":
         return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation),
                 MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
     if arch == "conv":
         if len(data_shape) != 3:
-            raise UserError(f"model=conv needs image data shaped (C, H, W); this data is shaped {tuple(data_shape)}.")
+            raise ValueError(f"a conv network needs image data shaped (C, H, W), not {tuple(data_shape)}")
         return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation),
                 ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
-    raise UserError(f"model.arch={arch!r} is not a known architecture; choose one of {', '.join(ARCHS)}.")
-
-
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that is differentiable in (mu, sigma)."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
-
-def check_sizes(latent_dim, hidden_dims) -> None:
-    """Fail early, naming the key, on sizes no network can have."""
-    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-        raise UserError(
-            f"model.latent_dim={latent_dim!r} is not a valid latent dimension K; use an integer >= 1, "
-            "e.g. model.latent_dim=16."
-        )
-    dims = hidden_dims if isinstance(hidden_dims, str) else list(hidden_dims)
-    if isinstance(dims, str) or not dims or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in dims):
-        raise UserError(
-            f"model.hidden_dims={dims!r} is not a list of layer widths; use one or more integers >= 1, "
-            "e.g. model.hidden_dims=[512,256]."
-        )
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")

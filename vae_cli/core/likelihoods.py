@@ -1,4 +1,4 @@
-"""Decoder likelihoods p(x|z), one class per family, named as in the config (model.likelihood).
+"""Decoder likelihoods p(x|z), one class per family, registered under the name users choose it by.
 
 The decoder outputs `params` with `params_per_dim` values per data dimension, stacked along dim 1:
 for x of shape (B, C, H, W), params is (B, params_per_dim * C, H, W), first the C mean (or logit)
@@ -6,14 +6,14 @@ channels, then the C log-scale channels. log_prob returns log p(x|z) per example
 over every data dimension and including every normalising constant, so numbers compare across
 families. The classes are nn.Modules so a learned parameter is optimised and checkpointed with
 the model; the families without one add nothing to the state dict.
+
+Adding a family: a subclass of Likelihood that declares its traits, and an entry in LIKELIHOODS.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .errors import UserError
 
 # Floor of the learned Gaussian std. A continuous density on quantised data grows without bound
 # as sigma -> 0 on pixels the decoder reproduces exactly (blank backgrounds); 1e-3 is about the
@@ -48,19 +48,53 @@ def _normal_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tens
     return -0.5 * ((x - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
 
 
-def _check_std(std: float, minimum: float = 0.0) -> None:
-    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > minimum:
-        bound = "a positive number" if minimum == 0 else f"a number above {minimum:g} (the smallest std it can learn)"
-        raise UserError(
-            f"model.gaussian_std={std!r} is not a valid standard deviation; use {bound} such as model.gaussian_std=0.1."
-        )
+class Likelihood(nn.Module):
+    """A family p(x|z) and the traits the rest of the program reads instead of its name."""
+
+    name: str
+    params_per_dim = 1  # decoder outputs per data dimension
+    # The data it is a density or a distribution of: "binary" ({0, 1}; chosen, the data is binarised),
+    # "unit" ([0, 1]), "8bit" (k/255 for k = 0..255) or "real".
+    support = "real"
+    # None: the family has no std option; else the std it starts from (model.gaussian_std) must exceed this.
+    std_floor: float | None = None
+
+    @classmethod
+    def build(cls, gaussian_std: float) -> "Likelihood":
+        return cls() if cls.std_floor is None else cls(gaussian_std)
+
+    def location(self, mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output (its first C channels) whose p(x|z) has roughly this mean: what the
+        decoder's output bias starts at."""
+        return mean
+
+    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
-class Bernoulli(nn.Module):
+def _check_std(std: float, floor: float) -> None:
+    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > floor:
+        raise ValueError(f"std={std!r} must be a number above {floor:g}")
+
+
+def _logit_of_mean(mean: torch.Tensor) -> torch.Tensor:
+    return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
+
+
+class Bernoulli(Likelihood):
     """p(x|z) = prod_i Bern(x_i; sigmoid(params_i)), for binary x. params are logits."""
 
     name = "bernoulli"
-    params_per_dim = 1
+    support = "binary"
+
+    def location(self, mean: torch.Tensor) -> torch.Tensor:
+        return _logit_of_mean(mean)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         # -BCE on logits is log p, computed stably (log-sum-exp form).
@@ -73,15 +107,15 @@ class Bernoulli(nn.Module):
         return torch.bernoulli(torch.sigmoid(params))
 
 
-class Gaussian(nn.Module):
+class Gaussian(Likelihood):
     """p(x|z) = N(x; params, std^2 I) with a fixed std, for grey values."""
 
     name = "gaussian"
-    params_per_dim = 1
+    std_floor = 0.0
 
     def __init__(self, std: float):
         super().__init__()
-        _check_std(std)
+        _check_std(std, self.std_floor)
         self.std = float(std)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -94,16 +128,16 @@ class Gaussian(nn.Module):
         return params + self.std * torch.randn_like(params)
 
 
-class GaussianGlobalVar(nn.Module):
+class GaussianGlobalVar(Likelihood):
     """p(x|z) = N(x; params, sigma^2 I) with one learned sigma = STD_MIN + e^raw_log_std for all
-    dimensions, started at `std` (model.gaussian_std)."""
+    dimensions, started at `std`."""
 
     name = "gaussian_global_var"
-    params_per_dim = 1
+    std_floor = STD_MIN  # the smallest std it can learn
 
     def __init__(self, std: float):
         super().__init__()
-        _check_std(std, STD_MIN)
+        _check_std(std, self.std_floor)
         self.raw_log_std = nn.Parameter(torch.tensor(math.log(std - STD_MIN)))
 
     def log_std(self) -> torch.Tensor:
@@ -119,7 +153,7 @@ class GaussianGlobalVar(nn.Module):
         return params + torch.exp(self.log_std()) * torch.randn_like(params)
 
 
-class GaussianPixelVar(nn.Module):
+class GaussianPixelVar(Likelihood):
     """p(x|z) = prod_i N(x_i; mean_i, sigma_i^2), the decoder giving a mean and a raw log-std per
     dimension, sigma_i = STD_MIN + e^raw_i."""
 
@@ -152,12 +186,16 @@ def _cb_log_norm(eta: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, closed)
 
 
-class ContinuousBernoulli(nn.Module):
+class ContinuousBernoulli(Likelihood):
     """p(x|z) = prod_i C(lam_i) lam_i^x_i (1 - lam_i)^(1 - x_i), a normalised density on [0, 1]
     (Loaiza-Ganem & Cunningham 2019), for grey values. params are logits of lam."""
 
     name = "continuous_bernoulli"
-    params_per_dim = 1
+    support = "unit"
+
+    def location(self, mean: torch.Tensor) -> torch.Tensor:
+        # The logit of the mean approximates it: the family's mean is pulled towards 1/2.
+        return _logit_of_mean(mean)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         # The Bernoulli term in its stable logits form (valid for x in [0, 1]), plus log C.
@@ -185,13 +223,14 @@ class ContinuousBernoulli(nn.Module):
         return torch.where(neg, t, 1 - t).clamp(0, 1)
 
 
-class DiscretizedLogistic(nn.Module):
+class DiscretizedLogistic(Likelihood):
     """p(x|z) for 8-bit x in {0, 1/255, ..., 1}: per dimension a logistic(mean, s) integrated over
     the bin x +- 1/510, the bins at 0 and 1 taking the tails (PixelCNN++, one component).
     The decoder gives a mean and a raw log-scale per dimension, s = SCALE_MIN + e^raw."""
 
     name = "discretized_logistic"
     params_per_dim = 2
+    support = "8bit"
     half_bin = 0.5 / 255
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -223,45 +262,13 @@ class DiscretizedLogistic(nn.Module):
         return torch.round(y.clamp(0, 1) * 255) / 255
 
 
-_CLASSES = (Bernoulli, Gaussian, GaussianGlobalVar, GaussianPixelVar, ContinuousBernoulli, DiscretizedLogistic)
-NAMES = tuple(c.name for c in _CLASSES)
+LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (
+    Bernoulli, Gaussian, GaussianGlobalVar, GaussianPixelVar, ContinuousBernoulli, DiscretizedLogistic)}
 
 
-def make_likelihood(name: str, gaussian_std: float = 0.1) -> nn.Module:
-    """The likelihood called `name` in the config (model.likelihood). model.gaussian_std is the
-    fixed std of "gaussian" and the starting std of "gaussian_global_var"."""
-    cls = next((c for c in _CLASSES if c.name == name), None)
-    if cls is None:
-        raise UserError(
-            f"model.likelihood={name!r} is not a known likelihood; choose one of {', '.join(NAMES)}."
-        )
-    return cls(gaussian_std) if cls in (Gaussian, GaussianGlobalVar) else cls()
-
-
-def location_from_mean(likelihood: nn.Module, mean: torch.Tensor) -> torch.Tensor:
-    """The decoder output (the first C channels: logit or location) whose p(x|z) has roughly this
-    mean; used to start the decoder's output bias at the data's mean image. For the continuous
-    Bernoulli the logit of the mean is an approximation (its mean is pulled towards 1/2)."""
-    if likelihood.name in ("bernoulli", "continuous_bernoulli"):
-        return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
-    return mean
-
-
-def check_fits_data(name: str, x: torch.Tensor, binarize: bool) -> None:
-    """Refuse a likelihood whose support the data (a sample of training images) does not lie in."""
-    if name == "bernoulli" and not binarize and not ((x == 0) | (x == 1)).all():
-        raise UserError(
-            "model.likelihood=bernoulli needs binary data, but these pixels take grey values and data.binarize=false; "
-            "binarise them (data.binarize=true, or leave it null) or use a likelihood for grey values "
-            "(model.likelihood=gaussian or continuous_bernoulli)."
-        )
-    if name in ("bernoulli", "continuous_bernoulli", "discretized_logistic") and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"model.likelihood={name} needs pixel values in [0, 1]; this data spans "
-                        f"[{x.min().item():.3g}, {x.max().item():.3g}].")
-    if name == "discretized_logistic" and not binarize:
-        k = x * 255
-        if (k - k.round()).abs().max() > 1e-3:
-            raise UserError(
-                "model.likelihood=discretized_logistic models 8-bit images (values k/255), but this data is not on "
-                "that grid (e.g. data=digits has 17 grey levels); use model.likelihood=gaussian or continuous_bernoulli."
-            )
+def make_likelihood(name: str, gaussian_std: float = 0.1) -> Likelihood:
+    """The family registered as `name`; gaussian_std is the fixed std of "gaussian" and the starting
+    std of "gaussian_global_var"."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; known: {', '.join(LIKELIHOODS)}")
+    return LIKELIHOODS[name].build(gaussian_std)

@@ -1,20 +1,18 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import resolve_checkpoint, write_json
-from .errors import UserError
+from ..core.metrics import RUN_SUMMARY, SUMMARY
+from .errors import run_or_exit
+from .loading import resolve_checkpoint
 
 log = logging.getLogger("vae_cli")
 
@@ -44,25 +42,8 @@ def _route_lightning_logs() -> None:
         lg.propagate = True
     # In-memory data is batched by index in the main process, where workers would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # Lightning 2.6 on torch 2.14 warns about its own use of a torch internal; nothing for users to do.
+    # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-
-
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a UserError raised by a constructor keeps its own message
-    (Hydra would wrap it in an InstantiationException with a traceback)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-HP_METRICS = ("best_val_elbo", "test/elbo", "test/recon_loss", "test/kl", "test/bpd")
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -84,75 +65,62 @@ def _log_hparams(trainer, cfg: DictConfig) -> None:
 
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in HP_METRICS})
+            lg.log_hyperparams(hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in RUN_SUMMARY})
         else:
             lg.log_hyperparams(hparams_of(cfg))
 
 
-def _check_run_settings(cfg: DictConfig) -> None:
-    """Top-level and trainer values that no constructor of ours checks, named with their key."""
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise UserError(f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
-                        f"vae-train ... {missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else "."))
-    if not is_int(cfg.seed) or cfg.seed < 0:
-        raise UserError(f"seed={cfg.seed!r} must be an integer >= 0, e.g. seed=3.")
-    for key in ("max_epochs", "max_steps"):
-        v = cfg.trainer.get(key)
-        if v is not None and (not is_int(v) or v < -1):
-            raise UserError(f"trainer.{key}={v!r} must be an integer (-1 for no limit), e.g. trainer.{key}=20.")
-
-
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
+    from .checks import binarizes, check_fits_data, check_train_config
+
+    check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
 
-    from .checkpoints import atomic_checkpoint_io, check_compatible, read_checkpoint
-    from .ema import EMA
-    from .guards import NonFiniteGuard, RNGState
-    from .likelihoods import check_fits_data
+    from ..core.likelihoods import LIKELIHOODS
+    from ..training.callbacks import EMA, NonFiniteGuard, RNGState
+    from ..training.checkpointing import AtomicCheckpointIO, write_json
+    from ..training.module import VAEModule
+    from .loading import check_compatible, make_datamodule, read_checkpoint
 
     _route_lightning_logs()
-    _check_run_settings(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt_path = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.ckpt_path is not None else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    binarize = cfg.data.binarize
-    if binarize is None:
-        binarize = cfg.model.likelihood == "bernoulli"
-    datamodule = build(cfg.data, binarize=binarize, seed=cfg.seed)
+    def settings(group: str) -> dict:
+        return OmegaConf.to_container(cfg[group], resolve=True)
+
+    binarize = binarizes(cfg)
+    datamodule = make_datamodule(settings("data"), binarize=binarize, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
-    check_fits_data(cfg.model.likelihood, datamodule.head("train", 1000)[0], binarize)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    init_output_bias = model_cfg.pop("init_output_bias", False)  # an action at start-up, not a model setting
-    model = build(OmegaConf.create(model_cfg), _convert_="all", data_shape=tuple(datamodule.shape),
-                  **cfg.optim, **cfg.objective)
+    check_fits_data(LIKELIHOODS[cfg.model.likelihood], datamodule.head("train", 1000)[0], binarize)
+    model = settings("model")
+    init_output_bias = model.pop("init_output_bias", False)  # an action at start-up, not a setting of the network
+    module = VAEModule(model={**model, "data_shape": list(datamodule.shape)}, objective=settings("objective"),
+                       optim=settings("optim"))
     if ckpt_path is not None:
         # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
         # checkpoint stops the run with the parameter named, before anything is written.
-        check_compatible(model, read_checkpoint(Path(ckpt_path)), ckpt_path)
+        check_compatible(module, read_checkpoint(Path(ckpt_path)), ckpt_path)
     elif init_output_bias:
-        model.init_output_bias(datamodule.train_pixel_mean())
+        module.vae.init_output_bias(datamodule.train_pixel_mean())
     # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
-    data_config = {**OmegaConf.to_container(cfg.data, resolve=True), "binarize": binarize}
+    data_config = {**settings("data"), "binarize": binarize}
     for key in ("data_dir", "path"):  # absolute, so the checkpoint finds its data from any directory
         if isinstance(data_config.get(key), str):
             data_config[key] = str(Path(data_config[key]).expanduser().resolve())
-    model.data_config = data_config
+    module.data_config = data_config
     if cfg.compile:
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
-        model.encoder.compile()
-        model.decoder.compile()
-    callbacks = [cb for cb in (build(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
+        module.vae.encoder.compile()
+        module.vae.decoder.compile()
+    callbacks = [cb for cb in (instantiate(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
     # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
-    loggers = [build(c) for c in cfg.logger.values()]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[atomic_checkpoint_io()])
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
 
     if trainer.strategy.root_device.type == "cpu":
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
@@ -160,11 +128,11 @@ def fit(cfg: DictConfig) -> dict:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     _log_hparams(trainer, cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.perf_counter() - start
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
+    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                    weights_only=True)
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     metrics = {
@@ -176,36 +144,21 @@ def fit(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
     }
     for lg in trainer.loggers:
-        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in HP_METRICS if metrics[m] is not None},
+        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in RUN_SUMMARY if metrics[m] is not None},
                        step=trainer.global_step)
         lg.finalize("success")
     if trainer.is_global_zero:  # one writer when several processes train (DDP)
         # metrics.json holds only what the seed determines (same seed, same file); wall time goes beside it.
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "timing.json", {"train_seconds": round(train_seconds, 3)})
-    log.info("test: elbo %.4f  recon_loss %.4f  kl %.4f  bpd %.4f  (%s)", metrics["test/elbo"],
-             metrics["test/recon_loss"], metrics["test/kl"], metrics["test/bpd"], run_dir / "metrics.json")
+    log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY), run_dir / "metrics.json")
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")
 def train(cfg: DictConfig) -> float:
     """Hydra's task function; returns the best validation ELBO so any sweeper can maximise it."""
-    try:
-        metrics = fit(cfg)
-    except UserError as e:
-        # Once on the terminal (no traceback), and in the run's log file for the record.
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
-        print(f"vae-train: error: {e}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job, runs the others, and fails the sweep at the end
-        raise SystemExit(2) from None
-    except Exception:
-        log.exception("the run failed")  # the traceback goes to the run's log file too
-        raise
+    metrics = run_or_exit("vae-train", fit, cfg)
     return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
 
 

@@ -1,0 +1,114 @@
+"""The names users type: every override the README documents composes and passes the checks, and every
+bad value is refused at start-up with a message naming the key, checked in this process against the
+composed config (the process contract, exit status 2 and no traceback, is in test_train_cli.py)."""
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose
+from vae_cli.cli.checks import EVAL_RULES, SAMPLE_RULES, TRAIN_RULES, check_train_config, check_values
+from vae_cli.errors import UserError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+FOLDER = ["data=image_folder", "data.path=/pictures"]
+
+# (overrides, text the message must contain); every key of TRAIN_RULES appears at least once.
+BAD = [
+    (["seed=abc"], "seed='abc' is not a valid seed"),
+    (["seed=-1"], "seed=-1"),
+    (["trainer.max_epochs=x"], "trainer.max_epochs='x'"),
+    (["trainer.max_steps=-2"], "trainer.max_steps=-2"),
+    (["model.arch=rnn"], "model.arch='rnn'"),
+    (["model.latent_dim=0"], "model.latent_dim=0 is not a valid latent dimension K; use an integer >= 1"),
+    (["model.latent_dim=true"], "model.latent_dim=True"),
+    (["model.hidden_dims=[]"], "model.hidden_dims=[]"),
+    (["model.hidden_dims=[64,-1]"], "model.hidden_dims=[64, -1]"),
+    (["model.hidden_dims=64"], "model.hidden_dims=64"),
+    (["model.activation=swishy"], "model.activation='swishy'"),
+    (["model=conv", "model.activation=gated"], "model.activation=gated is a layer of the MLP"),
+    (["model.likelihood=poisson"], "model.likelihood='poisson' is not a valid likelihood; use one of bernoulli"),
+    (["model.likelihood=gaussian", "model.gaussian_std=0"], "model.gaussian_std=0 is not a valid standard deviation"),
+    (["model.likelihood=gaussian_global_var", "model.gaussian_std=0.0005"], "above 0.001"),
+    (["optim.lr=abc"], "optim.lr='abc'"),
+    (["optim.lr=0.0"], "optim.lr=0.0 is not a valid learning rate"),
+    (["optim.lr=-1"], "optim.lr=-1"),
+    (["optim.lr_decay=1.5"], "optim.lr_decay=1.5"),
+    (["objective.beta=-1.0"], "objective.beta=-1.0 is not a valid KL weight"),
+    (["objective.warmup_steps=-5"], "objective.warmup_steps=-5"),
+    (["objective.warmup_epochs=1.5"], "objective.warmup_epochs=1.5"),
+    (["objective.warmup_steps=10", "objective.warmup_epochs=2"], "objective.warmup_steps=10 and objective.warmup_epochs=2"),
+    (["objective.free_bits=-1"], "objective.free_bits=-1"),
+    (["objective.kl_estimator=exact"], "objective.kl_estimator='exact'"),
+    (["data.batch_size=0"], "data.batch_size=0 is not a valid batch size"),
+    (["data.eval_batch_size=1.5"], "data.eval_batch_size=1.5"),
+    (["callbacks.ema.decay=1.0"], "callbacks.ema.decay=1.0"),
+    (["callbacks.ema.decay=-0.1"], "callbacks.ema.decay=-0.1"),
+    (["data=image_folder"], "data.path must be set"),
+    ([*FOLDER, "data.channels=2"], "data.channels=2"),
+    ([*FOLDER, "data.image_size=[0,4]"], "data.image_size=[0, 4]"),
+    ([*FOLDER, "data.num_workers=-1"], "data.num_workers=-1"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_are_named_with_their_key(overrides, message):
+    with pytest.raises(UserError) as e:
+        check_train_config(compose("train", *overrides))
+    assert message in str(e.value)
+
+
+def test_every_checked_key_has_a_bad_value_above():
+    tried = {o.split("=")[0] for overrides, _ in BAD for o in overrides}
+    assert {key for key, *_ in TRAIN_RULES} <= tried
+
+
+@pytest.mark.parametrize("config, rules, override, message", [
+    ("eval", EVAL_RULES, "iw_samples=0", "iw_samples=0 is not a valid number of importance samples"),
+    ("eval", EVAL_RULES, "split=train", "split='train' is not a valid split vae-eval scores"),
+    ("eval", EVAL_RULES, "iw_batch=-3", "iw_batch=-3"),
+    ("sample", SAMPLE_RULES, "n=0", "n=0"),
+    ("sample", SAMPLE_RULES, "steps=1", "steps=1"),
+])
+def test_eval_and_sample_values_are_named(config, rules, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_values(compose(config, "ckpt_path=x", override), rules)
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `vae-train ...` command in README.md, code blocks and inline, as its list of arguments."""
+    text = README.read_text()
+    lines = re.findall(r"^(vae-train [^\n#]*)", text, flags=re.M) + re.findall(r"`(vae-train [^`]*)`", text)
+    return [line.split()[1:] for line in lines]
+
+
+def _first_of_sweeps(args: list[str]) -> list[str]:
+    """A sweep's overrides (k=1,2,3) as one job's (k=1); flags and their values dropped."""
+    return [a if "," not in a or a.endswith("]") else a.split(",")[0] for a in args if "=" in a and a[0] != "-"]
+
+
+def test_readme_documents_vae_train_commands():
+    assert len(_readme_commands()) >= 10
+
+
+@pytest.mark.parametrize("args", _readme_commands(), ids=lambda a: " ".join(a) or "(no overrides)")
+def test_every_readme_command_composes_and_passes_the_checks(args):
+    overrides = [a.strip("'\"") for a in _first_of_sweeps(args)]
+    if any(o.startswith("data=image_folder") for o in overrides) and not any("data.path" in o for o in overrides):
+        overrides.append("data.path=/pictures")
+    check_train_config(compose("train", *overrides))
+
+
+def test_every_key_named_in_the_readme_exists_in_the_config():
+    keys = set(re.findall(r"`((?:data|model|objective|optim|trainer|callbacks)\.[a-z_.]+)", README.read_text()))
+    assert {"model.latent_dim", "model.hidden_dims", "objective.beta", "optim.lr", "data.batch_size",
+            "callbacks.ema.decay"} <= keys
+    configs = [compose("train"), compose("train", *FOLDER), compose("train", "experiment=fashion_mnist_vae")]
+    missing = [k for k in sorted(keys) if all(OmegaConf.select(c, k, default="<absent>") == "<absent>" for c in configs)]
+    assert not missing, f"README names keys the config does not have: {missing}"
+
+
+@pytest.mark.parametrize("name", __import__("vae_cli.core.likelihoods", fromlist=["LIKELIHOODS"]).LIKELIHOODS)
+def test_every_registered_likelihood_is_a_valid_choice(name):
+    check_train_config(compose("train", f"model.likelihood={name}"))

@@ -1,0 +1,76 @@
+"""The package's structure, checked: four layers, each importing only the layers below it
+(core <- training, data <- cli), core in torch alone, and Hydra only at the command line."""
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "vae_cli"
+# What each layer may import from the package; vae_cli.errors (one exception class) is open to all.
+ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "data": {"data"},
+           "cli": {"core", "training", "data", "cli"}}
+# Third-party packages each layer may import (the standard library is open to all).
+THIRD_PARTY = {"core": {"torch"},
+               "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision"},
+               "data": {"torch", "pytorch_lightning", "torchvision", "PIL", "sklearn"},
+               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml"}}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of every module the file imports, at the top or inside functions."""
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+                # `from . import images` imports the module vae_cli.training.images
+                found |= {module} if node.module else {f"{module}.{a.name}" for a in node.names}
+            else:
+                found.add(node.module)
+    return found
+
+
+LAYER_FILES = [(layer, f) for layer in ALLOWED for f in sorted((PACKAGE / layer).glob("*.py"))]
+
+
+def test_the_package_is_four_layers_and_one_exception():
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py") == ["__init__.py", "errors.py"]
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ALLOWED)
+    assert _imports(PACKAGE / "errors.py") == set()
+
+
+@pytest.mark.parametrize("layer, path", LAYER_FILES, ids=[f"{layer}/{p.name}" for layer, p in LAYER_FILES])
+def test_each_layer_imports_only_the_layers_below_it(layer, path):
+    for name in _imports(path):
+        top = name.split(".")[0]
+        if top == "vae_cli":
+            part = name.split(".")[1] if "." in name else ""
+            assert part == "errors" or part in ALLOWED[layer], f"{path.name} imports {name} ({layer} may not)"
+        else:
+            assert top in sys.stdlib_module_names or top in THIRD_PARTY[layer], f"{path.name} imports {name}"
+
+
+def test_the_parser_sees_relative_and_local_imports():
+    # The check above is only as good as _imports: it must see an upward import written either way.
+    found = _imports(PACKAGE / "cli" / "train.py")
+    assert "vae_cli.training.module" in found and "vae_cli.core.metrics" in found and "pytorch_lightning" in found
+
+
+def test_every_datamodule_keeps_the_declared_contract():
+    import pytorch_lightning as pl
+
+    import vae_cli.data as data
+    from vae_cli.data.base import BaseDataModule
+
+    modules = [getattr(data, n) for n in data.__all__ if isinstance(getattr(data, n), type)]
+    # head, eval_batches and train_pixel_mean are abstract: a class without them cannot be instantiated.
+    concrete = [m for m in modules if issubclass(m, BaseDataModule) and not m.__abstractmethods__]
+    assert {m.__name__ for m in concrete} == {"Digits", "MNIST", "FashionMNIST", "CIFAR10", "ImageFolder"}
+    for m in concrete:
+        for hook in ("setup", "train_dataloader", "val_dataloader", "test_dataloader"):
+            assert getattr(m, hook) is not getattr(pl.LightningDataModule, hook), (m.__name__, hook)

@@ -1,0 +1,131 @@
+"""Every value a user types, checked once, at start-up, with a message that names the key, its value
+and what it accepts. The classes below the command line raise plain errors about their own arguments;
+what only the data can tell (a split larger than the dataset, a file that cannot be read) is checked
+where the data is read."""
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..core.likelihoods import LIKELIHOODS, Likelihood
+from ..core.nets import ACTIVATIONS, ARCHS, GATED
+from ..errors import UserError
+from ..training.objective import KL_ESTIMATORS
+
+
+def _int(lo: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _number(ok):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v)
+
+
+def _one_of(choices):
+    return lambda v: not isinstance(v, (bool, list, dict)) and v in choices
+
+
+def _ints(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(1)(h) for h in v)
+
+
+def _image_size(v) -> bool:
+    return _int(1)(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_int(1)(h) for h in v))
+
+
+# key, test, what the value is, what to use instead. A key the config does not have is not checked
+# (data.channels exists only for image folders; model._target_ may name a user's own class).
+TRAIN_RULES = [
+    ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
+    ("trainer.max_epochs", lambda v: v is None or _int(-1)(v), "epoch limit", "an integer (-1 for no limit), e.g. trainer.max_epochs=20"),
+    ("trainer.max_steps", lambda v: v is None or _int(-1)(v), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
+    ("model.arch", _one_of(ARCHS), "architecture", f"one of {', '.join(ARCHS)} (model=mlp or model=conv)"),
+    ("model.latent_dim", _int(1), "latent dimension K", "an integer >= 1, e.g. model.latent_dim=16"),
+    ("model.hidden_dims", _ints, "list of layer widths", "one or more integers >= 1, e.g. model.hidden_dims=[512,256]"),
+    ("model.activation", _one_of([*ACTIVATIONS, GATED]), "activation", f"one of {', '.join(ACTIVATIONS)}, or {GATED} for model=mlp"),
+    ("model.likelihood", _one_of(LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}"),
+    ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
+    ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
+    ("objective.beta", _number(lambda v: v >= 0), "KL weight", "a number >= 0 (1 is the ELBO)"),
+    ("objective.warmup_steps", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
+    ("objective.warmup_epochs", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
+    ("objective.free_bits", _number(lambda v: v >= 0), "free-bits floor", "a number >= 0 of nats per latent dimension (0 turns it off)"),
+    ("objective.kl_estimator", _one_of(KL_ESTIMATORS), "KL estimator", f"one of {', '.join(KL_ESTIMATORS)}"),
+    ("data.batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.batch_size=128"),
+    ("data.eval_batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.eval_batch_size=1000"),
+    ("data.image_size", _image_size, "image size", "an integer >= 1 or a pair [height, width], e.g. data.image_size=[32,32]"),
+    ("data.channels", _one_of((1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
+    ("data.num_workers", _int(0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
+    ("callbacks.ema.decay", _number(lambda v: 0 <= v < 1), "decay", "a number in [0, 1): e.g. callbacks.ema.decay=0.999 for an "
+     "average over about the last 1,000 steps, or 0 to train without one"),
+]
+EVAL_RULES = [
+    ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
+    ("iw_batch", _int(1), "number of (example, sample) pairs per pass", "an integer >= 1, e.g. iw_batch=50000"),
+    ("split", _one_of(("val", "test")), "split vae-eval scores", "split=test or split=val"),
+]
+SAMPLE_RULES = [
+    ("n", _int(1), "number of images", "an integer >= 1, e.g. n=64"),
+    ("steps", _int(2), "number of steps", "an integer >= 2, e.g. steps=11"),
+    ("manifold_steps", _int(2), "grid side", "an integer >= 2, e.g. manifold_steps=20"),
+    ("split", _one_of(("train", "val", "test")), "split", "split=test, val or train"),
+]
+_ABSENT = object()
+
+
+def check_values(cfg: DictConfig, rules) -> None:
+    """Each rule's key, when the config has it; the first value that fails stops with its message."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
+                        f"{missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else "."))
+    for key, ok, what, use in rules:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        if not ok(value):
+            raise UserError(f"{key}={value!r} is not a valid {what}; use {use}.")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    check_values(cfg, TRAIN_RULES)
+    objective, model = cfg.objective, cfg.model
+    if objective.get("warmup_steps") and objective.get("warmup_epochs"):
+        raise UserError(f"objective.warmup_steps={objective.warmup_steps} and objective.warmup_epochs="
+                        f"{objective.warmup_epochs} are both set; set one of them, the other to 0.")
+    if model.get("activation") == GATED and model.get("arch") != "mlp":
+        raise UserError(f"model.activation={GATED} is a layer of the MLP; with model={model.get('arch')} use one of "
+                        f"{', '.join(ACTIVATIONS)}.")
+    floor = LIKELIHOODS[model.likelihood].std_floor
+    std = model.get("gaussian_std")
+    if floor is not None and not _number(lambda v: v > floor)(std):
+        bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
+        raise UserError(f"model.gaussian_std={std!r} is not a valid standard deviation for model.likelihood="
+                        f"{model.likelihood}; use {bound}, e.g. model.gaussian_std=0.1.")
+
+
+def binarizes(cfg: DictConfig) -> bool:
+    """data.binarize, where null means: exactly when the likelihood is of binary data."""
+    if cfg.data.get("binarize") is not None:
+        return bool(cfg.data.binarize)
+    return LIKELIHOODS[cfg.model.likelihood].support == "binary"
+
+
+def check_fits_data(likelihood: type[Likelihood], x, binarize: bool) -> None:
+    """Refuse a likelihood whose support the data (a sample of training images) does not lie in."""
+    name, support = likelihood.name, likelihood.support
+    if support == "binary" and not binarize and not ((x == 0) | (x == 1)).all():
+        raise UserError(
+            f"model.likelihood={name} needs binary data, but these pixels take grey values and data.binarize=false; "
+            "binarise them (data.binarize=true, or leave it null) or use a likelihood for grey values "
+            "(model.likelihood=gaussian or continuous_bernoulli)."
+        )
+    if support != "real" and (x.min() < 0 or x.max() > 1):
+        raise UserError(f"model.likelihood={name} needs pixel values in [0, 1]; this data spans "
+                        f"[{x.min().item():.3g}, {x.max().item():.3g}].")
+    if support == "8bit" and not binarize:
+        k = x * 255
+        if (k - k.round()).abs().max() > 1e-3:
+            raise UserError(
+                f"model.likelihood={name} models 8-bit images (values k/255), but this data is not on that grid "
+                "(e.g. data=digits has 17 grey levels); use model.likelihood=gaussian or continuous_bernoulli."
+            )

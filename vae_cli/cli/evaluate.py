@@ -1,0 +1,111 @@
+"""vae-eval: score a checkpoint on a data split: the ELBO's terms, the importance-weighted estimate
+of log p(x) with k samples, the inference gap log p(x) - ELBO, active units and the KL per latent
+dimension (core/scoring.py), printed and written beside the run with the per-image values."""
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from .errors import run_or_exit
+
+
+def read_per_example(path: str, split: str, iw_samples: int) -> dict:
+    """Another vae-eval's per-image results: its .pt (or the .json beside it), or a run directory's
+    eval_<split>_k<iw_samples>.pt."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / f"eval_{split}_k{iw_samples}.pt"
+    p = p.with_suffix(".pt")
+    if not p.is_file():
+        raise UserError(f"compare_to={path!r}: no per-image results at {p}. Give the .json or .pt that an earlier "
+                        "vae-eval wrote (vae-eval writes both), or a run directory where vae-eval ran with the same "
+                        f"split={split} and iw_samples={iw_samples}.")
+    import torch
+
+    try:
+        other = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        other = f"{type(e).__name__}: {e}"
+    if not (isinstance(other, dict) and {"log_px", "elbo", "images_sha256"} <= other.keys()):
+        raise UserError(f"compare_to={path!r}: {p} is not a vae-eval per-image file ({str(other)[:200]}). "
+                        "Rerun vae-eval on that checkpoint to write it again.")
+    other["file"] = str(p)
+    return other
+
+
+def check_same_images(images_sha256: str, other: dict) -> None:
+    if images_sha256 != other["images_sha256"]:
+        raise UserError(f"compare_to={other['file']!r} scored other images than this evaluation would (a different "
+                        "split, data, or binarisation seed). Compare evaluations of the same split of the same data.")
+
+
+def format_table(res: dict) -> str:
+    rows = [
+        ("elbo", f"{res['elbo']:.4f} ± {res['elbo_se']:.4f}"),
+        ("recon_loss", f"{res['recon_loss']:.4f}"),
+        ("kl", f"{res['kl']:.4f}"),
+        ("bpd", f"{res['bpd']:.5f}"),
+        (f"nll_iw (k={res['iw_samples']})", f"{res['nll_iw']:.4f} ± {res['nll_iw_se']:.4f}"),
+        ("inference_gap", f"{res['inference_gap']:.4f} ± {res['inference_gap_se']:.4f}"),
+        ("active_units", f"{res['active_units']} / {res['latent_dim']}"),
+    ]
+    order = sorted(range(res["latent_dim"]), key=lambda j: -res["kl_per_dim"][j])
+    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order)
+    head = f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
+    lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
+    if "compared_to" in res:
+        c = res["compared_to"]
+        lines += [f"  minus {c['file']} (paired, same {res['n_examples']} images):",
+                  f"    nll_iw {c['nll_iw_diff']:+.4f} ± {c['nll_iw_diff_se']:.4f}   elbo {c['elbo_diff']:+.4f} ± "
+                  f"{c['elbo_diff_se']:.4f}"]
+    return "\n".join(lines)
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    import torch
+
+    from ..core.scoring import fingerprint, paired_difference, score, summarize
+    from ..training.checkpointing import write_json, write_tensors
+    from .checks import EVAL_RULES, check_values
+    from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
+
+    check_values(cfg, EVAL_RULES)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
+    device = resolve_device(cfg.device)
+    vae, data_config = load_vae(ckpt, map_location=device)
+    overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
+    dm = make_datamodule(data_config, **overrides)
+    images = fingerprint(dm.eval_batches(cfg.split))
+    baseline = read_per_example(cfg.compare_to, cfg.split, cfg.iw_samples) if cfg.compare_to else None
+    if baseline is not None:
+        check_same_images(images, baseline)  # before the (long) scoring
+    torch.manual_seed(cfg.seed)
+    scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device)
+    res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
+           **summarize(scored, vae.n_dims)}
+    mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
+            "images_sha256": images, "checkpoint": str(ckpt)}
+    if baseline is not None:
+        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
+                              **paired_difference(mine, baseline)}
+    out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, res)
+    write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)
+    print(format_table(res))
+    print(f"  written to {out}")
+    return res
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="eval")
+def evaluate(cfg: DictConfig) -> None:
+    run_or_exit("vae-eval", run_eval, cfg)
+
+
+def main() -> None:
+    evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""vae-sample: PNG grids from a checkpoint: prior samples, reconstructions, latent traversals,
+interpolations, and the 2-D manifold when K = 2."""
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .errors import run_or_exit
+
+
+def run_sample(cfg: DictConfig) -> dict[str, Path]:
+    import torch
+    from torchvision.utils import save_image
+
+    from ..training import images
+    from .checks import SAMPLE_RULES, check_values
+    from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
+
+    check_values(cfg, SAMPLE_RULES)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
+    device = resolve_device(cfg.device)
+    vae, data_config = load_vae(ckpt, map_location=device)
+    out = Path(cfg.out) if cfg.out else ckpt.parent.parent / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
+    x = make_datamodule(data_config, **overrides).head(cfg.split, cfg.n)[0].to(device)
+    torch.manual_seed(cfg.seed)
+
+    grids = {
+        "prior_samples": images.prior_samples(vae, cfg.n),
+        "reconstructions": images.reconstructions(vae, x),
+        "traversals": images.traversals(vae, x, steps=cfg.steps),
+        "interpolations": images.interpolations(vae, x, steps=cfg.steps),
+    }
+    if cfg.draw:
+        grids["prior_draws"] = images.prior_samples(vae, cfg.n, draw=True)
+    if vae.latent_dim == 2:
+        grids["manifold"] = images.manifold(vae, steps=cfg.manifold_steps)
+    written = {}
+    for name, grid in grids.items():
+        written[name] = out / f"{name}.png"
+        save_image(grid, written[name])
+    print(f"vae-sample: {', '.join(p.name for p in written.values())} written to {out}")
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="sample")
+def sample(cfg: DictConfig) -> None:
+    run_or_exit("vae-sample", run_sample, cfg)
+
+
+def main() -> None:
+    sample()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""What is logged about the ELBO, by name: adding a metric is adding it here.
+
+No torch import (the functions take tensors or floats alike), so vae-report reads the names instantly.
+"""
+import math
+
+
+def bits_per_dim(nll_nats, n_dims: int):
+    """A negative log-likelihood in nats per example as bits per data dimension: nll / (D ln 2)."""
+    return nll_nats / (n_dims * math.log(2))
+
+
+def batch_metrics(terms, loss, n_dims: int) -> dict:
+    """A batch's means in nats per example (terms: core.vae.Terms), logged as <split>/<name>; `loss` is
+    what the objective optimises. recon_loss and kl come first: the non-finite guard names the first
+    non-finite metric in this order."""
+    recon, kl = terms.recon.mean(), terms.kl.mean()
+    elbo = -(recon + kl)
+    return {"recon_loss": recon, "kl": kl, "elbo": elbo, "bpd": bits_per_dim(-elbo, n_dims), "loss": loss}
+
+
+# What a finished run reports: the final log line, metrics.json's test/ values in TensorBoard's HPARAMS
+# tab, and vae-report's default columns.
+SUMMARY = ("elbo", "recon_loss", "kl", "bpd")
+RUN_SUMMARY = (*(f"test/{m}" for m in SUMMARY), "best_val_elbo")

@@ -1,0 +1,131 @@
+"""Datasets held in memory: each split is one tensor of pixel values in [0, 1] shaped (N, C, H, W),
+on the training device by default, batched by index with no per-example Python work. Digits, the
+embedded default, lives here; the torchvision sets in torchvision_sets.py."""
+import logging
+import os
+from abc import abstractmethod
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .base import BaseDataModule
+from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize
+
+log = logging.getLogger(__name__)
+
+
+class InMemoryDataModule(BaseDataModule):
+    """A dataset held as tensors. Subclasses set `shape` (C, H, W) and implement `load()`,
+    returning (train_x, train_y, test_x, test_y) with x as floats in [0, 1]."""
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int | float = 0.1,
+        binarize: bool | None = True,
+        split_seed: int = 0,
+        seed: int = 0,
+        on_device: bool = True,
+    ):
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
+                         binarize=binarize, split_seed=split_seed, seed=seed)
+        self.data_dir = Path(os.path.expanduser(str(data_dir)))
+        self.on_device = bool(on_device)
+        self._on_device: dict[str, list[torch.Tensor]] = {}
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @abstractmethod
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train_x, train_y, test_x, test_y), x as floats in [0, 1] shaped (N, C, H, W)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        n_val = self._n_val(len(train_x))
+        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        val_x = train_x[val_idx]
+        if self.binarize:
+            val_x, test_x = binarize(val_x, VAL_BINARIZE_SEED), binarize(test_x, TEST_BINARIZE_SEED)
+        self._splits = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (val_x, train_y[val_idx]),
+            "test": (test_x, test_y),
+        }
+        log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, len(train_idx), n_val,
+                 len(test_x), tuple(self.shape), ", binarised" if self.binarize else "")
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.setup()
+        return self._splits[name]
+
+    def head(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.split(split)
+        return x[:n], y[:n]
+
+    def eval_batches(self, split: str):
+        return TensorBatches(list(self.split(split)), self.eval_batch_size, shuffle=False)
+
+    def train_pixel_mean(self) -> torch.Tensor:
+        return self.split("train")[0].mean(0)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        tensors = list(self.split(split))
+        trainer = self.trainer
+        if trainer is not None and self.on_device:
+            # The whole split lives on the training device: batches are gathered there, no copies.
+            device = trainer.strategy.root_device
+            cached = self._on_device.get(split)
+            if cached is None or cached[0].device != device:
+                self._on_device[split] = cached = [t.to(device) for t in tensors]
+            tensors = cached
+        return TensorBatches(tensors, batch_size, shuffle, seed=self.seed,
+                             epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+                             rank=trainer.global_rank if trainer is not None else 0,
+                             world_size=trainer.world_size if trainer is not None else 1)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        # Device-resident splits arrive where they belong; skip Lightning's generic per-step walk.
+        if all(t.device == device for t in batch):
+            return batch
+        return [t.to(device, non_blocking=True) for t in batch]
+
+
+class Digits(InMemoryDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, values 0..16): no download.
+
+    There is no official test split, so a fixed `test_size` examples (chosen with a fixed seed)
+    are held out as the test set.
+    """
+
+    shape = (1, 8, 8)
+    name = "digits"
+
+    def __init__(self, test_size: int = 297, **kwargs):
+        super().__init__(**kwargs)
+        self.test_size = test_size
+
+    def load(self):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.data, dtype=torch.float32).view(-1, *self.shape) / 16.0
+        y = torch.tensor(d.target, dtype=torch.long)
+        if not 1 <= self.test_size < len(x) - 1:
+            raise UserError(f"data.test_size={self.test_size!r} must be between 1 and {len(x) - 2} for digits.")
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(12345))
+        test, train = perm[: self.test_size], perm[self.test_size:]
+        return x[train], y[train], x[test], y[test]

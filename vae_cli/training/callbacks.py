@@ -1,0 +1,196 @@
+"""The callbacks of a run, in one place: diagnostics for TensorBoard (image grids, the KL per latent
+dimension, the importance-weighted NLL on the validation set, the test set's latent means in the
+projector), guards (a non-finite loss stops the run before it reaches a checkpoint; the random
+generators travel in checkpoints), and the weight average.
+
+The diagnostics read data through the datamodule's head() and eval_batches() and write through the
+run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
+loses that state when an older run resumes."""
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from ..core.scoring import score
+from ..errors import UserError
+from . import images
+
+
+def _tensorboard(trainer: pl.Trainer):
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            return lg.experiment
+    return None
+
+
+def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    return (not trainer.sanity_checking and every_n_epochs > 0 and trainer.is_global_zero
+            and (trainer.current_epoch + 1) % every_n_epochs == 0)
+
+
+class ImageGrids(pl.Callback):
+    """Every `every_n_epochs`: reconstructions of validation images and prior samples under IMAGES,
+    and the KL of each latent dimension as a histogram."""
+
+    def __init__(self, every_n_epochs: int = 10, n: int = 64):
+        self.every_n_epochs, self.n = every_n_epochs, n
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        tb = _tensorboard(trainer)
+        if tb is None or not _due(trainer, self.every_n_epochs):
+            return
+        vae, step = pl_module.vae, trainer.global_step
+        x = trainer.datamodule.head("val", self.n)[0].to(pl_module.device)
+        was_training = vae.training
+        vae.eval()
+        tb.add_image("val/reconstructions", images.reconstructions(vae, x), step)
+        tb.add_image("samples/prior_mean", images.prior_samples(vae, self.n), step)
+        kl = images.kl_per_dim(vae, trainer.datamodule.head("val", 2000)[0].to(pl_module.device))
+        # One value per latent dimension: how many dimensions carry how much information.
+        tb.add_histogram("val/kl_per_dim", kl, step)
+        vae.train(was_training)
+
+
+class ImportanceWeightedNLL(pl.Callback):
+    """val/nll_iw: the k-sample importance-weighted estimate of -log p(x) on the validation set every
+    `every_n_epochs` (off when iw_samples = 0: it costs k decoder passes per example)."""
+
+    def __init__(self, iw_samples: int = 0, every_n_epochs: int = 10, iw_batch: int = 50_000):
+        self.iw_samples, self.every_n_epochs, self.iw_batch = iw_samples, every_n_epochs, iw_batch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self.iw_samples < 1 or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        log_px = score(pl_module.vae, trainer.datamodule.eval_batches("val"), self.iw_samples, self.iw_batch,
+                       pl_module.device).log_px
+        pl_module.log("val/nll_iw", -log_px.mean(), on_epoch=True, sync_dist=True)
+
+
+class LatentProjector(pl.Callback):
+    """After testing: the test set's posterior means in TensorBoard's embedding projector, labelled
+    by class, with each image as its thumbnail."""
+
+    def __init__(self, max_points: int = 10_000):
+        self.max_points = max_points
+
+    def on_test_end(self, trainer, pl_module):
+        tb = _tensorboard(trainer)
+        if tb is None or not trainer.is_global_zero or self.max_points < 1:
+            return
+        xs, ys, mus = [], [], []
+        with torch.no_grad():
+            for x, y in trainer.datamodule.eval_batches("test"):
+                x, y = x[: self.max_points - sum(map(len, xs))], y[: self.max_points - sum(map(len, xs))]
+                mus.append(pl_module.vae.encode(x.to(pl_module.device))[0].cpu())
+                xs.append(x.cpu())
+                ys.append(y.cpu())
+                if sum(map(len, xs)) >= self.max_points:
+                    break
+        x, y, mu = torch.cat(xs), torch.cat(ys), torch.cat(mus)
+        tb.add_embedding(mu, metadata=y.tolist(), label_img=x[:, :3].float(), global_step=trainer.global_step,
+                         tag="test/posterior_mean")
+
+
+class NonFiniteGuard(pl.Callback):
+    """Tracks, on the device and without a host sync per step, whether each logged metric has been
+    non-finite and at which step first; looks at the flags every `every_n_steps` steps and always
+    before a checkpoint can be written (Lightning runs checkpoint callbacks after this one), and
+    then stops the run, naming the first term that went and the step."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+        self.names: tuple[str, ...] = ()
+        self.first_bad: torch.Tensor | None = None  # per metric: first step it was non-finite, or -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.names, values = pl_module.last_step
+        bad = ~torch.isfinite(values)
+        if self.first_bad is None or self.first_bad.device != bad.device:
+            self.first_bad = torch.full_like(bad, -1, dtype=torch.long)
+        step = trainer.global_step - 1  # the step just taken
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.check(trainer)
+
+    def check(self, trainer) -> None:
+        if self.first_bad is None:
+            return
+        first = self.first_bad.tolist()
+        bad = [(s, i) for i, s in enumerate(first) if s >= 0]  # the earliest step, then the metrics' order
+        if bad:
+            step, i = min(bad)
+            name = self.names[i]
+            last = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.checkpoint_callbacks if cb.dirpath]
+            ckpt = str(last[0]) if last and last[0].exists() else ""
+            raise UserError(
+                f"{name} became non-finite at step {step}; the run stopped there. The last good checkpoint "
+                f"{'is ' + ckpt if ckpt else 'was not written yet'}. Resume from it (ckpt_path=...) with a lower "
+                "optim.lr, gradient clipping (trainer.gradient_clip_val=1.0), or a KL warm-up (objective.warmup_epochs)."
+            )
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.check(trainer)
+
+
+class RNGState(pl.Callback):
+    """Saves the CPU and CUDA generators with each checkpoint and restores them when training resumes,
+    after Lightning's own start-up (which draws numbers), so the noise sequence continues exactly."""
+
+    def __init__(self):
+        self._to_restore = None
+
+    def state_dict(self):
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict):
+        self._to_restore = state_dict
+
+    def on_train_start(self, trainer, pl_module):
+        if self._to_restore is not None:
+            torch.set_rng_state(self._to_restore["cpu"])
+            if "cuda" in self._to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._to_restore["cuda"])
+            self._to_restore = None
+
+
+class EMA(WeightAveraging):
+    """An exponential moving average of the weights, theta_ema <- decay * theta_ema + (1 - decay) * theta
+    after every optimiser step (Polyak averaging with a horizon of about 1 / (1 - decay) steps): it
+    smooths out the optimiser's noise around the end of training, which is what the test log-likelihood
+    sees. Off (not added to the trainer) while decay is 0.
+
+    Validation (so early stopping and best.ckpt), the test after training, vae-eval and vae-sample all
+    use the average: it is the `state_dict` of every checkpoint. The raw weights travel beside it
+    (`current_model_state`) so a resumed run continues the same optimisation."""
+
+    def __init__(self, decay: float = 0.0):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay!r} must be in [0, 1)")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
+
+    @property
+    def active(self) -> bool:
+        return self.decay > 0
+
+    def on_fit_start(self, trainer, pl_module):
+        # Lightning builds the average in setup(), before the module moves to its device; keep the
+        # two on one device so each update is a few fused kernels, not a copy across the bus.
+        self._average_model.to(pl_module.device)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # Lightning would load the raw weights in every stage; only training continues from them.
+        # The test after training (and any validate) scores best.ckpt's average, as vae-eval does.
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

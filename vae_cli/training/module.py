@@ -1,0 +1,127 @@
+"""The VAE under Lightning: a thin layer that asks the core VAE for the ELBO's terms, the objective
+for the loss, and logs every metric of core.metrics by name, once per split and epoch (and every
+trainer.log_every_n_steps training steps)."""
+import importlib
+from typing import NamedTuple
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+
+from ..core.metrics import batch_metrics
+from .checkpointing import upgrade_checkpoint
+from .objective import Objective
+
+DEFAULT_MODEL = "vae_cli.core.vae.VAE"
+
+
+def build_vae(config: dict) -> torch.nn.Module:
+    """The network a model config describes: its `_target_` class (the core VAE unless a user names
+    their own) called with the other keys."""
+    config = dict(config)
+    module, _, name = config.pop("_target_", DEFAULT_MODEL).rpartition(".")
+    return getattr(importlib.import_module(module), name)(**config)
+
+
+class StepMetrics(NamedTuple):
+    """One step's metrics, detached and stacked on the device (no host sync), with their names."""
+
+    names: tuple[str, ...]
+    values: torch.Tensor
+
+
+class VAEModule(pl.LightningModule):
+    def __init__(self, model: dict, objective: dict | None = None, optim: dict | None = None):
+        super().__init__()
+        # Kept in checkpoints, so vae-eval and vae-sample rebuild the network from the file alone.
+        self.save_hyperparameters(logger=False)
+        self.vae = build_vae(model)
+        self.objective = Objective(**(objective or {}))
+        optim = {"lr": 1e-3, "lr_decay": 1.0, **(optim or {})}
+        self.lr, self.lr_decay = optim["lr"], optim["lr_decay"]
+        self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
+        self.last_step: StepMetrics | None = None  # read by the non-finite guard
+        self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
+        self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
+
+    def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = self.vae.terms(x)
+        loss = self.objective.loss(terms, self.global_step, self.steps_per_epoch)
+        return batch_metrics(terms, loss, self.vae.n_dims)
+
+    def _accumulate(self, split: str, metrics: dict[str, torch.Tensor], n: int) -> StepMetrics:
+        """Add this batch's example-weighted sums to the split's running totals, on the device."""
+        step = StepMetrics(tuple(metrics), torch.stack([v.detach() for v in metrics.values()]))
+        # The count stays a Python int: a new device tensor per step would be a host-to-device copy.
+        _, sums, count = self._sums.get(split, (None, 0.0, 0))
+        self._sums[split] = (step.names, sums + step.values * n, count + n)
+        return step
+
+    def _log_epoch_means(self, split: str, suffix: str = "") -> None:
+        """Means over every example the split saw in this epoch, in all processes: sums and counts are
+        added across processes first, so the result is the mean over the whole set (not a mean of
+        per-process means)."""
+        if split not in self._sums:
+            return
+        names, sums, count = self._sums.pop(split)
+        total = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum")
+        means = total[:-1] / total[-1]
+        self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(names, means)}, on_step=False, on_epoch=True)
+
+    def on_train_start(self):
+        self.steps_per_epoch = self.trainer.num_training_batches
+
+    def training_step(self, batch, batch_idx):
+        metrics = self._metrics(batch[0])
+        # Epoch sums stay on the device (no host sync per step); logged once per epoch.
+        step = self.last_step = self._accumulate("train", metrics, len(batch[0]))
+        # self.log costs time on every call, so call it only on the steps the logger writes.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/{k}": v for k, v in zip(step.names, step.values)}, on_step=True, on_epoch=False)
+        return metrics["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self._accumulate("val", self._metrics(batch[0]), len(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        self._accumulate("test", self._metrics(batch[0]), len(batch[0]))
+
+    def on_train_epoch_start(self):
+        self._sums.pop("train", None)
+
+    def on_validation_epoch_start(self):
+        self._sums.pop("val", None)
+
+    def on_test_epoch_start(self):
+        self._sums.pop("test", None)
+
+    def on_train_epoch_end(self):
+        self._log_epoch_means("train", suffix="_epoch")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_means("val")
+
+    def on_test_epoch_end(self):
+        self._log_epoch_means("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_config"] = self.data_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_checkpoint(checkpoint)  # one written by an earlier version: same weights, today's names
+        self.data_config = checkpoint.get("data_config", self.data_config)
+        # A run trained with a weight average (callbacks.ema) saves the average as its state_dict and
+        # the raw weights beside it. Resumed without the average, training goes on from the raw
+        # weights, which the optimiser's state belongs to (with it, the EMA callback restores them).
+        trainer = self._trainer
+        if ("current_model_state" in checkpoint and trainer is not None and trainer.state.fn == TrainerFn.FITTING
+                and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)):
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
+
+    def configure_optimizers(self):
+        # The fused kernel updates all parameters in one pass, a large share of a step for models this small.
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)
+        if self.lr_decay == 1.0:
+            return optimizer
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
