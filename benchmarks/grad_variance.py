@@ -1,4 +1,4 @@
-"""Does the analytic KL lower the variance of the encoder's gradient? (The seed's claim.)
+"""Does the analytic KL lower the variance of the encoder's gradient? (The reason the ELBO is written with its KL in closed form.)
 
 At one model state (a checkpoint) and one fixed minibatch, draws the single-sample gradient of the
 loss w.r.t. the encoder's parameters `--draws` times under each KL estimator (only the noise eps

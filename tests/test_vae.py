@@ -7,7 +7,7 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from vae_cli.core.vae import VAE
 
 
-def test_terms_are_the_single_sample_elbo_of_the_seed():
+def test_terms_are_the_single_sample_elbo():
     torch.manual_seed(0)
     vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16])
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))

@@ -9,6 +9,11 @@ import math
 import torch
 
 
+def elbo(recon: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)), from recon = -E_q[log p(x|z)] and the KL."""
+    return -(recon + kl)
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that is differentiable in (mu, sigma).
     Leading axes of mu beyond logvar's (k samples per example) broadcast."""

@@ -1,6 +1,7 @@
 """What is logged about the ELBO, by name: adding a metric is adding it here.
 
-No torch import (the functions take tensors or floats alike), so vae-report reads the names instantly.
+Only `math` is imported at the top (the functions take tensors or floats alike), so vae-report reads
+the names without loading torch.
 """
 import math
 
@@ -14,9 +15,11 @@ def batch_metrics(terms, loss, n_dims: int) -> dict:
     """A batch's means in nats per example (terms: core.vae.Terms), logged as <split>/<name>; `loss` is
     what the objective optimises. recon_loss and kl come first: the non-finite guard names the first
     non-finite metric in this order."""
+    from .elbo import elbo  # here, not at the top: see above
+
     recon, kl = terms.recon.mean(), terms.kl.mean()
-    elbo = -(recon + kl)
-    return {"recon_loss": recon, "kl": kl, "elbo": elbo, "bpd": bits_per_dim(-elbo, n_dims), "loss": loss}
+    mean_elbo = elbo(recon, kl)
+    return {"recon_loss": recon, "kl": kl, "elbo": mean_elbo, "bpd": bits_per_dim(-mean_elbo, n_dims), "loss": loss}
 
 
 # What a finished run reports: the final log line, metrics.json's test/ values in TensorBoard's HPARAMS

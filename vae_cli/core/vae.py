@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .elbo import iwae_bound, kl_analytic, log_importance_weights, reparameterize
+from .elbo import elbo, iwae_bound, kl_analytic, log_importance_weights, reparameterize
 from .likelihoods import make_likelihood
 from .nets import make_networks
 
@@ -29,7 +29,7 @@ class Terms(NamedTuple):
 
     @property
     def elbo(self) -> torch.Tensor:
-        return -(self.recon + self.kl)
+        return elbo(self.recon, self.kl)
 
 
 class ImportanceWeighted(NamedTuple):
@@ -42,7 +42,7 @@ class ImportanceWeighted(NamedTuple):
 
     @property
     def elbo(self) -> torch.Tensor:
-        return -(self.recon + self.kl_dims.sum(-1))
+        return elbo(self.recon, self.kl_dims.sum(-1))
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:

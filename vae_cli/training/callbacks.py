@@ -1,7 +1,7 @@
 """The callbacks of a run, in one place: diagnostics for TensorBoard (image grids, the KL per latent
 dimension, the importance-weighted NLL on the validation set, the test set's latent means in the
 projector), guards (a non-finite loss stops the run before it reaches a checkpoint; the random
-generators travel in checkpoints), and the weight average.
+generators travel in checkpoints), checkpointing, and the weight average.
 
 The diagnostics read data through the datamodule's head() and eval_batches() and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
@@ -162,6 +162,34 @@ class RNGState(pl.Callback):
             if "cuda" in self._to_restore and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(self._to_restore["cuda"])
             self._to_restore = None
+
+
+class RunCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that a run resumed from a directory that was moved or
+    copied (to another disk, or from the CPU box to the GPU box) keeps its best-so-far. Lightning
+    forgets the best score when the checkpoint folder's path changes and then writes best-v1.ckpt
+    beside a stale best.ckpt, which `vae-eval ckpt_path=<run>` would score. When the remembered
+    files are in the new folder, their paths are read as the same files there."""
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's own key, so runs checkpointed by ModelCheckpoint resume here and the reverse.
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+
+    def load_state_dict(self, state_dict):
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def moved(path):
+                return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
+
+            best = moved(state_dict.get("best_model_path"))
+            if best and Path(best).is_file():  # the run's checkpoints came along; else Lightning's behaviour
+                state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": best,
+                              "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                              "last_model_path": moved(state_dict.get("last_model_path")),
+                              "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
 
 
 class EMA(WeightAveraging):
