@@ -84,5 +84,5 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory) -> Path:
-    """The default model trained for the default 100 epochs on digits (about 15 s on 2 CPU cores)."""
+    """The default run: the default model trained for 100 epochs on digits, seed 0."""
     return train(tmp_path_factory.mktemp("trained"), "run", "trainer.max_epochs=100", "seed=0")
