@@ -7,7 +7,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..core.likelihoods import LIKELIHOODS, Likelihood
 from ..core.nets import ACTIVATIONS, ARCHS, GATED
 from ..errors import UserError
-from ..training.objective import KL_ESTIMATORS
+from ..training.objective import GRADIENTS, KL_ESTIMATORS
 
 
 def _int(lo: int):
@@ -19,11 +19,20 @@ def _number(ok):
 
 
 def _one_of(choices):
-    return lambda v: not isinstance(v, (bool, list, dict)) and v in choices
+    return lambda v: not isinstance(v, (bool, list, dict)) and v in choices  # True == 1 in Python
+
+
+def _bool(v) -> bool:
+    return isinstance(v, bool)
 
 
 def _ints(v) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(1)(h) for h in v)
+
+
+def _range(v) -> bool:
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(lambda _: True)(b) for b in v)
+    return v is None or (ok and v[0] < v[1])
 
 
 def _image_size(v) -> bool:
@@ -41,18 +50,26 @@ TRAIN_RULES = [
     ("model.hidden_dims", _ints, "list of layer widths", "one or more integers >= 1, e.g. model.hidden_dims=[512,256]"),
     ("model.activation", _one_of([*ACTIVATIONS, GATED]), "activation", f"one of {', '.join(ACTIVATIONS)}, or {GATED} for model=mlp"),
     ("model.likelihood", _one_of(LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}"),
+    ("model.logvar_range", _range, "range", "null, or [lo, hi] with lo < hi, e.g. model.logvar_range=[-6,2]"),
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
     ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
+    ("optim.normalize_grads", _bool, "switch", "true or false"),
     ("objective.beta", _number(lambda v: v >= 0), "KL weight", "a number >= 0 (1 is the ELBO)"),
     ("objective.warmup_steps", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
     ("objective.warmup_epochs", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
     ("objective.free_bits", _number(lambda v: v >= 0), "free-bits floor", "a number >= 0 of nats per latent dimension (0 turns it off)"),
     ("objective.kl_estimator", _one_of(KL_ESTIMATORS), "KL estimator", f"one of {', '.join(KL_ESTIMATORS)}"),
+    ("objective.iw_samples", _int(1), "number of importance samples", "an integer >= 1 (1: the ELBO; e.g. 5)"),
+    ("objective.gradient", _one_of(GRADIENTS), "gradient estimator", f"one of {', '.join(GRADIENTS)}"),
     ("data.batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.batch_size=128"),
     ("data.eval_batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.eval_batch_size=1000"),
     ("data.image_size", _image_size, "image size", "an integer >= 1 or a pair [height, width], e.g. data.image_size=[32,32]"),
     ("data.channels", _one_of((1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
     ("data.num_workers", _int(0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
+    ("data.val_split", _one_of(("random", "last")), "validation split", "random (val_size examples drawn with data.split_seed) "
+     "or last (the training set's last val_size examples, in file order)"),
+    ("data.eval_binarize_numpy_seed", lambda v: v is None or _int(0)(v), "seed",
+     "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code"),
     ("callbacks.ema.decay", _number(lambda v: 0 <= v < 1), "decay", "a number in [0, 1): e.g. callbacks.ema.decay=0.999 for an "
      "average over about the last 1,000 steps, or 0 to train without one"),
 ]
@@ -92,6 +109,14 @@ def check_train_config(cfg: DictConfig) -> None:
     if objective.get("warmup_steps") and objective.get("warmup_epochs"):
         raise UserError(f"objective.warmup_steps={objective.warmup_steps} and objective.warmup_epochs="
                         f"{objective.warmup_epochs} are both set; set one of them, the other to 0.")
+    k, gradient = objective.get("iw_samples", 1), objective.get("gradient", "reparam")
+    if gradient == "stl" and k > 1:
+        raise UserError(f"objective.gradient=stl with objective.iw_samples={k}: sticking the landing is unbiased for "
+                        "one sample only; use objective.gradient=dreg, its unbiased form for k > 1 (Tucker et al. 2019).")
+    if objective.get("free_bits") and (k > 1 or gradient != "reparam"):
+        raise UserError(f"objective.free_bits={objective.free_bits} applies to the ELBO with its KL in closed form; with "
+                        f"objective.iw_samples={k} and objective.gradient={gradient} the KL is inside the sampled "
+                        "bound. Set objective.free_bits=0, or train the ELBO (iw_samples=1, gradient=reparam).")
     if model.get("activation") == GATED and model.get("arch") != "mlp":
         raise UserError(f"model.activation={GATED} is a layer of the MLP; with model={model.get('arch')} use one of "
                         f"{', '.join(ACTIVATIONS)}.")

@@ -292,7 +292,7 @@ def write_csv(path: Path, jobs: list[Job], metrics: list[str]) -> None:
 def choose_metrics(jobs: list[Job], requested: str | None) -> list[str]:
     available = list(dict.fromkeys(k for j in jobs for k, v in j.metrics.items() if is_number(v)))
     if requested is None:
-        return [*DEFAULT_METRICS, *(k for k in available if "/nll_iw_k" in k)]
+        return [*DEFAULT_METRICS, *(k for k in available if "/nll_iw_k" in k or k == "test/iwae")]
     names = [m.strip() for m in requested.split(",") if m.strip()]
     unknown = [m for m in names if m not in available]
     if available and unknown:  # with no finished job every name is unknown; show empty columns then
@@ -315,7 +315,8 @@ def parse_args(argv):
                    help="a multirun directory, e.g. outputs/multirun/DATE/TIME (holding 0/, 1/, ...)")
     p.add_argument("--metrics", metavar="A,B,...",
                    help=f"comma-separated metric columns (default: {','.join(DEFAULT_METRICS)}, "
-                        "plus <split>/nll_iw_k<k> where vae-eval has written eval_<split>_k<k>.json)")
+                        "plus test/iwae for jobs trained on k > 1 samples and <split>/nll_iw_k<k> where vae-eval "
+                        "has written eval_<split>_k<k>.json)")
     p.add_argument("--sort", metavar="KEY", default="job",
                    help="sort the jobs by a column: job (default), an override key, a metric, status, "
                         "train_seconds; prefix with - for descending, written --sort=-test/elbo")

@@ -46,9 +46,12 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
 
 
 def log_importance_weights(log_px_given_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-                           logvar: torch.Tensor) -> torch.Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x) for z ~ q(z|x): E_q[w] = p(x)."""
-    return log_px_given_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
+                           logvar: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+    """log w = log p(x|z) + log p(z) - log q(z|x) for z ~ q(z|x): E_q[w] = p(x). With kl_weight c != 1,
+    the tempered log p(x|z) + c (log p(z) - log q(z|x)), whose k = 1 bound is recon + c * KL (a KL warm-up)."""
+    if kl_weight == 1.0:
+        return log_px_given_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
+    return log_px_given_z + kl_weight * (log_standard_normal(z) - log_normal_diag(z, mu, logvar))
 
 
 def iwae_bound(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:

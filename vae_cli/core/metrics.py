@@ -11,15 +11,19 @@ def bits_per_dim(nll_nats, n_dims: int):
     return nll_nats / (n_dims * math.log(2))
 
 
-def batch_metrics(terms, loss, n_dims: int) -> dict:
-    """A batch's means in nats per example (terms: core.vae.Terms), logged as <split>/<name>; `loss` is
-    what the objective optimises. recon_loss and kl come first: the non-finite guard names the first
-    non-finite metric in this order."""
+def batch_metrics(terms, loss, n_dims: int, iwae=None) -> dict:
+    """A batch's means in nats per example (terms: core.vae.Terms, the one-sample ELBO's terms with the
+    analytic KL), logged as <split>/<name>; `loss` is what the objective optimises; `iwae`, when training
+    on k > 1 samples, the k-sample bound L_k per example. recon_loss and kl come first: the non-finite
+    guard names the first non-finite metric in this order."""
     from .elbo import elbo  # here, not at the top: see above
 
     recon, kl = terms.recon.mean(), terms.kl.mean()
     mean_elbo = elbo(recon, kl)
-    return {"recon_loss": recon, "kl": kl, "elbo": mean_elbo, "bpd": bits_per_dim(-mean_elbo, n_dims), "loss": loss}
+    metrics = {"recon_loss": recon, "kl": kl, "elbo": mean_elbo, "bpd": bits_per_dim(-mean_elbo, n_dims), "loss": loss}
+    if iwae is not None:
+        metrics["iwae"] = iwae.mean()
+    return metrics
 
 
 # What a finished run reports: the final log line, metrics.json's test/ values in TensorBoard's HPARAMS

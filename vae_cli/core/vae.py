@@ -7,6 +7,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .elbo import elbo, iwae_bound, kl_analytic, log_importance_weights, reparameterize
@@ -52,13 +53,21 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(nn.Module):
+    """q(z|x) = N(mu(x), diag(exp(logvar(x)))) by the encoder, p(x|z) by the decoder and the likelihood
+    family, p(z) = N(0, I). logvar_range: bounds [lo, hi] clipping the encoder's log-variance (a hardtanh,
+    as in the VampPrior / Exemplar VAE models), or None."""
+
     def __init__(self, data_shape, latent_dim: int = 16, hidden_dims=(512, 256), arch: str = "mlp",
-                 activation: str = "relu", likelihood: str = "bernoulli", gaussian_std: float = 0.1):
+                 activation: str = "relu", likelihood: str = "bernoulli", gaussian_std: float = 0.1,
+                 logvar_range=None):
         super().__init__()
         if not latent_dim >= 1 or not hidden_dims or min(hidden_dims) < 1:
             raise ValueError(f"latent_dim={latent_dim!r} and hidden_dims={hidden_dims!r} must be >= 1")
+        if logvar_range is not None and not logvar_range[0] < logvar_range[1]:
+            raise ValueError(f"logvar_range={logvar_range!r} must be [lo, hi] with lo < hi")
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
+        self.logvar_range = None if logvar_range is None else tuple(logvar_range)
         self.n_dims = math.prod(self.data_shape)  # D
         # The likelihood first: the parameter order, which optimiser states follow, of every checkpoint so far.
         self.likelihood = make_likelihood(likelihood, gaussian_std)
@@ -68,6 +77,8 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x)."""
         mu, logvar = self.encoder(x)
+        if self.logvar_range is not None:
+            logvar = F.hardtanh(logvar, *self.logvar_range)
         return _at_least_float32(mu), _at_least_float32(logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -80,11 +91,17 @@ class VAE(nn.Module):
         recon = -self.likelihood.log_prob(x, self.decode(z))
         return Terms(recon, kl_analytic(mu, logvar), z, mu, logvar)
 
-    def log_weights(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, k: int):
-        """(log w, log p(x|z)), each (k, B), for k samples z ~ q(z|x) per example, decoded as one batch."""
-        z = reparameterize(mu.expand(k, *mu.shape), logvar)
+    def log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z), (k, B), for k latent samples z (k, B, K) of each of the B examples x, decoded as one
+        batch of k x B rows."""
+        k = len(z)
         log_px_z = self.likelihood.log_prob(x.expand(k, *x.shape).flatten(0, 1), self.decode(z.flatten(0, 1)))
-        log_px_z = log_px_z.view(k, len(x))
+        return log_px_z.view(k, len(x))
+
+    def log_weights(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, k: int):
+        """(log w, log p(x|z)), each (k, B), for k samples z ~ q(z|x) per example."""
+        z = reparameterize(mu.expand(k, *mu.shape), logvar)
+        log_px_z = self.log_px_given_z(x, z)
         return log_importance_weights(log_px_z, z, mu, logvar), log_px_z
 
     def importance_weighted(self, x: torch.Tensor, k: int, max_pairs: int = 50_000) -> ImportanceWeighted:

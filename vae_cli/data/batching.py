@@ -5,6 +5,7 @@ Binarisation (for a binary likelihood): training batches are re-sampled every st
 binarisation, on the device the batch lands on); validation and test sets are binarised once with
 fixed seeds, so every run and every checkpoint is scored on the same bits.
 """
+import numpy as np
 import torch
 
 # Fixed seeds of the val/test binarisation: independent of the run's `seed`, so runs with different
@@ -56,3 +57,19 @@ def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
     g = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
     u = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype)
     return (u < x).to(x.dtype)
+
+
+def binarize_numpy(xs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Each x_bin ~ Bernoulli(x) drawn with numpy's legacy generator seeded once, one tensor after the
+    other: how the reference code of the published Fashion-MNIST results binarises its validation and
+    test sets (seed 777). Values on the 8-bit grid are taken as k/255 in float64, as numpy reads them
+    from the original bytes, so the bits are the reference's own."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for x in xs:
+        p = x.double()
+        k = (p * 255).round()
+        if torch.allclose(k / 255, p, rtol=0, atol=1e-6):
+            p = k / 255
+        out.append(torch.from_numpy(rng.binomial(1, p.numpy())).to(x.dtype))
+    return out

@@ -10,9 +10,10 @@ import torch
 
 from ..errors import UserError
 from .base import BaseDataModule
-from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize
+from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize, binarize_numpy
 
 log = logging.getLogger(__name__)
+VAL_SPLITS = ("random", "last")
 
 
 class InMemoryDataModule(BaseDataModule):
@@ -29,11 +30,19 @@ class InMemoryDataModule(BaseDataModule):
         split_seed: int = 0,
         seed: int = 0,
         on_device: bool = True,
+        val_split: str = "random",
+        eval_binarize_numpy_seed: int | None = None,
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
                          binarize=binarize, split_seed=split_seed, seed=seed)
+        if val_split not in VAL_SPLITS:
+            raise ValueError(f"val_split={val_split!r} must be one of {VAL_SPLITS}")
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
         self.on_device = bool(on_device)
+        # "random": val_size examples drawn with split_seed; "last": the training file's last val_size examples.
+        self.val_split = val_split
+        # None: val and test binarised with vae-cli's fixed torch seeds; an integer: with numpy under that seed.
+        self.eval_binarize_numpy_seed = eval_binarize_numpy_seed
         self._on_device: dict[str, list[torch.Tensor]] = {}
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -46,10 +55,15 @@ class InMemoryDataModule(BaseDataModule):
             return
         train_x, train_y, test_x, test_y = self.load()
         n_val = self._n_val(len(train_x))
-        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
+        if self.val_split == "last":
+            perm = torch.arange(len(train_x)).roll(n_val)  # the last n_val first
+        else:
+            perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         val_x = train_x[val_idx]
-        if self.binarize:
+        if self.binarize and self.eval_binarize_numpy_seed is not None:
+            val_x, test_x = binarize_numpy([val_x, test_x], self.eval_binarize_numpy_seed)
+        elif self.binarize:
             val_x, test_x = binarize(val_x, VAL_BINARIZE_SEED), binarize(test_x, TEST_BINARIZE_SEED)
         self._splits = {
             "train": (train_x[train_idx], train_y[train_idx]),

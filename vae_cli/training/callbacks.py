@@ -6,6 +6,7 @@ generators travel in checkpoints), checkpointing, and the weight average.
 The diagnostics read data through the datamodule's head() and eval_batches() and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
 loses that state when an older run resumes."""
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -190,6 +191,29 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
                               "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
 
+
+
+class EarlyStopping(pl.callbacks.EarlyStopping):
+    """Lightning's EarlyStopping, except that epochs without improvement count only from `start_epoch`
+    (1-based) on: the reference protocol does not count the KL warm-up, while the objective being
+    optimised still changes. The best score is tracked throughout. The class keeps Lightning's name, which
+    keys its state in checkpoints, so runs that stopped early with Lightning's own callback resume here."""
+
+    def __init__(self, *args, start_epoch: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_epoch = start_epoch
+
+    def _run_early_stopping_check(self, trainer):
+        counting = trainer.current_epoch + 1 >= self.start_epoch
+        patience = self.patience
+        if not counting:
+            self.patience = math.inf  # no stop for patience before start_epoch (a non-finite metric still stops)
+        try:
+            super()._run_early_stopping_check(trainer)
+        finally:
+            self.patience = patience
+        if not counting:
+            self.wait_count = 0
 
 
 class EMA(WeightAveraging):

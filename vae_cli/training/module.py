@@ -37,17 +37,16 @@ class VAEModule(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.vae = build_vae(model)
         self.objective = Objective(**(objective or {}))
-        optim = {"lr": 1e-3, "lr_decay": 1.0, **(optim or {})}
-        self.lr, self.lr_decay = optim["lr"], optim["lr_decay"]
+        optim = {"lr": 1e-3, "lr_decay": 1.0, "normalize_grads": False, **(optim or {})}
+        self.lr, self.lr_decay, self.normalize_grads = optim["lr"], optim["lr_decay"], optim["normalize_grads"]
         self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
     def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = self.vae.terms(x)
-        loss = self.objective.loss(terms, self.global_step, self.steps_per_epoch)
-        return batch_metrics(terms, loss, self.vae.n_dims)
+        step = self.objective(self.vae, x, self.global_step, self.steps_per_epoch)
+        return batch_metrics(step.terms, step.loss, self.vae.n_dims, iwae=step.iwae)
 
     def _accumulate(self, split: str, metrics: dict[str, torch.Tensor], n: int) -> StepMetrics:
         """Add this batch's example-weighted sums to the split's running totals, on the device."""
@@ -117,6 +116,15 @@ class VAEModule(pl.LightningModule):
         if ("current_model_state" in checkpoint and trainer is not None and trainer.state.fn == TrainerFn.FITTING
                 and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)):
             checkpoint["state_dict"] = checkpoint["current_model_state"]
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.normalize_grads:
+            # Each tensor's gradient to unit L2 norm (+1e-7), as the reference code's AdamNormGrad does:
+            # Adam then sees the direction of each tensor's gradient, not its scale.
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            norms = torch._foreach_norm(grads)
+            torch._foreach_add_(norms, 1e-7)
+            torch._foreach_div_(grads, norms)
 
     def configure_optimizers(self):
         # The fused kernel updates all parameters in one pass, a large share of a step for models this small.
