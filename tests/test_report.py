@@ -1,15 +1,16 @@
 """vae-report on fake sweep directories written here, and once on a real two-by-two sweep."""
 import csv
-import re
 import json
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET, run_vae_train
+
 from vae_cli.cli import report
 
 CONSTANT = "trainer.max_epochs=5"
@@ -252,3 +253,16 @@ def test_real_sweep_with_failing_jobs(tmp_path):
     assert two["test/elbo"] == f"{statistics.fmean(elbos):.4f} ± {statistics.stdev(elbos):.4f}"
     with open(tmp_path / "sweep" / "report.csv", newline="") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["failed", "failed", "ok", "ok"]
+
+
+def test_latest_is_the_newest_sweep_below_the_working_directory(sweep, tmp_path, capsys, monkeypatch):
+    s, _ = sweep
+    shutil.copytree(s, tmp_path / "outputs" / "multirun" / "2026-11-25" / "16-03-10")
+    (tmp_path / "outputs" / "multirun" / "2026-11-24" / "23-59-59").mkdir(parents=True)  # older, empty
+    monkeypatch.chdir(tmp_path)
+    out = run_report(capsys, "latest")
+    assert "9 jobs: 5 ok, 3 failed, 1 incomplete" in out and "2026-11-25/16-03-10" in out
+    monkeypatch.chdir(tmp_path / "outputs")  # no outputs/multirun below here
+    with pytest.raises(SystemExit) as e:
+        report.main(["latest"])
+    assert e.value.code == 2 and "there is no sweep under outputs/multirun/" in capsys.readouterr().err

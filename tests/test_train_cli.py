@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import QUIET, read_scalars, run_vae_train, train
+from conftest import QUIET, read_scalars, run_here, run_vae_train, train
 from vae_cli.data import DEBIAN_FASHION_MNIST
 
 TERMS = ("recon_loss", "kl", "elbo", "loss", "bpd")
@@ -129,3 +129,45 @@ def test_resume_in_a_moved_run_directory_keeps_its_best_checkpoint(short_run, tm
     assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
     assert metrics["best_val_elbo"] == pytest.approx(max(best_before, val[-1]))
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def _files(run_dir):
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_resume_leaves_the_run_directory_as_it_was(short_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    before = _files(run)
+    with pytest.raises(SystemExit) as e:
+        train(tmp_path, "run", f"ckpt_path={run}", "model.latent_dim=8")
+    assert e.value.code == 2
+    assert "model.latent_dim=16 (here 8)" in capsys.readouterr().err
+    assert _files(run) == before  # no record, no log line, nothing
+
+
+def test_a_resume_adds_its_own_record_and_keeps_the_first(short_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    first = {name: data for name, data in _files(run).items() if name.startswith(".hydra/") or name == "train.log"}
+    train(tmp_path, "run", f"ckpt_path={run}", "trainer.max_epochs=3")
+    after = _files(run)
+    assert all(after[name] == data for name, data in first.items())  # the first composition, as it was
+    records = sorted(p for p in (run / ".hydra").iterdir() if p.is_dir())
+    assert len(records) == 1 and {p.name for p in records[0].iterdir()} == {
+        "config.yaml", "hydra.yaml", "overrides.yaml", "train.log"}
+    assert "trainer.max_epochs=3" in (records[0] / "overrides.yaml").read_text()
+    assert "max_epochs: 3" in (records[0] / "config.yaml").read_text()
+    assert f"resuming {run / 'checkpoints' / 'last.ckpt'}" in (records[0] / "train.log").read_text()
+
+
+def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_path):
+    for name in ("2026-01-02/09-00-00", "2026-01-01/23-00-00"):
+        shutil.copytree(short_run, tmp_path / "outputs" / name)
+    (tmp_path / "outputs" / "multirun" / "2026-12-31" / "00-00-00" / "checkpoints").mkdir(parents=True)
+    run_here("vae-train", "ckpt_path=latest", "trainer.max_epochs=3", *QUIET, cwd=tmp_path)  # resumes in place
+    newest = tmp_path / "outputs" / "2026-01-02" / "09-00-00"
+    assert json.loads((newest / "metrics.json").read_text())["epochs"] == 3
+    assert json.loads((tmp_path / "outputs" / "2026-01-01" / "23-00-00" / "metrics.json").read_text())["epochs"] == 2
+    run_here("vae-eval", "ckpt_path=latest", "iw_samples=2", cwd=tmp_path)
+    assert (newest / "eval_test_k2.json").is_file()

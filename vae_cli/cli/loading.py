@@ -9,12 +9,34 @@ from ..errors import UserError
 # A data config's keys that are settings of the run, not of the datamodule: the dataset's default p(x|z),
 # which model.likelihood reads.
 CONFIG_ONLY_DATA_KEYS = ("likelihood",)
+# Where vae-train writes run directories (hydra.run.dir and hydra.sweep.dir in configs/train.yaml), from the
+# directory it is started in: outputs/<date>/<time>/ and outputs/multirun/<date>/<time>/.
+OUTPUTS = Path("outputs")
+LATEST = "latest"
+
+
+def latest(sweep: bool = False) -> Path | None:
+    """The newest run directory with checkpoints under outputs/ (or, sweep=True, the newest sweep under
+    outputs/multirun/), by its <date>/<time> name; None when there is none."""
+    root = OUTPUTS / "multirun" if sweep else OUTPUTS
+    found = [d for d in root.glob("*/*") if (d / "checkpoints").is_dir() or sweep and d.is_dir()]
+    found = [d for d in found if sweep or d.parent.name != "multirun"]
+    return max(found, key=lambda d: (d.parent.name, d.name)) if found else None
 
 
 def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
-    """A checkpoint file, or a run directory meaning its checkpoints/<default_name>."""
+    """A checkpoint file, a run directory meaning its checkpoints/<default_name>, or `latest`: the newest run
+    directory under outputs/."""
     if ckpt_path is None or str(ckpt_path) == "":
-        raise UserError("ckpt_path is not set; pass a .ckpt file or a run directory, e.g. ckpt_path=outputs/DATE/TIME.")
+        raise UserError("ckpt_path is not set; pass a .ckpt file or a run directory, e.g. ckpt_path=outputs/DATE/TIME, "
+                        "or ckpt_path=latest for the newest run under outputs/.")
+    if str(ckpt_path) == LATEST:
+        run = latest()
+        if run is None:
+            raise UserError(f"ckpt_path=latest: there is no run directory with checkpoints under {OUTPUTS.resolve()}/ "
+                            "(vae-train writes outputs/DATE/TIME/ below the directory it is started in). Run vae-train "
+                            "here first, or give the run's path: ckpt_path=path/to/run.")
+        ckpt_path = run
     p = Path(str(ckpt_path)).expanduser()
     if p.is_dir():
         p = p / "checkpoints" / default_name
@@ -72,7 +94,11 @@ def check_compatible(module, ckpt: dict, path) -> None:
     """A checkpoint whose tensors do not fit the configured model, named parameter by parameter."""
     own = module.state_dict()
     theirs = ckpt["state_dict"]
-    hint = f"Resume with the model settings it was trained with (its hyperparameters: {ckpt['hyper_parameters']})."
+    trained, here = ckpt["hyper_parameters"].get("model", {}), module.hparams["model"]
+    changed = [k for k in sorted(set(trained) | set(here)) if trained.get(k) != here.get(k)]
+    hint = "Resume with the model settings it was trained with" + (
+        ": " + ", ".join(f"model.{k}={_show(trained.get(k))} (here {_show(here.get(k))})" for k in changed) + "."
+        if changed else f" (its hyperparameters: {ckpt['hyper_parameters']}).")
     for name, tensor in theirs.items():
         if name in own and own[name].shape != tensor.shape:
             raise UserError(
@@ -86,6 +112,10 @@ def check_compatible(module, ckpt: dict, path) -> None:
             f"{'missing ' + ', '.join(missing[:5]) if missing else ''}{'; ' if missing and unexpected else ''}"
             f"{'unexpected ' + ', '.join(unexpected[:5]) if unexpected else ''}. {hint}"
         )
+
+
+def _show(value) -> str:
+    return str(value).replace(" ", "") if isinstance(value, (list, tuple)) else str(value)
 
 
 def make_datamodule(data_config: dict | None, **overrides):

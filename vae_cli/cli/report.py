@@ -19,6 +19,7 @@ import yaml
 from ..core.metrics import RUN_SUMMARY
 from ..errors import UserError
 from .errors import run_or_exit
+from .loading import LATEST, latest
 
 DEFAULT_METRICS = RUN_SUMMARY
 NO_ERROR = "no metrics.json and no error recorded"
@@ -312,7 +313,8 @@ def parse_args(argv):
                "  vae-report SWEEP --metrics test/elbo,test/nll_iw_k5000 --sort=-test/elbo",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", metavar="SWEEP_DIR", type=Path,
-                   help="a multirun directory, e.g. outputs/multirun/DATE/TIME (holding 0/, 1/, ...)")
+                   help="a multirun directory, e.g. outputs/multirun/DATE/TIME (holding 0/, 1/, ...), or latest: "
+                        "the newest under outputs/multirun/")
     p.add_argument("--metrics", metavar="A,B,...",
                    help=f"comma-separated metric columns (default: {','.join(DEFAULT_METRICS)}, "
                         "plus test/iwae for jobs trained on k > 1 samples and <split>/nll_iw_k<k> where vae-eval "
@@ -328,6 +330,11 @@ def parse_args(argv):
 
 
 def report(args) -> None:
+    if str(args.sweep) == LATEST:
+        args.sweep = latest(sweep=True)
+        if args.sweep is None:
+            raise UserError("latest: there is no sweep under outputs/multirun/ here (vae-train --multirun writes "
+                            "outputs/multirun/DATE/TIME/ below the directory it is started in); give the sweep's path.")
     jobs = read_sweep(args.sweep)
     metrics = choose_metrics(jobs, args.metrics)
     known = {"job", "status", "train_seconds", *(k for j in jobs for k in [*j.overrides, *j.metrics])}

@@ -1,8 +1,10 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
 import logging
 import os
+import shutil
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -11,17 +13,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.metrics import RUN_SUMMARY, SUMMARY
+from ..errors import UserError
 from .errors import run_or_exit
-from .loading import resolve_checkpoint
+from .loading import LATEST, latest, resolve_checkpoint
 
 log = logging.getLogger("vae_cli")
 
 
 def _resume_dir(ckpt_path, default: str) -> str:
-    """The run directory: where a resumed checkpoint's run lives (<run>/checkpoints/x.ckpt, or <run>),
-    so the run continues in place; otherwise a new one."""
+    """The run directory: where a resumed checkpoint's run lives (<run>/checkpoints/x.ckpt, <run>, or the
+    newest run for `latest`), so the run continues in place; otherwise a new one."""
     if ckpt_path is None:
         return default
+    if str(ckpt_path) == LATEST:
+        ckpt_path = latest() or default
     p = Path(str(ckpt_path)).expanduser()
     if p.is_dir():
         return str(p)
@@ -31,6 +36,41 @@ def _resume_dir(ckpt_path, default: str) -> str:
 
 
 OmegaConf.register_new_resolver("vae_resume_dir", _resume_dir, replace=True)
+RECORD = ".hydra"  # Hydra's record of the first invocation in a run directory
+
+
+def _record_subdir(run_dir: str) -> str:
+    """Where this invocation's record goes: .hydra for the first in a run directory, else (a resume, or a
+    second run pointed at the same directory) .hydra/<date>_<time>, so nothing already written is rewritten.
+    Creates that folder: Hydra opens the log file in it before it writes the config."""
+    if not (Path(run_dir) / RECORD / "config.yaml").exists():
+        return RECORD
+    later = Path(RECORD) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    (Path(run_dir) / later).mkdir(parents=True, exist_ok=True)
+    return str(later)
+
+
+def _log_file(record_subdir: str, job_name: str) -> str:
+    return f"{job_name}.log" if record_subdir == RECORD else f"{record_subdir}/{job_name}.log"
+
+
+# Cached: evaluated once per invocation, however often Hydra reads the keys.
+OmegaConf.register_new_resolver("vae_record_subdir", _record_subdir, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("vae_log_file", _log_file, use_cache=True, replace=True)
+
+
+def _forget_refused_record() -> None:
+    """A later invocation refused before it trained (a resume that does not fit, say) leaves the run
+    directory as it found it: its record folder and log are removed."""
+    hydra = HydraConfig.get()
+    if hydra.output_subdir in (None, RECORD):
+        return
+    record = Path(hydra.runtime.output_dir) / hydra.output_subdir
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == record:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(record, ignore_errors=True)
 
 
 def _route_lightning_logs() -> None:
@@ -70,8 +110,9 @@ def _log_hparams(trainer, cfg: DictConfig) -> None:
             lg.log_hyperparams(hparams_of(cfg))
 
 
-def fit(cfg: DictConfig) -> dict:
-    """Train and test one run; returns the metrics written to metrics.json."""
+def setup(cfg: DictConfig):
+    """The run's datamodule, module and trainer, and the checkpoint it resumes from (or None): everything
+    that can refuse the run, checked before anything is written."""
     from .checks import binarizes, check_fits_data, check_train_config
 
     check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
@@ -79,12 +120,11 @@ def fit(cfg: DictConfig) -> dict:
 
     from ..core.likelihoods import LIKELIHOODS
     from ..training.callbacks import EMA, NonFiniteGuard, RNGState
-    from ..training.checkpointing import AtomicCheckpointIO, write_json
+    from ..training.checkpointing import AtomicCheckpointIO
     from ..training.module import VAEModule
     from .loading import check_compatible, make_datamodule, read_checkpoint
 
     _route_lightning_logs()
-    run_dir = Path(cfg.run_dir)
     ckpt_path = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.ckpt_path is not None else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -121,11 +161,25 @@ def fit(cfg: DictConfig) -> dict:
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    return datamodule, module, trainer, ckpt_path
 
+
+def fit(cfg: DictConfig) -> dict:
+    """Train and test one run; returns the metrics written to metrics.json."""
+    from ..training.checkpointing import write_json
+
+    try:
+        datamodule, module, trainer, ckpt_path = setup(cfg)
+    except UserError:
+        _forget_refused_record()
+        raise
+    run_dir = Path(cfg.run_dir)
     if trainer.strategy.root_device.type == "cpu":
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
         # is not cached and costs a library load on every optimiser step. Nothing forks CUDA here.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    if ckpt_path is not None:
+        log.info("resuming %s", ckpt_path)
     _log_hparams(trainer, cfg)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -57,6 +57,7 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     if not isinstance(hp, dict) or "model" in hp:
         return ckpt
     ckpt["hyper_parameters"] = {group: {k: hp[k] for k in keys if k in hp} for group, keys in _GROUPS.items()}
+    ckpt["hyper_parameters"]["model"]["_target_"] = "vae_cli.core.vae.VAE"  # the only network there was
     for key in ("state_dict", "current_model_state"):  # the raw weights beside a weight average
         if key in ckpt:
             ckpt[key] = {f"vae.{name}": value for name, value in ckpt[key].items()}
