@@ -46,7 +46,7 @@ def main() -> None:
 
     m = json.loads((run_dir / "metrics.json").read_text())
     t = json.loads((run_dir / "timing.json").read_text())
-    e = json.loads((run_dir / f"eval_test_k{args.k}.json").read_text())
+    e = json.loads((run_dir / f"eval_test_k{args.k}_best.json").read_text())
     accelerated = any("accelerator=gpu" in o or "accelerator=cuda" in o for o in args.overrides)
     row = (f"| {' '.join(args.overrides) or '(protocol as configured)'} | {e['nll_iw']:.2f} ± {e['nll_iw_se']:.2f} "
            f"| {e['elbo']:.2f} | {e['active_units']}/{e['latent_dim']} | {m['epochs']} | {t['train_seconds'] / 60:.1f} "

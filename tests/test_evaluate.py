@@ -111,7 +111,11 @@ def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp
     run_here("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=5", cwd=tmp_path)
     out = capsys.readouterr().out
     assert "nll_iw (k=5)" in out and "active_units" in out
-    assert (trained_digits_run / "eval_test_k5.json").is_file()
+    assert (trained_digits_run / "eval_test_k5_best.json").is_file()
+    # Scoring the other checkpoint of the run keeps both reports, each naming what it scored.
+    run_here("vae-eval", f"ckpt_path={trained_digits_run / 'checkpoints' / 'last.ckpt'}", "iw_samples=5", cwd=tmp_path)
+    best, last = (json.loads((trained_digits_run / f"eval_test_k5_{n}.json").read_text()) for n in ("best", "last"))
+    assert best["checkpoint"].endswith("best.ckpt") and last["checkpoint"].endswith("last.ckpt")
 
 
 def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):

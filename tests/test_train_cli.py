@@ -170,4 +170,4 @@ def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_pat
     assert json.loads((newest / "metrics.json").read_text())["epochs"] == 3
     assert json.loads((tmp_path / "outputs" / "2026-01-01" / "23-00-00" / "metrics.json").read_text())["epochs"] == 2
     run_here("vae-eval", "ckpt_path=latest", "iw_samples=2", cwd=tmp_path)
-    assert (newest / "eval_test_k2.json").is_file()
+    assert (newest / "eval_test_k2_best.json").is_file()

@@ -10,12 +10,21 @@ from ..errors import UserError
 from .errors import run_or_exit
 
 
+def report_path(ckpt: Path, split: str, iw_samples: int) -> Path:
+    """Where vae-eval writes its report by default: in the checkpoint's run directory, named with the split, k
+    and the checkpoint, so scoring best.ckpt and last.ckpt keeps both."""
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run / f"eval_{split}_k{iw_samples}_{ckpt.stem}.json"
+
+
 def read_per_example(path: str, split: str, iw_samples: int) -> dict:
     """Another vae-eval's per-image results: its .pt (or the .json beside it), or a run directory's
-    eval_<split>_k<iw_samples>.pt."""
+    evaluation of its best.ckpt with this split and k (eval_<split>_k<k>_best.pt; eval_<split>_k<k>.pt as earlier
+    versions named it)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        p = p / f"eval_{split}_k{iw_samples}.pt"
+        named = [p / f"eval_{split}_k{iw_samples}_best.pt", p / f"eval_{split}_k{iw_samples}.pt"]
+        p = next((f for f in named if f.is_file()), named[0])
     p = p.with_suffix(".pt")
     if not p.is_file():
         raise UserError(f"compare_to={path!r}: no per-image results at {p}. Give the .json or .pt that an earlier "
@@ -89,7 +98,7 @@ def run_eval(cfg: DictConfig) -> dict:
     if baseline is not None:
         res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
                               **paired_difference(mine, baseline)}
-    out = Path(cfg.out) if cfg.out else ckpt.parent.parent / f"eval_{cfg.split}_k{cfg.iw_samples}.json"
+    out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, res)
     write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)

@@ -2,7 +2,7 @@
 
 Reads what each job of `vae-train --multirun` left in its directory <sweep>/<job number>/:
 .hydra/overrides.yaml (the job's command-line overrides), metrics.json (written only when the job
-finished), timing.json, eval_<split>_k<k>.json from vae-eval, and train.log (why a job failed).
+finished), timing.json, eval_<split>_k<k>_<checkpoint>.json from vae-eval, and train.log (why a job failed).
 Nothing here imports torch or Hydra, so the report is instant.
 """
 import argparse
@@ -25,7 +25,8 @@ DEFAULT_METRICS = RUN_SUMMARY
 NO_ERROR = "no metrics.json and no error recorded"
 # A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
 LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")
-EVAL_FILE = re.compile(r"eval_(\w+)_k(\d+)\.json")
+# vae-eval's report: eval_<split>_k<k>_<checkpoint>.json (eval_<split>_k<k>.json from earlier versions: best.ckpt)
+EVAL_FILE = re.compile(r"eval_([a-z]+)_k(\d+)(?:_(.+))?\.json")
 
 
 @dataclass
@@ -99,7 +100,9 @@ def read_job(job_dir: Path) -> Job:
         except json.JSONDecodeError:
             continue
         if name and "nll_iw" in result:
-            metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}"] = result["nll_iw"]
+            # The run's best checkpoint under the plain name; any other checkpoint named after it.
+            other = name.group(3) not in (None, "best")
+            metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}" + (f"_{name.group(3)}" if other else "")] = result["nll_iw"]
     timing = {}
     if (job_dir / "timing.json").is_file():
         try:
@@ -318,7 +321,7 @@ def parse_args(argv):
     p.add_argument("--metrics", metavar="A,B,...",
                    help=f"comma-separated metric columns (default: {','.join(DEFAULT_METRICS)}, "
                         "plus test/iwae for jobs trained on k > 1 samples and <split>/nll_iw_k<k> where vae-eval "
-                        "has written eval_<split>_k<k>.json)")
+                        "has scored best.ckpt)")
     p.add_argument("--sort", metavar="KEY", default="job",
                    help="sort the jobs by a column: job (default), an override key, a metric, status, "
                         "train_seconds; prefix with - for descending, written --sort=-test/elbo")
