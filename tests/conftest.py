@@ -23,18 +23,22 @@ def _exe(tool: str) -> str:
     return found
 
 
-def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the installed console scripts in a new process, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300,
+             warnings: bool = True) -> subprocess.CompletedProcess:
+    """Run one of the installed console scripts in a new process, as a user would (warnings=True: with
+    Python's warnings shown, as a user sees them)."""
+    env = {**os.environ}
     env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("PYTHONWARNINGS", None) if warnings else env.update(PYTHONWARNINGS="ignore")
     proc = subprocess.run([_exe(tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def run_vae_train(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    return run_tool("vae-train", *args, cwd=cwd, check=check, timeout=timeout)
+def run_vae_train(*args: str, cwd: Path, check: bool = True, timeout: int = 300,
+                  warnings: bool = True) -> subprocess.CompletedProcess:
+    return run_tool("vae-train", *args, cwd=cwd, check=check, timeout=timeout, warnings=warnings)
 
 
 def run_here(tool: str, *args: str, cwd: Path) -> None:

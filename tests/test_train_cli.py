@@ -2,6 +2,7 @@
 or, for its process contract (exit status, stderr, several jobs), as a subprocess."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,65 @@ def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_pat
     assert json.loads((tmp_path / "outputs" / "2026-01-01" / "23-00-00" / "metrics.json").read_text())["epochs"] == 2
     run_here("vae-eval", "ckpt_path=latest", "iw_samples=2", cwd=tmp_path)
     assert (newest / "eval_test_k2_best.json").is_file()
+
+
+def test_a_default_run_prints_no_warning_and_says_where_it_writes(tmp_path):
+    proc = run_vae_train("trainer.max_epochs=1", cwd=tmp_path)  # as the README's main command, one epoch
+    assert proc.stderr == "", proc.stderr
+    assert "warn" not in proc.stdout.lower() and "Tip" not in proc.stdout, proc.stdout
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert f"run directory: outputs/{run.parent.name}/{run.name}" in proc.stdout
+    assert "tensorboard --logdir outputs" in proc.stdout
+    # Not a terminal: one line per epoch instead of a bar, with the running means and the validation ELBO.
+    line = next(line for line in proc.stdout.splitlines() if "epoch 1/1" in line)
+    assert all(f"{k} " in line for k in ("loss", "recon_loss", "kl", "elbo", "val/elbo"))
+    assert "\r" not in proc.stdout and "\x1b[" not in proc.stdout  # no bar redraws, no escape codes
+
+
+def test_images_are_written_at_the_end_whatever_the_epoch_count(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for f in short_run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        if "val/reconstructions" in acc.Tags()["images"]:
+            steps += [e.step for e in acc.Images("val/reconstructions")]
+    assert steps == [2 * STEPS_PER_EPOCH]  # 2 epochs, grids every 10: once, at the end
+
+
+def test_diagnostics_do_not_change_what_training_draws(tmp_path):
+    args = ("trainer.max_epochs=3", "seed=4")
+    quiet = train(tmp_path, "quiet", *args)
+    busy = train(tmp_path, "busy", *args, "callbacks.image_grids.every_n_epochs=1",
+                 "callbacks.val_nll_iw.iw_samples=3", "callbacks.val_nll_iw.every_n_epochs=1")
+    assert (quiet / "metrics.json").read_text() == (busy / "metrics.json").read_text()
+
+
+def test_in_a_terminal_the_bar_shows_the_running_means_and_the_time_left(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main, tty = pty.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    exe = str(Path(sys.executable).parent / "vae-train")
+    proc = subprocess.Popen([exe, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                            stdin=tty, stdout=tty, stderr=tty, close_fds=True)
+    os.close(tty)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out.extend(chunk)
+    assert proc.wait(timeout=120) == 0
+    frames = [f for f in out.decode(errors="replace").replace("\r", "\n").splitlines() if f.startswith("Epoch 3/3")]
+    assert frames and all(f"{k}=" in frames[-1] for k in ("loss", "recon_loss", "kl", "elbo", "val/elbo", "left"))

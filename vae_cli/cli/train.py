@@ -9,6 +9,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,6 +75,10 @@ def _forget_refused_record() -> None:
     shutil.rmtree(record, ignore_errors=True)
 
 
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")  # Lightning's suggestion of a commercial service
+
+
 def _route_lightning_logs() -> None:
     # Lightning's loggers carry their own handler and do not propagate, so their lines would
     # miss the run's log file that Hydra sets up on the root logger.
@@ -80,6 +86,9 @@ def _route_lightning_logs() -> None:
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _not_an_advertisement not in rank_zero.filters:
+        rank_zero.addFilter(_not_an_advertisement)
     # In-memory data is batched by index in the main process, where workers would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
@@ -119,7 +128,7 @@ def setup(cfg: DictConfig):
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
 
     from ..core.likelihoods import LIKELIHOODS
-    from ..training.callbacks import EMA, NonFiniteGuard, RNGState
+    from ..training.callbacks import EMA, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.module import VAEModule
     from .loading import check_compatible, make_datamodule, read_checkpoint
@@ -159,6 +168,8 @@ def setup(cfg: DictConfig):
     callbacks = [cb for cb in (instantiate(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
     # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(ProgressBar())
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer, ckpt_path
@@ -178,6 +189,11 @@ def fit(cfg: DictConfig) -> dict:
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
         # is not cached and costs a library load on every optimiser step. Nothing forks CUDA here.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    hydra_cfg = HydraConfig.get()
+    where = Path(hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else run_dir)
+    curves = "outputs" if where.resolve().is_relative_to(Path("outputs").resolve()) else str(where)
+    shown = os.path.relpath(run_dir) if run_dir.resolve().is_relative_to(Path.cwd()) else run_dir
+    log.info("run directory: %s   (curves: tensorboard --logdir %s)", shown, curves)
     if ckpt_path is not None:
         log.info("resuming %s", ckpt_path)
     _log_hparams(trainer, cfg)
@@ -208,6 +224,17 @@ def fit(cfg: DictConfig) -> dict:
     shown = [m for m in (*SUMMARY, "iwae") if f"test/{m}" in metrics]  # iwae: trained on k > 1 samples
     log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in shown), run_dir / "metrics.json")
     return metrics
+
+
+class SweepSummary(Callback):
+    """Says where a sweep goes when it starts, and how to read it when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        print(f"vae-train: sweep directory {config.hydra.sweep.dir} (one run directory per job)", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = config.hydra.sweep.dir
+        print(f"vae-train: sweep done: vae-report {sweep}   (curves: tensorboard --logdir {sweep})", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")

@@ -6,12 +6,16 @@ generators travel in checkpoints), checkpointing, and the weight average.
 The diagnostics read data through the datamodule's head() and eval_batches() and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
 loses that state when an older run resumes."""
+import logging
 import math
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.callbacks import TQDMProgressBar, WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -19,6 +23,8 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from ..core.scoring import score
 from ..errors import UserError
 from . import images
+
+log = logging.getLogger("vae_cli")
 
 
 def _tensorboard(trainer: pl.Trainer):
@@ -28,32 +34,50 @@ def _tensorboard(trainer: pl.Trainer):
     return None
 
 
+def _own_random_stream(pl_module):
+    """Random draws for diagnostics from a fork of the generators, which are restored after: whether and how
+    often the diagnostics run never changes the noise that training draws."""
+    return torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else [])
+
+
 def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return (not trainer.sanity_checking and every_n_epochs > 0 and trainer.is_global_zero
             and (trainer.current_epoch + 1) % every_n_epochs == 0)
 
 
 class ImageGrids(pl.Callback):
-    """Every `every_n_epochs`: reconstructions of validation images and prior samples under IMAGES,
-    and the KL of each latent dimension as a histogram."""
+    """Every `every_n_epochs` and at the end of training: reconstructions of validation images and prior
+    samples under IMAGES, and the KL of each latent dimension as a histogram."""
 
     def __init__(self, every_n_epochs: int = 10, n: int = 64):
         self.every_n_epochs, self.n = every_n_epochs, n
+        self._written_at: int | None = None  # the step of the last grids written
 
     def on_validation_epoch_end(self, trainer, pl_module):
+        if _due(trainer, self.every_n_epochs):
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module):
         tb = _tensorboard(trainer)
-        if tb is None or not _due(trainer, self.every_n_epochs):
+        if tb is None:
             return
         vae, step = pl_module.vae, trainer.global_step
+        self._written_at = step
         x = trainer.datamodule.head("val", self.n)[0].to(pl_module.device)
         was_training = vae.training
         vae.eval()
-        tb.add_image("val/reconstructions", images.reconstructions(vae, x), step)
-        tb.add_image("samples/prior_mean", images.prior_samples(vae, self.n), step)
+        with _own_random_stream(pl_module):
+            tb.add_image("val/reconstructions", images.reconstructions(vae, x), step)
+            tb.add_image("samples/prior_mean", images.prior_samples(vae, self.n), step)
         kl = images.kl_per_dim(vae, trainer.datamodule.head("val", 2000)[0].to(pl_module.device))
         # One value per latent dimension: how many dimensions carry how much information.
         tb.add_histogram("val/kl_per_dim", kl, step)
         vae.train(was_training)
+
+    def on_fit_end(self, trainer, pl_module):
+        # Once more with the final weights (the average, when one is kept), whatever the epoch count.
+        if trainer.is_global_zero and trainer.global_step != self._written_at:
+            self._write(trainer, pl_module)
 
 
 class ImportanceWeightedNLL(pl.Callback):
@@ -66,8 +90,9 @@ class ImportanceWeightedNLL(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.iw_samples < 1 or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        log_px = score(pl_module.vae, trainer.datamodule.eval_batches("val"), self.iw_samples, self.iw_batch,
-                       pl_module.device).log_px
+        with _own_random_stream(pl_module):
+            log_px = score(pl_module.vae, trainer.datamodule.eval_batches("val"), self.iw_samples, self.iw_batch,
+                           pl_module.device).log_px
         pl_module.log("val/nll_iw", -log_px.mean(), on_epoch=True, sync_dist=True)
 
 
@@ -94,6 +119,69 @@ class LatentProjector(pl.Callback):
         x, y, mu = torch.cat(xs), torch.cat(ys), torch.cat(mus)
         tb.add_embedding(mu, metadata=y.tolist(), label_img=x[:, :3].float(), global_step=trainer.global_step,
                          tag="test/posterior_mean")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing what the run optimises: the running epoch means of the loss and the ELBO's
+    terms (read from the module's sums on the device when the bar refreshes, every refresh_rate steps, not
+    every step), the last validation ELBO, and the time the run has left. When the output is not a terminal
+    (a batch job, nohup, a pipe), one plain line per epoch instead, in the log too."""
+
+    SHOWN = ("loss", "recon_loss", "kl", "elbo", "iwae")
+
+    def __init__(self, refresh_rate: int = 10, lines: bool | None = None):
+        super().__init__(refresh_rate=refresh_rate)
+        self.lines = not sys.stdout.isatty() if lines is None else lines
+        if self.lines:
+            self.disable()
+        self._start: tuple[float, int] | None = None  # (time, global step) when this invocation began training
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self._start = (time.monotonic(), trainer.global_step)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{self._of(trainer)}")
+
+    @staticmethod
+    def _of(trainer) -> str:
+        return f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+
+    def _time_left(self, trainer) -> timedelta | None:
+        """From this invocation's pace: the steps left to max_steps or max_epochs, capped by max_time."""
+        started, first_step = self._start or (time.monotonic(), trainer.global_step)
+        done, elapsed = trainer.global_step - first_step, time.monotonic() - started
+        ends = [trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            ends.append(trainer.max_epochs * trainer.num_training_batches)
+        if done <= 0 or not ends or not math.isfinite(min(ends)):
+            return None
+        left = elapsed / done * max(0, min(ends) - trainer.global_step)
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, pl.callbacks.Timer)), None)
+        if timer is not None and timer.time_remaining() is not None:
+            left = min(left, timer.time_remaining())
+        return timedelta(seconds=round(left))
+
+    def status(self, trainer, pl_module) -> dict[str, str]:
+        running = pl_module.epoch_means("train")
+        shown = {k: f"{running[k]:.2f}" for k in self.SHOWN if k in running}
+        val = trainer.callback_metrics.get("val/elbo")
+        if val is not None:
+            shown["val/elbo"] = f"{float(val):.2f}"
+        left = self._time_left(trainer)
+        if left is not None:
+            shown["left"] = str(left)
+        return shown
+
+    def get_metrics(self, trainer, pl_module):
+        return self.status(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.lines:
+            items = "  ".join(f"{k} {v}" for k, v in self.status(trainer, pl_module).items())
+            log.info("epoch %d%s  step %d  %s", trainer.current_epoch + 1, self._of(trainer), trainer.global_step, items)
+        super().on_train_epoch_end(trainer, pl_module)
 
 
 class NonFiniteGuard(pl.Callback):

@@ -65,7 +65,16 @@ class VAEModule(pl.LightningModule):
         names, sums, count = self._sums.pop(split)
         total = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum")
         means = total[:-1] / total[-1]
-        self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(names, means)}, on_step=False, on_epoch=True)
+        # Every process holds the same means now: Lightning's sync (max of equal values, exact) only tells it so.
+        self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(names, means)}, on_step=False, on_epoch=True,
+                      sync_dist=True, reduce_fx="max")
+
+    def epoch_means(self, split: str) -> dict[str, float]:
+        """The running means of this epoch so far, in this process (a host sync: for display only)."""
+        if split not in self._sums:
+            return {}
+        names, sums, count = self._sums[split]
+        return dict(zip(names, (sums / count).tolist()))
 
     def on_train_start(self):
         self.steps_per_epoch = self.trainer.num_training_batches
