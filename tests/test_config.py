@@ -121,3 +121,17 @@ def test_every_key_named_in_the_readme_exists_in_the_config():
 @pytest.mark.parametrize("name", __import__("vae_cli.core.likelihoods", fromlist=["LIKELIHOODS"]).LIKELIHOODS)
 def test_every_registered_likelihood_is_a_valid_choice(name):
     check_train_config(compose("train", f"model.likelihood={name}"))
+
+
+def test_a_sweeper_or_launcher_this_machine_cannot_run_is_named_before_hydra_starts(monkeypatch):
+    from vae_cli.cli import train
+
+    for prefix, module, _ in train.OPTIONAL:  # the real plugins' modules: installed with the test extras
+        assert __import__("importlib.util").util.find_spec(module) is not None, module
+    monkeypatch.setattr(train, "OPTIONAL", [("hparams_search=optuna", "hydra_plugins.not_installed", "the plugin")])
+    with pytest.raises(UserError, match=r"hparams_search=optuna needs the plugin, which is not installed.*\[sweeps\]"):
+        train.check_optional_parts(["--multirun", "hparams_search=optuna"])
+    train.check_optional_parts(["--multirun", "model.latent_dim=2,8"])  # nothing optional asked for
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UserError, match="sbatch, which is not on this machine's PATH"):
+        train.check_optional_parts(["--multirun", "hydra/launcher=slurm"])

@@ -69,6 +69,7 @@ def test_missing_dataset_offline_gives_a_clear_message(tmp_path, monkeypatch):
         MNIST(data_dir=str(tmp_path)).prepare_data()
     msg = str(e.value)
     assert "could not be downloaded" in msg and str(tmp_path / "MNIST" / "raw") in msg
+    assert "Connection refused" in msg  # the reason, not just "Error downloading ...:"
     assert "train-images-idx3-ubyte" in msg and "data.data_dir" in msg
 
 

@@ -2,6 +2,7 @@
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -244,7 +245,37 @@ def train(cfg: DictConfig) -> float:
     return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
 
 
+# What a choice on the command line needs beyond the main install: (argument prefix, module, how to get it).
+OPTIONAL = [
+    ("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "Hydra's Optuna sweeper plugin"),
+    ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "Hydra's joblib launcher plugin"),
+    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "Hydra's submitit launcher plugin"),
+]
+
+
+def check_optional_parts(argv: list[str]) -> None:
+    """A sweeper or launcher chosen on the command line that this machine cannot run: named, with the fix,
+    before Hydra fails on it with a lookup error or a traceback."""
+    import importlib.util
+
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing too
+            return False
+
+    for prefix, module, what in OPTIONAL:
+        if any(a.startswith(prefix) for a in argv) and not installed(module):
+            raise UserError(f"{prefix} needs {what}, which is not installed. Install the sweep extras: "
+                            "pip install 'vae-cli[sweeps]' (from a clone of the repository: pip install '.[sweeps]').")
+    if any(a.startswith("hydra/launcher=slurm") for a in argv) and shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm submits each job of the sweep to SLURM with sbatch, which is not on this "
+                        "machine's PATH. Start the sweep on a SLURM login node, or run it here: without a launcher "
+                        "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
+
+
 def main() -> None:
+    run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
     train()
 
 

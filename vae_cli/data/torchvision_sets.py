@@ -46,8 +46,9 @@ class _Torchvision(InMemoryDataModule):
         try:
             return cls(str(self.data_dir), train=train, download=True)
         except Exception as e:  # offline, proxy, HTTP errors: all end the same way for the user
+            why = " ".join(str(e).split()) or type(e).__name__  # every mirror's reason, on one line
             raise UserError(
-                f"{self.name} is not on disk and could not be downloaded ({str(e).strip().splitlines()[0]}). "
+                f"{self.name} is not on disk and could not be downloaded ({why}). "
                 f"Looked in: {'; '.join(map(str, self._looked_in()))}. Supply the files by running once with "
                 f"network access (it downloads into data.data_dir={str(self.data_dir)!r}), or by "
                 f"{self._how_to_copy()}, or point data.data_dir at a folder that already holds them.{self.install_hint}"
