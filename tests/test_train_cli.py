@@ -155,11 +155,23 @@ def test_a_resume_adds_its_own_record_and_keeps_the_first(short_run, tmp_path):
     after = _files(run)
     assert all(after[name] == data for name, data in first.items())  # the first composition, as it was
     records = sorted(p for p in (run / ".hydra").iterdir() if p.is_dir())
-    assert len(records) == 1 and {p.name for p in records[0].iterdir()} == {
-        "config.yaml", "hydra.yaml", "overrides.yaml", "train.log"}
+    assert len(records) == 1 and {p.name for p in records[0].iterdir() if not p.name.startswith("events.")} == {
+        "config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "hparams.yaml"}
     assert "trainer.max_epochs=3" in (records[0] / "overrides.yaml").read_text()
     assert "max_epochs: 3" in (records[0] / "config.yaml").read_text()
     assert f"resuming {run / 'checkpoints' / 'last.ckpt'}" in (records[0] / "train.log").read_text()
+    # Its own HPARAMS row (TensorBoard keeps the first session of a run directory): its settings, its metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    (events,) = records[0].glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    sessions = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in acc.PluginTagToContent("hparams").values()]
+    (start,) = [d.session_start_info for d in sessions if d.HasField("session_start_info")]
+    assert start.hparams["trainer.max_epochs"].number_value == 3
+    final = json.loads((run / "metrics.json").read_text())["test/elbo"]
+    assert [v for _, v in read_scalars(records[0])["hp/test_elbo"]][-1] == pytest.approx(final)
 
 
 def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_path):

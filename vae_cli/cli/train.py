@@ -96,28 +96,54 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
+# Settings that say where a run writes, not how it was made: left out of the HPARAMS table.
+WHERE = ("run_dir", "ckpt_path", "data.data_dir", "trainer.default_root_dir")
+
+
 def hparams_of(cfg: DictConfig) -> dict:
-    """The run's settings as flat scalars for TensorBoard's HPARAMS tab (one row per run of a sweep)."""
-    choices = HydraConfig.get().runtime.choices
-    flat = {"data": choices.get("data"), "model": choices.get("model"), "seed": cfg.seed, "optim.lr": cfg.optim.lr,
-            "data.batch_size": cfg.data.batch_size, "trainer.max_epochs": cfg.trainer.max_epochs}
-    for group in ("model", "objective"):
-        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
-            if not key.startswith("_"):
-                flat[f"{group}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    """Every setting of the composed config as a flat scalar (a.b.c: value) for TensorBoard's HPARAMS tab, one
+    row per run, so whatever differs between the runs of a sweep is a column; and the config groups chosen."""
+    flat = {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
+            if not group.startswith("hydra") and choice is not None}
+
+    def walk(prefix: str, node) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{name}.", value)
+            elif not key.startswith("_") and name not in WHERE and not name.endswith(("dirpath", "save_dir")):
+                flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
     return flat
 
 
-def _log_hparams(trainer, cfg: DictConfig) -> None:
-    # The HPARAMS tab lists a metric only when it is declared with the hyperparameters, before it is
-    # logged; hp/ tags keep the declaration's placeholder out of the real curves.
+def _hparams_loggers(trainer, cfg: DictConfig) -> list:
+    """Log the run's settings; returns the loggers that take its final metrics as HPARAMS columns.
+
+    TensorBoard shows the first HPARAMS session a run directory holds, so a later invocation (a resume)
+    writes its own in its record folder, .hydra/<date>_<time>/: a row of its own with its settings and
+    its final metrics, beside the first part's row. The HPARAMS tab lists a metric only when it is
+    declared with the settings, before it is logged; hp/ tags keep that placeholder out of the curves."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    settings, declared = hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in RUN_SUMMARY}
+    hydra = HydraConfig.get()
+    later = hydra.output_subdir not in (None, RECORD)
+    out = []
     for lg in trainer.loggers:
-        if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in RUN_SUMMARY})
+        if not isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(settings)
+            out.append(lg)
+        elif later:
+            own = TensorBoardLogger(save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir, name="", version="",
+                                    default_hp_metric=False)
+            own.log_hyperparams(settings, declared)
+            out.append(own)
         else:
-            lg.log_hyperparams(hparams_of(cfg))
+            lg.log_hyperparams(settings, declared)
+            out.append(lg)
+    return out
 
 
 def setup(cfg: DictConfig):
@@ -197,7 +223,7 @@ def fit(cfg: DictConfig) -> dict:
     log.info("run directory: %s   (curves: tensorboard --logdir %s)", shown, curves)
     if ckpt_path is not None:
         log.info("resuming %s", ckpt_path)
-    _log_hparams(trainer, cfg)
+    hparams_loggers = _hparams_loggers(trainer, cfg)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.perf_counter() - start
@@ -214,9 +240,10 @@ def fit(cfg: DictConfig) -> dict:
         "global_step": trainer.global_step,
         "seed": cfg.seed,
     }
-    for lg in trainer.loggers:
+    for lg in hparams_loggers:
         lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in RUN_SUMMARY if metrics[m] is not None},
                        step=trainer.global_step)
+    for lg in [*trainer.loggers, *(lg for lg in hparams_loggers if lg not in trainer.loggers)]:
         lg.finalize("success")
     if trainer.is_global_zero:  # one writer when several processes train (DDP)
         # metrics.json holds only what the seed determines (same seed, same file); wall time goes beside it.
