@@ -53,8 +53,9 @@ def _record_subdir(run_dir: str) -> str:
     return str(later)
 
 
-def _log_file(record_subdir: str, job_name: str) -> str:
-    return f"{job_name}.log" if record_subdir == RECORD else f"{record_subdir}/{job_name}.log"
+def _log_file(record_subdir: str | None, job_name: str) -> str:
+    # None: Lightning's DDP processes after the first, which keep no record of their own.
+    return f"{job_name}.log" if record_subdir in (RECORD, None, "None") else f"{record_subdir}/{job_name}.log"
 
 
 # Cached: evaluated once per invocation, however often Hydra reads the keys.
