@@ -42,12 +42,14 @@ def _serves_the_runs(command: str, cwd: Path, env: dict) -> None:
     """A server command runs until stopped: start it, see it list the run, stop it."""
     server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
+    # No proxy: urllib's default opener keeps whatever proxy the environment had when it was first used.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert server.poll() is None, server.stderr.read()
             try:
-                with urllib.request.urlopen("http://localhost:6006/data/runs", timeout=2) as r:
+                with opener.open("http://localhost:6006/data/runs", timeout=2) as r:
                     runs = r.read().decode()
                 if "20" in runs:  # a run named outputs' <date>/<time>
                     return
