@@ -22,6 +22,13 @@ class KillAtStep(pl.Callback):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+class SignalAtStep(pl.Callback):
+    def __init__(self, step, signum):
+        self.step, self.signum = step, signum
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signum))
+
 class PoisonDecoderAtStep(pl.Callback):
     def __init__(self, step):
         self.step = step
@@ -147,3 +154,31 @@ def test_unknown_choices_and_misspelt_keys_fail_without_a_traceback(tmp_path):
     for override, text in (("data=imagenet", "Could not find 'data/imagenet'"), ("model.latnet_dim=3", "latnet_dim")):
         proc = run_vae_train(override, cwd=tmp_path, check=False)
         assert proc.returncode != 0 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 138)])
+def test_a_signal_saves_the_exact_state_and_exits_with_128_plus_its_number(helpers, tmp_path, signum, code):
+    args = ("trainer.max_epochs=4", "seed=5", *QUIET)
+    run = tmp_path / "k"
+    # A real signal to a real process, in the middle of the third epoch (11 steps per epoch).
+    proc = run_vae_train(*args, f"hydra.run.dir={run}", "+callbacks.sig._target_=fault_helpers.SignalAtStep",
+                         "+callbacks.sig.step=27", f"+callbacks.sig.signum={signum}", cwd=tmp_path, check=False)
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+    interrupted = run / "checkpoints" / "interrupted.ckpt"
+    assert f"Resume with: vae-train ckpt_path={interrupted}" in proc.stdout
+    assert torch.load(interrupted, weights_only=True)["global_step"] == 27  # mid-epoch, where it stopped
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 22  # untouched
+    stopped = json.loads((run / "interrupted.json").read_text())
+    assert stopped["signal"] == signum and stopped["global_step"] == 27 and not (run / "metrics.json").exists()
+    if signum != "SIGTERM":
+        return
+    # Resumed, it ends where an uninterrupted run ends: the same weights, the same metrics and epoch means.
+    train(tmp_path, "k", *args[:2], f"ckpt_path={interrupted}")
+    uninterrupted = train(tmp_path, "u", *args[:2])
+    assert _metrics(run) == _metrics(uninterrupted)
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (run, uninterrupted))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from conftest import read_scalars
+
+    means = [sorted(read_scalars(r)["train/elbo_epoch"]) for r in (run, uninterrupted)]
+    assert means[0] == means[1]

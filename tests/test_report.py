@@ -266,3 +266,15 @@ def test_latest_is_the_newest_sweep_below_the_working_directory(sweep, tmp_path,
     with pytest.raises(SystemExit) as e:
         report.main(["latest"])
     assert e.value.code == 2 and "there is no sweep under outputs/multirun/" in capsys.readouterr().err
+
+
+def test_an_interrupted_job_is_shown_as_interrupted_with_its_resume_command(sweep, capsys):
+    s, _ = sweep
+    (s / "7" / "interrupted.json").write_text(json.dumps({
+        "signal": "SIGTERM", "epoch": 2, "global_step": 27, "checkpoint": "7/checkpoints/interrupted.ckpt",
+        "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt model.latent_dim=64"}))
+    out = run_report(capsys, s)
+    assert "9 jobs: 5 ok, 3 failed, 1 interrupted" in out
+    header, rows = table_rows(out, "job ")
+    assert dict(zip(header, rows["7"]))["status"] == "interrupted"
+    assert "SIGTERM at step 27; resume: vae-train ckpt_path=7/checkpoints/interrupted.ckpt" in out

@@ -35,7 +35,7 @@ class Job:
     overrides: dict           # key -> value, both as written on the command line
     metrics: dict             # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
     train_seconds: float | None
-    status: str               # ok, failed, or incomplete (no metrics.json and no error: running or killed)
+    status: str               # ok, failed, interrupted (a signal; resumable), or incomplete (running, or killed)
     error: str | None
 
     def value(self, key: str):
@@ -89,6 +89,14 @@ def read_job(job_dir: Path) -> Job:
         except json.JSONDecodeError as e:
             error = f"metrics.json is not valid JSON ({e})"
     status = "ok" if metrics else "failed" if error else None
+    stop = job_dir / "interrupted.json"  # written by a run that a signal stopped after saving its state
+    if status is None and stop.is_file():
+        try:
+            stopped = json.loads(stop.read_text())
+            status, error = "interrupted", (f"{stopped['signal']} at step {stopped['global_step']}; "
+                                            f"resume: {stopped['resume']}")
+        except (json.JSONDecodeError, KeyError) as e:
+            error = f"interrupted.json is not valid ({e})"
     if status is None:
         error = error_of(job_dir / "train.log")
         status = "failed" if error else "incomplete"
@@ -211,12 +219,13 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))  # in command-line order
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     constant = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in varying]
-    counts = {s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "incomplete")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "interrupted", "incomplete")}
     notes = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")]
     if constant:
         notes.append("Same in every job: " + " ".join(constant))
     notes += optuna_note(sweep)
     notes.append("Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
+                 "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
                  "incomplete = no metrics.json and no error (still running, or killed).")
 
     jobs = sort_jobs(jobs, sort)

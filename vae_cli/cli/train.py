@@ -1,6 +1,7 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -156,7 +157,7 @@ def setup(cfg: DictConfig):
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
 
     from ..core.likelihoods import LIKELIHOODS
-    from ..training.callbacks import EMA, NonFiniteGuard, ProgressBar, RNGState
+    from ..training.callbacks import EMA, Interruption, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.module import VAEModule
     from .loading import check_compatible, make_datamodule, read_checkpoint
@@ -198,13 +199,21 @@ def setup(cfg: DictConfig):
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar())
+    callbacks.append(Interruption(_resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir))
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer, ckpt_path
 
 
+def _resume_command(ckpt: Path) -> str:
+    """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint."""
+    keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
+
+
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
+    from ..training.callbacks import Interrupted
     from ..training.checkpointing import write_json
 
     try:
@@ -226,7 +235,10 @@ def fit(cfg: DictConfig) -> dict:
         log.info("resuming %s", ckpt_path)
     hparams_loggers = _hparams_loggers(trainer, cfg)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Interrupted as stop:
+        raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     train_seconds = time.perf_counter() - start
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -24,9 +24,20 @@ class TensorBatches:
     """
 
     def __init__(self, tensors: list[torch.Tensor], batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch=lambda: 0, rank: int = 0, world_size: int = 1):
+                 epoch=lambda: 0, rank: int = 0, world_size: int = 1, progress=None):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        # progress(): how many of this epoch's batches training has taken (the trainer's count, which excludes a
+        # batch fetched ahead); with it, a checkpoint saved mid-epoch resumes at the next batch of the same order.
+        self.progress = progress
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def state_dict(self) -> dict:
+        return {} if self.progress is None else {"epoch": self.epoch(), "batches": self.progress()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_at = (state["epoch"], state["batches"])
 
     def _indices(self) -> torch.Tensor:
         n = len(self.tensors[0])
@@ -44,7 +55,9 @@ class TensorBatches:
 
     def __iter__(self):
         idx = self._indices()
-        for start in range(0, len(idx), self.batch_size):
+        done = self._resume_at[1] if self._resume_at and self._resume_at[0] == self.epoch() else 0
+        self._resume_at = None
+        for start in range(done * self.batch_size, len(idx), self.batch_size):
             rows = idx[start:start + self.batch_size]
             yield [t[rows] for t in self.tensors]
 

@@ -97,10 +97,14 @@ class InMemoryDataModule(BaseDataModule):
             if cached is None or cached[0].device != device:
                 self._on_device[split] = cached = [t.to(device) for t in tensors]
             tensors = cached
+        progress = None
+        if trainer is not None and split == "train":
+            def progress():
+                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return TensorBatches(tensors, batch_size, shuffle, seed=self.seed,
                              epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
                              rank=trainer.global_rank if trainer is not None else 0,
-                             world_size=trainer.world_size if trainer is not None else 1)
+                             world_size=trainer.world_size if trainer is not None else 1, progress=progress)
 
     def train_dataloader(self) -> TensorBatches:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -8,6 +8,7 @@ run's TensorBoard logger. The class names are keys of their state in checkpoints
 loses that state when an older run resumes."""
 import logging
 import math
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import TQDMProgressBar, WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
@@ -227,6 +229,71 @@ class NonFiniteGuard(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.check(trainer)
+
+
+class Interrupted(BaseException):
+    """Training stopped by a signal, after saving where it was. A BaseException, like KeyboardInterrupt, so
+    that nothing between the step and the command's exit takes it for an error of the run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Interruption(pl.Callback):
+    """SIGINT (Ctrl-C), SIGTERM (kill, a scheduler's preemption, a container's stop) and SIGUSR1 (what SLURM
+    sends before a time limit) stop training at the end of the current step: the exact state is saved to
+    checkpoints/interrupted.ckpt (mid-epoch included; last.ckpt and best.ckpt stay as they are), the run's
+    directory gets interrupted.json, one line says how to resume, and the command exits with 128 + the signal
+    number. Under SLURM, SIGUSR1 and SIGTERM stay with Lightning's SLURM environment, which saves and requeues.
+
+    resume(checkpoint) -> str: the command that continues the run from that checkpoint."""
+
+    def __init__(self, resume, dirpath: str, run_dir: str):
+        self.resume, self.dirpath, self.run_dir = resume, Path(dirpath), Path(run_dir)
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.info("received %s: stopping at the end of this step", signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module):
+        signals = [signal.SIGINT] if SLURMEnvironment.detect() else [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signum is not None:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.signum is not None:  # a signal during validation: the epoch's checkpoints are written by now
+            self._stop(trainer)
+
+    def _stop(self, trainer) -> None:
+        self._restore()
+        ckpt = self.dirpath / "interrupted.ckpt"
+        trainer.save_checkpoint(ckpt, weights_only=False)
+        name, command = signal.Signals(self.signum).name, self.resume(ckpt)
+        if trainer.is_global_zero:
+            from .checkpointing import write_json
+
+            write_json(self.run_dir / "interrupted.json", {
+                "signal": name, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                "checkpoint": str(ckpt), "resume": command})
+        log.info("%s: stopped in epoch %d at step %d; the exact state is in %s. Resume with: %s",
+                 name, trainer.current_epoch + 1, trainer.global_step, ckpt, command)
+        raise Interrupted(self.signum)
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore()
 
 
 class RNGState(pl.Callback):

@@ -42,6 +42,7 @@ class VAEModule(pl.LightningModule):
         self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
+        self._resumed_sums: dict | None = None  # the training epoch's sums from a checkpoint saved mid-epoch
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
     def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,6 +79,9 @@ class VAEModule(pl.LightningModule):
 
     def on_train_start(self):
         self.steps_per_epoch = self.trainer.num_training_batches
+        resumed, self._resumed_sums = self._resumed_sums, None
+        if resumed:  # resuming mid-epoch (Lightning starts no new epoch then): the epoch's sums so far
+            self._sums["train"] = (tuple(resumed["names"]), resumed["sums"].to(self.device), resumed["count"])
 
     def training_step(self, batch, batch_idx):
         metrics = self._metrics(batch[0])
@@ -114,10 +118,17 @@ class VAEModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_config"] = self.data_config
+        trainer = self._trainer
+        mid_epoch = trainer is not None and \
+            trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches
+        if mid_epoch and "train" in self._sums:  # the epoch's means so far carry on after a resume
+            names, sums, count = self._sums["train"]
+            checkpoint["train_epoch_sums"] = {"names": list(names), "sums": sums, "count": count}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_checkpoint(checkpoint)  # one written by an earlier version: same weights, today's names
         self.data_config = checkpoint.get("data_config", self.data_config)
+        self._resumed_sums = checkpoint.get("train_epoch_sums")
         # A run trained with a weight average (callbacks.ema) saves the average as its state_dict and
         # the raw weights beside it. Resumed without the average, training goes on from the raw
         # weights, which the optimiser's state belongs to (with it, the EMA callback restores them).
