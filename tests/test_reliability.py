@@ -3,6 +3,7 @@ clear errors for bad checkpoints, and sweeps that survive a failing job."""
 import json
 import os
 import pickle
+import subprocess
 
 import pytest
 import torch
@@ -28,6 +29,19 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signum))
+
+class FillDiskAtStep(pl.Callback):
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            try:
+                with open(self.path, "wb") as f:
+                    while True:
+                        f.write(bytes(4096))
+                        f.flush()
+            except OSError:
+                pass
 
 class PoisonDecoderAtStep(pl.Callback):
     def __init__(self, step):
@@ -182,3 +196,32 @@ def test_a_signal_saves_the_exact_state_and_exits_with_128_plus_its_number(helpe
 
     means = [sorted(read_scalars(r)["train/elbo_epoch"]) for r in (run, uninterrupted)]
     assert means[0] == means[1]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 3 MB file system (tmpfs), where this machine lets the tests mount one."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_nothing(helpers, tmp_path,
+                                                                                      small_filesystem):
+    run = small_filesystem / "run"
+    args = ("model.hidden_dims=[16]", "model.latent_dim=3", "trainer.max_epochs=3", *QUIET)
+    proc = run_vae_train(*args, f"hydra.run.dir={run}", "+callbacks.fill._target_=fault_helpers.FillDiskAtStep",
+                         "+callbacks.fill.step=15", f"+callbacks.fill.path={small_filesystem / 'filler'}",
+                         cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left on device" in proc.stderr and str(run / "checkpoints") in proc.stderr
+    # The epoch-1 checkpoints are whole, and no half-written file is left beside them.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 11
+    (small_filesystem / "filler").unlink()  # space again: the run resumes and finishes
+    run_vae_train(*args, f"ckpt_path={run}", cwd=tmp_path)
+    assert _metrics(run)["global_step"] == 33

@@ -13,6 +13,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     from torchvision.utils import save_image
 
     from ..training import images
+    from ..training.checkpointing import atomic_write
     from .checks import SAMPLE_RULES, check_values
     from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
 
@@ -39,7 +40,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     written = {}
     for name, grid in grids.items():
         written[name] = out / f"{name}.png"
-        save_image(grid, written[name])
+        atomic_write(written[name], lambda f, grid=grid: save_image(grid, f, format="png"))
     print(f"vae-sample: {', '.join(p.name for p in written.values())} written to {out}")
     return written
 
