@@ -58,6 +58,7 @@ BAD = [
     ([*FOLDER, "data.channels=2"], "data.channels=2"),
     ([*FOLDER, "data.image_size=[0,4]"], "data.image_size=[0, 4]"),
     ([*FOLDER, "data.num_workers=-1"], "data.num_workers=-1"),
+    ([*FOLDER, "data.skip_unreadable=maybe"], "data.skip_unreadable='maybe' is not a valid switch"),
 ]
 
 

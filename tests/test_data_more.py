@@ -247,3 +247,33 @@ def test_vae_train_on_an_image_folder_end_to_end(tmp_path, classes_folder):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["global_step"] == 1  # 24 training images, one batch of 128
     assert np.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
+
+
+def test_unreadable_files_are_listed_before_training_or_skipped_on_request(tmp_path, classes_folder, caplog):
+    (classes_folder / "cat" / "notes.png").write_text("not an image, whatever its name says")
+    (classes_folder / "dog" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        ImageFolder(path=str(classes_folder), num_workers=0).setup()
+    msg = str(e.value)
+    assert "2 of its 32 image files cannot be read" in msg and "notes.png" in msg and "empty.jpg" in msg
+    assert "data.skip_unreadable=true" in msg
+    dm = ImageFolder(path=str(classes_folder), num_workers=0, skip_unreadable=True)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert sum(len(dm.dataset(s)) for s in ("train", "val", "test")) == 30
+    assert "skipping 2 unreadable image files of 32" in caplog.text
+
+
+def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message(tmp_path, classes_folder, capsys):
+    from conftest import run_here
+
+    noise = np.random.default_rng(1).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.png")
+    (classes_folder / "owl" / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])  # header, few pixels
+    with pytest.raises(SystemExit) as e:
+        run_here("vae-train", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[8,8]",
+                 "data.num_workers=1", "model.hidden_dims=[16]", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("vae-train: error: data.path: cannot read the image")
+    assert "cut.png" in err and "Traceback" not in err and "worker process" not in err

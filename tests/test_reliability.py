@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,27 @@ def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_noth
     (small_filesystem / "filler").unlink()  # space again: the run resumes and finishes
     run_vae_train(*args, f"ckpt_path={run}", cwd=tmp_path)
     assert _metrics(run)["global_step"] == 33
+
+
+def test_a_second_run_in_a_directory_a_live_run_writes_is_refused(tmp_path):
+    import signal
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    first = subprocess.Popen([str(Path(sys.executable).parent / "vae-train"), "trainer.max_epochs=1000",
+                              f"hydra.run.dir={run}", *QUIET], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.ckpt").exists():  # training, and the directory claimed
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        second = run_vae_train(f"ckpt_path={run}", "trainer.max_epochs=2000", *QUIET, cwd=tmp_path, check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"is being written by another vae-train (process {first.pid})" in second.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143
+    assert not (run / ".vae-train.lock").exists()

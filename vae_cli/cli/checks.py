@@ -66,6 +66,7 @@ TRAIN_RULES = [
     ("data.image_size", _image_size, "image size", "an integer >= 1 or a pair [height, width], e.g. data.image_size=[32,32]"),
     ("data.channels", _one_of((1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
     ("data.num_workers", _int(0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
+    ("data.skip_unreadable", _bool, "switch", "true or false"),
     ("data.val_split", _one_of(("random", "last")), "validation split", "random (val_size examples drawn with data.split_seed) "
      "or last (the training set's last val_size examples, in file order)"),
     ("data.eval_binarize_numpy_seed", lambda v: v is None or _int(0)(v), "seed",

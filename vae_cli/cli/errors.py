@@ -21,6 +21,15 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _own_message(error: UserError) -> str:
+    """The error's message; for one raised in a DataLoader worker process, which PyTorch raises again in this
+    process with the worker's traceback in front of the message, the message alone."""
+    text = str(error)
+    if "in DataLoader worker process" in text and "UserError: " in text:
+        return text.rsplit("UserError: ", 1)[1].strip()
+    return text
+
+
 def run_or_exit(tool: str, body, *args):
     """body(*args), for an entry point: a UserError (a mistake the user can fix) becomes one line
     `<tool>: error: <message>` on stderr and exit status 2, with no traceback. Inside a sweep
@@ -30,8 +39,9 @@ def run_or_exit(tool: str, body, *args):
     try:
         return body(*args)
     except UserError as e:
-        _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
-        print(f"{tool}: error: {e}", file=sys.stderr)
+        message = _own_message(e)
+        _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
+        print(f"{tool}: error: {message}", file=sys.stderr)
         if "hydra" in sys.modules and _in_multirun():
             raise
         raise SystemExit(2) from None

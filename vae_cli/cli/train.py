@@ -211,8 +211,50 @@ def _resume_command(ckpt: Path) -> str:
     return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
 
 
+LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
+
+
+def _claim(run_dir: Path) -> Path | None:
+    """Take the run directory for this process, or refuse when a live vae-train is writing it. None in the
+    processes after the first of a multi-process run, which share the first one's directory."""
+    if any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
+        return None
+    lock = run_dir / LOCK
+    try:
+        other = int(lock.read_text())
+    except (OSError, ValueError):
+        other = None
+    if other is not None and other != os.getpid():
+        try:
+            os.kill(other, 0)  # signal 0: only whether the process exists
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # exists, another user's
+            alive = True
+        if alive:
+            raise UserError(f"{run_dir} is being written by another vae-train (process {other}). Wait for it to end "
+                            f"(or stop it), then resume it with ckpt_path={run_dir}; or train in another directory.")
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
+    run_dir = Path(cfg.run_dir)
+    try:
+        lock = _claim(run_dir)
+    except UserError:
+        _forget_refused_record()
+        raise
+    try:
+        return _fit(cfg, run_dir)
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     from ..training.callbacks import Interrupted
     from ..training.checkpointing import write_json
 
@@ -221,7 +263,6 @@ def fit(cfg: DictConfig) -> dict:
     except UserError:
         _forget_refused_record()
         raise
-    run_dir = Path(cfg.run_dir)
     if trainer.strategy.root_device.type == "cpu":
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
         # is not cached and costs a library load on every optimiser step. Nothing forks CUDA here.

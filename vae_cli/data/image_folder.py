@@ -24,6 +24,17 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def _readable(path: Path) -> bool:
+    """Whether the file opens as an image: its header only, not a full decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except OSError:  # PIL's UnidentifiedImageError included
+        return False
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     """(x, label) pairs read from image files on every access: decoded, converted to grey or RGB,
     resized to (H, W) and scaled to [0, 1]. The image is resized as 8-bit PIL pixels before
@@ -106,6 +117,7 @@ class ImageFolder(BaseDataModule):
         split_seed: int = 0,
         seed: int = 0,
         data_dir: str | None = None,  # where the images are now, when they have moved: replaces path
+        skip_unreadable: bool = False,  # train without files that do not open as images, instead of stopping
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
                          binarize=binarize, split_seed=split_seed, seed=seed)
@@ -115,6 +127,7 @@ class ImageFolder(BaseDataModule):
         if path is None or channels not in (1, 3):
             raise ValueError(f"path={path!r} must be a folder and channels={channels!r} 1 or 3")
         self.path = Path(os.path.expanduser(str(path)))
+        self.skip_unreadable = skip_unreadable
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.channels = channels
         self.shape = (channels, *self.image_size)  # known from the config alone, before any image is read
@@ -139,6 +152,17 @@ class ImageFolder(BaseDataModule):
             labels += [label] * len(imgs)
         if not files:
             raise UserError(f"data.path={str(self.path)!r} holds no images; expected {accepted}.")
+        bad = [i for i, f in enumerate(files) if not _readable(f)]
+        if bad and not self.skip_unreadable:
+            shown = ", ".join(str(files[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise UserError(f"data.path={str(self.path)!r}: {len(bad)} of its {len(files)} image files cannot be read "
+                            f"as images: {shown}. Remove or replace them, or train without them with "
+                            "data.skip_unreadable=true.")
+        if bad:
+            log.warning("%s: skipping %d unreadable image files of %d (data.skip_unreadable=true)", self.name,
+                        len(bad), len(files))
+            keep = [i for i in range(len(files)) if i not in set(bad)]
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         return files, labels
 
     def setup(self, stage: str | None = None) -> None:
