@@ -1,12 +1,10 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
 import logging
 import os
-import shlex
 import shutil
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -19,63 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.metrics import RUN_SUMMARY, SUMMARY
 from ..errors import UserError
 from .errors import run_or_exit
-from .loading import LATEST, latest, resolve_checkpoint
+from .loading import resolve_checkpoint
+from .run_dir import RECORD, claim, forget_refused_record, resume_command
 
 log = logging.getLogger("vae_cli")
-
-
-def _resume_dir(ckpt_path, default: str) -> str:
-    """The run directory: where a resumed checkpoint's run lives (<run>/checkpoints/x.ckpt, <run>, or the
-    newest run for `latest`), so the run continues in place; otherwise a new one."""
-    if ckpt_path is None:
-        return default
-    if str(ckpt_path) == LATEST:
-        ckpt_path = latest() or default
-    p = Path(str(ckpt_path)).expanduser()
-    if p.is_dir():
-        return str(p)
-    if p.parent.name == "checkpoints":
-        return str(p.parent.parent)
-    return default
-
-
-OmegaConf.register_new_resolver("vae_resume_dir", _resume_dir, replace=True)
-RECORD = ".hydra"  # Hydra's record of the first invocation in a run directory
-
-
-def _record_subdir(run_dir: str) -> str:
-    """Where this invocation's record goes: .hydra for the first in a run directory, else (a resume, or a
-    second run pointed at the same directory) .hydra/<date>_<time>, so nothing already written is rewritten.
-    Creates that folder: Hydra opens the log file in it before it writes the config."""
-    if not (Path(run_dir) / RECORD / "config.yaml").exists():
-        return RECORD
-    later = Path(RECORD) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    (Path(run_dir) / later).mkdir(parents=True, exist_ok=True)
-    return str(later)
-
-
-def _log_file(record_subdir: str | None, job_name: str) -> str:
-    # None: Lightning's DDP processes after the first, which keep no record of their own.
-    return f"{job_name}.log" if record_subdir in (RECORD, None, "None") else f"{record_subdir}/{job_name}.log"
-
-
-# Cached: evaluated once per invocation, however often Hydra reads the keys.
-OmegaConf.register_new_resolver("vae_record_subdir", _record_subdir, use_cache=True, replace=True)
-OmegaConf.register_new_resolver("vae_log_file", _log_file, use_cache=True, replace=True)
-
-
-def _forget_refused_record() -> None:
-    """A later invocation refused before it trained (a resume that does not fit, say) leaves the run
-    directory as it found it: its record folder and log are removed."""
-    hydra = HydraConfig.get()
-    if hydra.output_subdir in (None, RECORD):
-        return
-    record = Path(hydra.runtime.output_dir) / hydra.output_subdir
-    for handler in list(logging.getLogger().handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == record:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    shutil.rmtree(record, ignore_errors=True)
 
 
 def _not_an_advertisement(record: logging.LogRecord) -> bool:
@@ -199,53 +144,19 @@ def setup(cfg: DictConfig):
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar())
-    callbacks.append(Interruption(_resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir))
+    callbacks.append(Interruption(resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir))
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer, ckpt_path
-
-
-def _resume_command(ckpt: Path) -> str:
-    """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint."""
-    keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
-
-
-LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
-
-
-def _claim(run_dir: Path) -> Path | None:
-    """Take the run directory for this process, or refuse when a live vae-train is writing it. None in the
-    processes after the first of a multi-process run, which share the first one's directory."""
-    if any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
-        return None
-    lock = run_dir / LOCK
-    try:
-        other = int(lock.read_text())
-    except (OSError, ValueError):
-        other = None
-    if other is not None and other != os.getpid():
-        try:
-            os.kill(other, 0)  # signal 0: only whether the process exists
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # exists, another user's
-            alive = True
-        if alive:
-            raise UserError(f"{run_dir} is being written by another vae-train (process {other}). Wait for it to end "
-                            f"(or stop it), then resume it with ckpt_path={run_dir}; or train in another directory.")
-    lock.write_text(str(os.getpid()))
-    return lock
 
 
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
     run_dir = Path(cfg.run_dir)
     try:
-        lock = _claim(run_dir)
+        lock = claim(run_dir)
     except UserError:
-        _forget_refused_record()
+        forget_refused_record()
         raise
     try:
         return _fit(cfg, run_dir)
@@ -261,7 +172,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         datamodule, module, trainer, ckpt_path = setup(cfg)
     except UserError:
-        _forget_refused_record()
+        forget_refused_record()
         raise
     if trainer.strategy.root_device.type == "cpu":
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test

@@ -1,0 +1,105 @@
+"""The run directory: where a run writes (a new one, or the one a resumed checkpoint belongs to), its
+append-only record of how each invocation made it, the lock that keeps a second vae-train out while one
+writes it, and the command that resumes it. The resolvers here are named in configs/train.yaml."""
+import logging
+import os
+import shlex
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from ..errors import UserError
+from .loading import LATEST, latest
+
+
+def _resume_dir(ckpt_path, default: str) -> str:
+    """The run directory: where a resumed checkpoint's run lives (<run>/checkpoints/x.ckpt, <run>, or the
+    newest run for `latest`), so the run continues in place; otherwise a new one."""
+    if ckpt_path is None:
+        return default
+    if str(ckpt_path) == LATEST:
+        ckpt_path = latest() or default
+    p = Path(str(ckpt_path)).expanduser()
+    if p.is_dir():
+        return str(p)
+    if p.parent.name == "checkpoints":
+        return str(p.parent.parent)
+    return default
+
+
+OmegaConf.register_new_resolver("vae_resume_dir", _resume_dir, replace=True)
+RECORD = ".hydra"  # Hydra's record of the first invocation in a run directory
+
+
+def _record_subdir(run_dir: str) -> str:
+    """Where this invocation's record goes: .hydra for the first in a run directory, else (a resume, or a
+    second run pointed at the same directory) .hydra/<date>_<time>, so nothing already written is rewritten.
+    Creates that folder: Hydra opens the log file in it before it writes the config."""
+    if not (Path(run_dir) / RECORD / "config.yaml").exists():
+        return RECORD
+    later = Path(RECORD) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    (Path(run_dir) / later).mkdir(parents=True, exist_ok=True)
+    return str(later)
+
+
+def _log_file(record_subdir: str | None, job_name: str) -> str:
+    # None: Lightning's DDP processes after the first, which keep no record of their own.
+    return f"{job_name}.log" if record_subdir in (RECORD, None, "None") else f"{record_subdir}/{job_name}.log"
+
+
+# Cached: evaluated once per invocation, however often Hydra reads the keys.
+OmegaConf.register_new_resolver("vae_record_subdir", _record_subdir, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("vae_log_file", _log_file, use_cache=True, replace=True)
+
+
+def forget_refused_record() -> None:
+    """A later invocation refused before it trained (a resume that does not fit, say) leaves the run
+    directory as it found it: its record folder and log are removed."""
+    hydra = HydraConfig.get()
+    if hydra.output_subdir in (None, RECORD):
+        return
+    record = Path(hydra.runtime.output_dir) / hydra.output_subdir
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == record:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(record, ignore_errors=True)
+
+
+def resume_command(ckpt: Path) -> str:
+    """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint."""
+    keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
+
+
+LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
+
+
+def claim(run_dir: Path) -> Path | None:
+    """Take the run directory for this process, or refuse when a live vae-train is writing it. None in the
+    processes after the first of a multi-process run, which share the first one's directory."""
+    if any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
+        return None
+    lock = run_dir / LOCK
+    try:
+        other = int(lock.read_text())
+    except (OSError, ValueError):
+        other = None
+    if other is not None and other != os.getpid():
+        try:
+            os.kill(other, 0)  # signal 0: only whether the process exists
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # exists, another user's
+            alive = True
+        if alive:
+            raise UserError(f"{run_dir} is being written by another vae-train (process {other}). Wait for it to end "
+                            f"(or stop it), then resume it with ckpt_path={run_dir}; or train in another directory.")
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
