@@ -90,3 +90,106 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def trained_digits_run(tmp_path_factory) -> Path:
     """The default run: the default model trained for 100 epochs on digits, seed 0."""
     return train(tmp_path_factory.mktemp("trained"), "run", "trainer.max_epochs=100", "seed=0")
+
+
+def refused(tool, *args, cwd, capsys) -> str:
+    """A command run in this process that stops on a user error: exit status 2; what it printed to stderr."""
+    with pytest.raises(SystemExit) as e:
+        run_here(tool, *args, cwd=cwd)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+# Faults injected from inside a run: callbacks that a user (or a test) can add with
+# +callbacks.<name>._target_=fault_helpers.<Class>, which Hydra instantiates.
+HELPERS = '''
+import os, shutil, signal, subprocess, time
+import torch
+import pytorch_lightning as pl
+
+class AtStep(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step == self.step:
+            self.act(pl_module)
+
+class KillAtStep(AtStep):
+    def act(self, pl_module):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+class SignalAtStep(AtStep):
+    def __init__(self, step, signum):
+        super().__init__(step)
+        self.signum = signum
+    def act(self, pl_module):
+        os.kill(os.getpid(), getattr(signal, self.signum))
+
+class FillDiskAtStep(AtStep):
+    def __init__(self, step, path):
+        super().__init__(step)
+        self.path = path
+    def act(self, pl_module):
+        try:
+            with open(self.path, "wb") as f:
+                while True:
+                    f.write(bytes(4096))
+                    f.flush()
+        except OSError:
+            pass
+
+class RemountReadOnlyAtStep(AtStep):
+    def __init__(self, step, mount):
+        super().__init__(step)
+        self.mount = mount
+    def act(self, pl_module):
+        for _ in range(100):  # busy for the moment TensorBoard's thread has its file open
+            if subprocess.run(["mount", "-o", "remount,ro", self.mount], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"could not remount {self.mount} read-only")
+
+class RemoveAtStep(AtStep):
+    def __init__(self, step, path):
+        super().__init__(step)
+        self.path = path
+    def act(self, pl_module):
+        shutil.rmtree(self.path)
+
+class RemoveBeforeCheckpoints(pl.Callback):  # at the end of the second epoch's validation
+    def __init__(self, path):
+        self.path = path
+    def on_validation_end(self, trainer, *args):
+        if not trainer.sanity_checking and trainer.current_epoch == 1:
+            shutil.rmtree(self.path)
+
+class PoisonDecoderAtStep(AtStep):
+    def act(self, pl_module):
+        with torch.no_grad():
+            pl_module.vae.decoder.net[-1].weight.fill_(float("nan"))
+'''
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch):
+    (tmp_path / "fault_helpers.py").write_text(HELPERS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(tmp_path))  # for runs in this process
+    return tmp_path
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 3 MB file system (tmpfs), where this machine lets the tests mount one."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def remount(mount: Path, mode: str) -> None:
+    """The file system at `mount` made read-only (mode "ro") or writable again ("rw")."""
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True, capture_output=True)

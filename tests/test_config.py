@@ -18,6 +18,7 @@ FOLDER = ["data=image_folder", "data.path=/pictures"]
 BAD = [
     (["seed=abc"], "seed='abc' is not a valid seed"),
     (["seed=-1"], "seed=-1"),
+    (["requeue=sometimes"], "requeue='sometimes' is not a valid switch; use true or false"),
     (["trainer.max_epochs=x"], "trainer.max_epochs='x'"),
     (["trainer.max_steps=-2"], "trainer.max_steps=-2"),
     (["model.arch=rnn"], "model.arch='rnn'"),

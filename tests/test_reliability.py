@@ -9,65 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, run_here, run_vae_train, train
-
-# A callback a user (or this test) can add with +callbacks.<name>._target_=...: Hydra instantiates it.
-HELPERS = '''
-import os, signal
-import torch
-import pytorch_lightning as pl
-
-class KillAtStep(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-class SignalAtStep(pl.Callback):
-    def __init__(self, step, signum):
-        self.step, self.signum = step, signum
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.signum))
-
-class FillDiskAtStep(pl.Callback):
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
-            try:
-                with open(self.path, "wb") as f:
-                    while True:
-                        f.write(bytes(4096))
-                        f.flush()
-            except OSError:
-                pass
-
-class PoisonDecoderAtStep(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                pl_module.vae.decoder.net[-1].weight.fill_(float("nan"))
-'''
-
-
-@pytest.fixture
-def helpers(tmp_path, monkeypatch):
-    (tmp_path / "fault_helpers.py").write_text(HELPERS)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(tmp_path))  # for runs in this process
-    return tmp_path
-
-
-def refused(tool, *args, cwd, capsys) -> str:
-    """A command run in this process that stops on a user error: exit status 2; what it printed to stderr."""
-    with pytest.raises(SystemExit) as e:
-        run_here(tool, *args, cwd=cwd)
-    assert e.value.code == 2
-    return capsys.readouterr().err
+from conftest import QUIET, refused, run_vae_train, train
 
 
 def _metrics(run_dir):
@@ -197,18 +139,6 @@ def test_a_signal_saves_the_exact_state_and_exits_with_128_plus_its_number(helpe
 
     means = [sorted(read_scalars(r)["train/elbo_epoch"]) for r in (run, uninterrupted)]
     assert means[0] == means[1]
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A real 3 MB file system (tmpfs), where this machine lets the tests mount one."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_nothing(helpers, tmp_path,

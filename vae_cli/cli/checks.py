@@ -43,6 +43,7 @@ def _image_size(v) -> bool:
 # (data.channels exists only for image folders; model._target_ may name a user's own class).
 TRAIN_RULES = [
     ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
+    ("requeue", _bool, "switch", "true or false"),
     ("trainer.max_epochs", lambda v: v is None or _int(-1)(v), "epoch limit", "an integer (-1 for no limit), e.g. trainer.max_epochs=20"),
     ("trainer.max_steps", lambda v: v is None or _int(-1)(v), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
     ("model.arch", _one_of(ARCHS), "architecture", f"one of {', '.join(ARCHS)} (model=mlp or model=conv)"),

@@ -1,6 +1,8 @@
 """The one error exit of the four commands."""
 import logging
 import sys
+import threading
+from typing import NoReturn
 
 from ..errors import UserError
 
@@ -30,21 +32,40 @@ def _own_message(error: UserError) -> str:
     return text
 
 
+def _quiet_writer_threads(args) -> None:
+    # TensorBoard writes event files from a thread of its own; a write the file system refuses ends that thread
+    # with a traceback printed, and the same error is raised again in the main thread at its next logging call,
+    # where it stops the run with one message.
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    threading.__excepthook__(args)
+
+
+def fail(tool: str, message: str) -> NoReturn:
+    """`<tool>: error: <message>` on stderr, exit status 2."""
+    print(f"{tool}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_or_exit(tool: str, body, *args):
     """body(*args), for an entry point: a UserError (a mistake the user can fix) becomes one line
     `<tool>: error: <message>` on stderr and exit status 2, with no traceback. Inside a sweep
     (vae-train --multirun) it is raised on instead, so Hydra records the failed job, runs the others
     and fails the sweep at the end. Either way the run's log file records it, and any other
     exception, a bug, with its traceback."""
+    # A log file on a full or read-only disk loses its lines without a traceback each; what stops the run
+    # reaches stderr as its one message.
+    logging.raiseExceptions = False
+    threading.excepthook = _quiet_writer_threads
     try:
         return body(*args)
     except UserError as e:
         message = _own_message(e)
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
-        print(f"{tool}: error: {message}", file=sys.stderr)
         if "hydra" in sys.modules and _in_multirun():
+            print(f"{tool}: error: {message}", file=sys.stderr)
             raise
-        raise SystemExit(2) from None
+        fail(tool, message)
     except Exception:
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed", (), sys.exc_info()))
         raise

@@ -75,7 +75,8 @@ def run_eval(cfg: DictConfig) -> dict:
     import torch
 
     from ..core.scoring import fingerprint, paired_difference, score, summarize
-    from ..training.checkpointing import write_json, write_tensors
+    from ..training.checkpointing import write_tensors
+    from ..training.files import make_folder, write_json
     from .checks import EVAL_RULES, check_values
     from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
 
@@ -99,7 +100,7 @@ def run_eval(cfg: DictConfig) -> dict:
         res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
                               **paired_difference(mine, baseline)}
     out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     write_json(out, res)
     write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)
     print(format_table(res))

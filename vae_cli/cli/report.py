@@ -7,6 +7,7 @@ Nothing here imports torch or Hydra, so the report is instant.
 """
 import argparse
 import csv
+import io
 import json
 import re
 import statistics
@@ -18,6 +19,7 @@ import yaml
 
 from ..core.metrics import RUN_SUMMARY
 from ..errors import UserError
+from ..training.files import atomic_write
 from .errors import run_or_exit
 from .loading import LATEST, latest
 
@@ -289,17 +291,17 @@ def render_markdown(r: Report) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_csv(path: Path, jobs: list[Job], metrics: list[str]) -> None:
+def render_csv(jobs: list[Job], metrics: list[str]) -> str:
     """One row per job, every override (constant ones too) and every metric at full precision."""
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
     all_metrics = list(dict.fromkeys([*metrics, *(k for j in jobs for k in j.metrics)]))
     columns = ["job", *keys, "status", *(m for m in all_metrics if m not in keys), "train_seconds", "error"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for j in jobs:
-            w.writerow(["" if v is None else v for v in
-                        [j.num, *(j.value(c) for c in columns[1:-1]), j.error]])
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(columns)
+    for j in jobs:
+        w.writerow(["" if v is None else v for v in [j.num, *(j.value(c) for c in columns[1:-1]), j.error]])
+    return out.getvalue()
 
 
 def choose_metrics(jobs: list[Job], requested: str | None) -> list[str]:
@@ -356,11 +358,8 @@ def report(args) -> None:
     rep = build_report(args.sweep, jobs, metrics, args.sort)
     sys.stdout.write(render_text(rep))
     md, csv_path = args.markdown or args.sweep / "report.md", args.csv or args.sweep / "report.csv"
-    try:
-        md.write_text(render_markdown(rep), encoding="utf-8")
-        write_csv(csv_path, jobs, metrics)
-    except OSError as e:
-        raise UserError(f"could not write the report: {e}") from None
+    for path, text in ((md, render_markdown(rep)), (csv_path, render_csv(jobs, metrics))):
+        atomic_write(path, lambda f, text=text: f.write(text.encode("utf-8")))  # an earlier report stays whole
     print(f"wrote {md} and {csv_path}", file=sys.stderr)
 
 

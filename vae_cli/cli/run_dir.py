@@ -1,6 +1,8 @@
 """The run directory: where a run writes (a new one, or the one a resumed checkpoint belongs to), its
 append-only record of how each invocation made it, the lock that keeps a second vae-train out while one
-writes it, and the command that resumes it. The resolvers here are named in configs/train.yaml."""
+writes it, the command that resumes it, and what a file system that refuses it (full, read-only, gone)
+tells the user. The resolvers and the Hydra callback here are named in configs/train.yaml."""
+import errno
 import logging
 import os
 import shlex
@@ -9,9 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from ..training.files import cannot_write
+from .errors import fail
 from .loading import LATEST, latest
 
 
@@ -99,7 +104,67 @@ def claim(run_dir: Path) -> Path | None:
         if alive:
             raise UserError(f"{run_dir} is being written by another vae-train (process {other}). Wait for it to end "
                             f"(or stop it), then resume it with ckpt_path={run_dir}; or train in another directory.")
-    lock.write_text(str(os.getpid()))
+    try:
+        lock.write_text(str(os.getpid()))
+    except OSError as e:
+        raise cannot_write(lock, e) from e
     return lock
 
 
+def release(lock: Path | None) -> None:
+    try:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+    except OSError:  # a file system gone read-only keeps it: a lock whose process has ended does not hold
+        pass
+
+
+def outside_fault(error: Exception, run_dir: Path) -> Exception:
+    """What to tell the user about an error that ended a run: a run directory that vanished while the run wrote
+    it, or a file the file system refused (TensorBoard's event files raise the system's own error), as one
+    message; any other error as it is."""
+    if not run_dir.is_dir():
+        return UserError(f"the run directory {run_dir} is gone: it was deleted, moved or unmounted while the run "
+                         "wrote it, and vae-train stopped without making it again. Restore it (from a backup, or "
+                         f"mount it again) and resume with ckpt_path={run_dir}, or start a new run.")
+    if isinstance(error, OSError) and error.errno in _REFUSALS:
+        return cannot_write(error.filename or run_dir, error)
+    return error
+
+
+# The file system's refusals: full, over quota, read-only, not permitted, gone, failing.
+_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO}
+
+
+class WritableOutput(Callback):
+    """Hydra makes the run (or sweep) directory and writes its record and log file there before vae-train's code
+    runs, and reports a refusal with a traceback; so the directory is tried first, and one that cannot be made
+    or written stops the command with one message naming it, and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _try_writing(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _try_writing(Path(config.hydra.sweep.dir))
+
+
+PROBE_BYTES = 1 << 16  # more than Hydra's record and the first lines of the log
+
+
+def _try_writing(folder: Path) -> None:
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    probe = folder / ".vae-train.probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        for p in [probe, *made]:  # leave no trace of the attempt
+            try:
+                p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+            except OSError:
+                break
+        fail("vae-train", str(cannot_write(folder, e)))
+    probe.unlink()

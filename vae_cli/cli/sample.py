@@ -13,7 +13,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     from torchvision.utils import save_image
 
     from ..training import images
-    from ..training.checkpointing import atomic_write
+    from ..training.files import atomic_write, make_folder
     from .checks import SAMPLE_RULES, check_values
     from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
 
@@ -22,7 +22,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     device = resolve_device(cfg.device)
     vae, data_config = load_vae(ckpt, map_location=device)
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / "samples"
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
     x = make_datamodule(data_config, **overrides).head(cfg.split, cfg.n)[0].to(device)
     torch.manual_seed(cfg.seed)

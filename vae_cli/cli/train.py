@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.metrics import RUN_SUMMARY, SUMMARY
 from ..errors import UserError
+from . import slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from .run_dir import RECORD, claim, forget_refused_record, resume_command
+from .run_dir import RECORD, claim, forget_refused_record, outside_fault, release, resume_command
 
 log = logging.getLogger("vae_cli")
 
@@ -43,8 +44,8 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-# Settings that say where a run writes, not how it was made: left out of the HPARAMS table.
-WHERE = ("run_dir", "ckpt_path", "data.data_dir", "trainer.default_root_dir")
+# Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS.
+WHERE = ("run_dir", "ckpt_path", "requeue", "data.data_dir", "trainer.default_root_dir")
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -100,6 +101,7 @@ def setup(cfg: DictConfig):
 
     check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
 
     from ..core.likelihoods import LIKELIHOODS
     from ..training.callbacks import EMA, Interruption, NonFiniteGuard, ProgressBar, RNGState
@@ -109,6 +111,9 @@ def setup(cfg: DictConfig):
 
     _route_lightning_logs()
     ckpt_path = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.ckpt_path is not None else None
+    if ckpt_path is None and slurm.restarted():  # SLURM started this job again: it continues where it stopped
+        saved = slurm.saved_state(Path(cfg.run_dir))
+        ckpt_path = str(saved) if saved else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     def settings(group: str) -> dict:
@@ -144,9 +149,13 @@ def setup(cfg: DictConfig):
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar())
-    callbacks.append(Interruption(resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir))
+    requeue = cfg.requeue and slurm.batch_job() is not None
+    callbacks.append(Interruption(resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir, requeue=requeue))
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     return datamodule, module, trainer, ckpt_path
 
 
@@ -160,14 +169,18 @@ def fit(cfg: DictConfig) -> dict:
         raise
     try:
         return _fit(cfg, run_dir)
+    except (OSError, UserError) as e:
+        fault = outside_fault(e, run_dir)
+        if fault is e:
+            raise
+        raise fault from e
     finally:
-        if lock is not None:
-            lock.unlink(missing_ok=True)
+        release(lock)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     from ..training.callbacks import Interrupted
-    from ..training.checkpointing import write_json
+    from ..training.files import write_json
 
     try:
         datamodule, module, trainer, ckpt_path = setup(cfg)
@@ -190,6 +203,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Interrupted as stop:
+        if stop.requeue and trainer.is_global_zero:
+            slurm.requeue()  # after Lightning has shut down: SLURM ends the job with a SIGTERM once it is requeued
         raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     train_seconds = time.perf_counter() - start
 

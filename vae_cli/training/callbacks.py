@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import TQDMProgressBar, WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
@@ -233,24 +232,26 @@ class NonFiniteGuard(pl.Callback):
 
 class Interrupted(BaseException):
     """Training stopped by a signal, after saving where it was. A BaseException, like KeyboardInterrupt, so
-    that nothing between the step and the command's exit takes it for an error of the run."""
+    that nothing between the step and the command's exit takes it for an error of the run. requeue: the
+    signal was SLURM's warning before a time limit, and the job should be requeued."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, requeue: bool = False):
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.requeue = signum, requeue
 
 
 class Interruption(pl.Callback):
-    """SIGINT (Ctrl-C), SIGTERM (kill, a scheduler's preemption, a container's stop) and SIGUSR1 (what SLURM
-    sends before a time limit) stop training at the end of the current step: the exact state is saved to
-    checkpoints/interrupted.ckpt (mid-epoch included; last.ckpt and best.ckpt stay as they are), the run's
-    directory gets interrupted.json, one line says how to resume, and the command exits with 128 + the signal
-    number. Under SLURM, SIGUSR1 and SIGTERM stay with Lightning's SLURM environment, which saves and requeues.
+    """SIGINT (Ctrl-C), SIGTERM (kill, scancel, a scheduler's preemption, a container's stop) and SIGUSR1 (what
+    SLURM sends before a time limit, asked for with sbatch --signal=USR1@90) stop training at the end of the
+    current step: the exact state is saved to checkpoints/interrupted.ckpt (mid-epoch included; last.ckpt and
+    best.ckpt stay as they are), the run's directory gets interrupted.json, one line says how to resume, and the
+    command exits with 128 + the signal number. With requeue=True (a SLURM batch job), SIGUSR1 also marks the
+    stop for requeueing (Interrupted.requeue): the command requeues the job once training has shut down.
 
     resume(checkpoint) -> str: the command that continues the run from that checkpoint."""
 
-    def __init__(self, resume, dirpath: str, run_dir: str):
-        self.resume, self.dirpath, self.run_dir = resume, Path(dirpath), Path(run_dir)
+    def __init__(self, resume, dirpath: str, run_dir: str, requeue: bool = False):
+        self.resume, self.dirpath, self.run_dir, self.requeue = resume, Path(dirpath), Path(run_dir), requeue
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -260,8 +261,7 @@ class Interruption(pl.Callback):
             log.info("received %s: stopping at the end of this step", signal.Signals(signum).name)
 
     def on_train_start(self, trainer, pl_module):
-        signals = [signal.SIGINT] if SLURMEnvironment.detect() else [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
-        for signum in signals:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             self._previous[signum] = signal.signal(signum, self._note)
 
     def _restore(self) -> None:
@@ -281,16 +281,18 @@ class Interruption(pl.Callback):
         self._restore()
         ckpt = self.dirpath / "interrupted.ckpt"
         trainer.save_checkpoint(ckpt, weights_only=False)
+        requeue = self.requeue and self.signum == signal.SIGUSR1
         name, command = signal.Signals(self.signum).name, self.resume(ckpt)
         if trainer.is_global_zero:
-            from .checkpointing import write_json
+            from .files import write_json
 
             write_json(self.run_dir / "interrupted.json", {
                 "signal": name, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                "checkpoint": str(ckpt), "resume": command})
-        log.info("%s: stopped in epoch %d at step %d; the exact state is in %s. Resume with: %s",
-                 name, trainer.current_epoch + 1, trainer.global_step, ckpt, command)
-        raise Interrupted(self.signum)
+                "checkpoint": str(ckpt), "resume": command, "requeued": requeue})
+        then = "The SLURM job is requeued and resumes from it; or resume with: " if requeue else "Resume with: "
+        log.info("%s: stopped in epoch %d at step %d; the exact state is in %s. %s%s",
+                 name, trainer.current_epoch + 1, trainer.global_step, ckpt, then, command)
+        raise Interrupted(self.signum, requeue)
 
     def teardown(self, trainer, pl_module, stage):
         self._restore()
