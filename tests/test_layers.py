@@ -12,9 +12,9 @@ ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "data": {"data"},
            "cli": {"core", "training", "data", "cli"}}
 # Third-party packages each layer may import (the standard library is open to all).
 THIRD_PARTY = {"core": {"torch"},
-               "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision"},
+               "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision", "matplotlib"},
                "data": {"torch", "numpy", "pytorch_lightning", "torchvision", "PIL", "sklearn"},
-               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml"}}
+               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -32,6 +32,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     from vae_cli.cli.loading import load_vae, make_datamodule
     from vae_cli.core.elbo import kl_analytic
+    from vae_cli.core.scoring import ACTIVE_UNIT_THRESHOLD
 
     run_dir = tmp_path / "run"
     # 151 validation examples: the processes hold 76 and 75, so a mean of per-process means would be off.
@@ -47,9 +48,13 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     x = make_datamodule(data_config).split("val")[0]
     assert len(x) == 151
     with torch.no_grad():
-        kl = kl_analytic(*vae.encode(x)).sum(-1).mean().item()
+        mu, logvar = vae.encode(x)
+        kl = kl_analytic(mu, logvar).sum(-1).mean().item()
     logged = read_scalars(run_dir)["val/kl"][-1][1]
     assert logged == pytest.approx(kl, rel=1e-5, abs=1e-6)
+    # So are the sums behind val/active_units: the count over all 151 posterior means.
+    active = (mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum().item()
+    assert read_scalars(run_dir)["val/active_units"][-1][1] == active
 
     # The test metrics agree with a single-process evaluation of the same checkpoint (vae-eval, k = 1):
     # the KL exactly, the ELBO within the estimator's noise.

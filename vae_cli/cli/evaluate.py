@@ -105,7 +105,20 @@ def run_eval(cfg: DictConfig) -> dict:
     write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)
     print(format_table(res))
     print(f"  written to {out}")
+    if cfg.figures:
+        print("  " + write_figure(out.with_suffix(""), res, (scored.log_px - scored.elbo).tolist()))
     return res
+
+
+def write_figure(stem: Path, res: dict, gap: list[float]) -> str:
+    """The KL bars and the inference-gap histogram as stem.png and stem.svg; what to tell the user."""
+    from ..core.scoring import ACTIVE_UNIT_THRESHOLD
+    from ..training import figures
+
+    fig = figures.evaluation_figure(res, gap, ACTIVE_UNIT_THRESHOLD)
+    if fig is None:
+        return figures.not_installed("figure")
+    return "figure: " + ", ".join(str(p) for p in figures.write(fig, stem))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="eval")

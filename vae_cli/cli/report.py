@@ -322,7 +322,8 @@ def parse_args(argv):
                     "status, final metrics from metrics.json, mean ± std over seeds when the sweep repeats\n"
                     "seeds, and each failed job with its error.\n\n"
                     "Prints the table and also writes report.md and report.csv into SWEEP_DIR\n"
-                    "(elsewhere with --markdown/--csv). Exits 0 even when jobs failed, 2 on bad input.",
+                    "(elsewhere with --markdown/--csv), and figures beside report.md (PNG and SVG).\n"
+                    "Exits 0 even when jobs failed, 2 on bad input.",
         epilog="Examples:\n  vae-report outputs/multirun/2026-11-25/15-04-28\n"
                "  vae-report SWEEP --metrics test/elbo,test/nll_iw_k5000 --sort=-test/elbo",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,6 +341,14 @@ def parse_args(argv):
                    "(default: SWEEP_DIR/report.md)")
     p.add_argument("--csv", metavar="FILE", type=Path, help="where to write the CSV, one row per job "
                    "(default: SWEEP_DIR/report.csv)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the figures beside report.md, as PNG and SVG (default; needs matplotlib: "
+                        "pip install 'vae-cli[plots]'): the plotted metric against each swept setting, and the "
+                        "rate-distortion plane")
+    p.add_argument("--plot-metric", metavar="METRIC", default="test/elbo",
+                   help="the metric plotted against the settings (default: test/elbo)")
+    p.add_argument("--plot-keys", metavar="A,B,...",
+                   help="the override keys to plot against and colour by (default: every swept key but seed)")
     return p.parse_args(argv)
 
 
@@ -355,12 +364,19 @@ def report(args) -> None:
     if args.sort.removeprefix("-") not in known:
         raise UserError(f"--sort {args.sort}: no such column; use job, status, train_seconds, "
                         "an override key or a metric")
+    if args.figures:
+        from . import sweep_figures
+
+        sweep_figures.check_metric(jobs, args.plot_metric)
+        keys = sweep_figures.plot_keys(jobs, args.plot_keys)
     rep = build_report(args.sweep, jobs, metrics, args.sort)
     sys.stdout.write(render_text(rep))
     md, csv_path = args.markdown or args.sweep / "report.md", args.csv or args.sweep / "report.csv"
     for path, text in ((md, render_markdown(rep)), (csv_path, render_csv(jobs, metrics))):
         atomic_write(path, lambda f, text=text: f.write(text.encode("utf-8")))  # an earlier report stays whole
     print(f"wrote {md} and {csv_path}", file=sys.stderr)
+    if args.figures:
+        print(sweep_figures.write_figures(jobs, args.plot_metric, keys, md.parent), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ..core.scoring import score
+from ..core.elbo import kl_analytic
+from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
 from ..errors import UserError
-from . import images
+from . import figures, images
 
 log = logging.getLogger("vae_cli")
 
@@ -48,11 +49,13 @@ def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
 
 class ImageGrids(pl.Callback):
     """Every `every_n_epochs` and at the end of training: reconstructions of validation images and prior
-    samples under IMAGES, and the KL of each latent dimension as a histogram."""
+    samples under IMAGES, and the KL of each latent dimension as a histogram and as sorted bars (an image,
+    drawn when matplotlib is installed)."""
 
     def __init__(self, every_n_epochs: int = 10, n: int = 64):
         self.every_n_epochs, self.n = every_n_epochs, n
         self._written_at: int | None = None  # the step of the last grids written
+        self._said_no_matplotlib = False
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if _due(trainer, self.every_n_epochs):
@@ -70,10 +73,26 @@ class ImageGrids(pl.Callback):
         with _own_random_stream(pl_module):
             tb.add_image("val/reconstructions", images.reconstructions(vae, x), step)
             tb.add_image("samples/prior_mean", images.prior_samples(vae, self.n), step)
-        kl = images.kl_per_dim(vae, trainer.datamodule.head("val", 2000)[0].to(pl_module.device))
-        # One value per latent dimension: how many dimensions carry how much information.
+        with torch.no_grad():
+            x = trainer.datamodule.head("val", 2000)[0].to(pl_module.device)
+            mu, logvar = vae.encode(x)
+            kl = kl_analytic(mu, logvar).mean(0)
+        # One value per latent dimension: how many dimensions carry how much information, and in the bars which.
         tb.add_histogram("val/kl_per_dim", kl, step)
+        self._kl_bars(tb, kl.tolist(), mu.var(0).tolist(), len(x), step)
         vae.train(was_training)
+
+    def _kl_bars(self, tb, kl: list[float], mu_var: list[float], n: int, step: int) -> None:
+        fig = figures.kl_per_dim_figure(kl, mu_var, ACTIVE_UNIT_THRESHOLD,
+                                        f"KL per latent dimension ({n} validation images)")
+        if fig is None:
+            if not self._said_no_matplotlib:
+                log.info(figures.not_installed("TensorBoard's val/kl_per_dim_sorted"))
+                self._said_no_matplotlib = True
+            return
+        data, height, width = figures.rgba(fig)
+        rgb = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(height, width, 4)[..., :3]
+        tb.add_image("val/kl_per_dim_sorted", rgb, step, dataformats="HWC")
 
     def on_fit_end(self, trainer, pl_module):
         # Once more with the final weights (the average, when one is kept), whatever the epoch count.

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .files import atomic_write, cannot_write
+from .files import atomic_write, cannot_write, write_json  # noqa: F401 (write_json: the name callers know here)
 
 
 def write_tensors(path: Path, obj: dict) -> None:

@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ..core.metrics import batch_metrics
+from ..core.scoring import ACTIVE_UNIT_THRESHOLD
 from .checkpointing import upgrade_checkpoint
 from .objective import Objective
 
@@ -43,11 +44,13 @@ class VAEModule(pl.LightningModule):
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
         self._resumed_sums: dict | None = None  # the training epoch's sums from a checkpoint saved mid-epoch
+        self._mu_sums: tuple | None = None  # validation: (sums of E_q[z] and of its square per dimension, count)
         self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
-    def _metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _metrics(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The batch's metrics, and its posterior means E_q[z|x]."""
         step = self.objective(self.vae, x, self.global_step, self.steps_per_epoch)
-        return batch_metrics(step.terms, step.loss, self.vae.n_dims, iwae=step.iwae)
+        return batch_metrics(step.terms, step.loss, self.vae.n_dims, iwae=step.iwae), step.terms.mu
 
     def _accumulate(self, split: str, metrics: dict[str, torch.Tensor], n: int) -> StepMetrics:
         """Add this batch's example-weighted sums to the split's running totals, on the device."""
@@ -70,6 +73,25 @@ class VAEModule(pl.LightningModule):
         self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(names, means)}, on_step=False, on_epoch=True,
                       sync_dist=True, reduce_fx="max")
 
+    def _accumulate_posterior_means(self, mu: torch.Tensor) -> None:
+        """Add the batch's posterior means and their squares to the validation totals, on the device, in float64
+        where the device has it (MPS does not): E[mu^2] - E[mu]^2 cancels the leading digits of both."""
+        mu = mu.detach().to(torch.float32 if mu.device.type == "mps" else torch.float64)
+        sums, count = self._mu_sums or (0.0, 0)
+        self._mu_sums = (sums + torch.stack([mu.sum(0), (mu * mu).sum(0)]), count + len(mu))
+
+    def _log_active_units(self) -> None:
+        """val/active_units: the latent dimensions whose posterior mean varies over the validation set,
+        Cov_x(E_q[z_j]) > 0.01 (core.scoring), from sums added across processes as in _log_epoch_means."""
+        if self._mu_sums is None:
+            return
+        (sums, count), self._mu_sums = self._mu_sums, None
+        total = self.trainer.strategy.reduce(torch.cat([sums.flatten(), sums.new_tensor([count])]), reduce_op="sum")
+        n, (s1, s2) = total[-1], total[:-1].view(2, -1)
+        mu_var = (s2 - s1 * s1 / n) / (n - 1)  # the sample variance, as vae-eval's
+        self.log("val/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float(), on_step=False, on_epoch=True,
+                 sync_dist=True, reduce_fx="max")
+
     def epoch_means(self, split: str) -> dict[str, float]:
         """The running means of this epoch so far, in this process (a host sync: for display only)."""
         if split not in self._sums:
@@ -84,7 +106,7 @@ class VAEModule(pl.LightningModule):
             self._sums["train"] = (tuple(resumed["names"]), resumed["sums"].to(self.device), resumed["count"])
 
     def training_step(self, batch, batch_idx):
-        metrics = self._metrics(batch[0])
+        metrics, _ = self._metrics(batch[0])
         # Epoch sums stay on the device (no host sync per step); logged once per epoch.
         step = self.last_step = self._accumulate("train", metrics, len(batch[0]))
         # self.log costs time on every call, so call it only on the steps the logger writes.
@@ -93,16 +115,19 @@ class VAEModule(pl.LightningModule):
         return metrics["loss"]
 
     def validation_step(self, batch, batch_idx):
-        self._accumulate("val", self._metrics(batch[0]), len(batch[0]))
+        metrics, mu = self._metrics(batch[0])
+        self._accumulate("val", metrics, len(batch[0]))
+        self._accumulate_posterior_means(mu)
 
     def test_step(self, batch, batch_idx):
-        self._accumulate("test", self._metrics(batch[0]), len(batch[0]))
+        self._accumulate("test", self._metrics(batch[0])[0], len(batch[0]))
 
     def on_train_epoch_start(self):
         self._sums.pop("train", None)
 
     def on_validation_epoch_start(self):
         self._sums.pop("val", None)
+        self._mu_sums = None
 
     def on_test_epoch_start(self):
         self._sums.pop("test", None)
@@ -112,6 +137,7 @@ class VAEModule(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self._log_epoch_means("val")
+        self._log_active_units()
 
     def on_test_epoch_end(self):
         self._log_epoch_means("test")
