@@ -14,7 +14,8 @@ ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "data": {"data"},
 THIRD_PARTY = {"core": {"torch"},
                "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision", "matplotlib"},
                "data": {"torch", "numpy", "pytorch_lightning", "torchvision", "PIL", "sklearn"},
-               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib"}}
+               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib",
+                       "optuna"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -47,12 +47,12 @@ def fail(tool: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def run_or_exit(tool: str, body, *args):
+def run_or_exit(tool: str, body, *args, job: bool = True):
     """body(*args), for an entry point: a UserError (a mistake the user can fix) becomes one line
     `<tool>: error: <message>` on stderr and exit status 2, with no traceback. Inside a sweep
     (vae-train --multirun) it is raised on instead, so Hydra records the failed job, runs the others
     and fails the sweep at the end. Either way the run's log file records it, and any other
-    exception, a bug, with its traceback."""
+    exception, a bug, with its traceback. job=False: the body is the sweep itself, which exits either way."""
     # A log file on a full or read-only disk loses its lines without a traceback each; what stops the run
     # reaches stderr as its one message.
     logging.raiseExceptions = False
@@ -62,7 +62,7 @@ def run_or_exit(tool: str, body, *args):
     except UserError as e:
         message = _own_message(e)
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
-        if "hydra" in sys.modules and _in_multirun():
+        if job and "hydra" in sys.modules and _in_multirun():
             print(f"{tool}: error: {message}", file=sys.stderr)
             raise
         fail(tool, message)

@@ -37,7 +37,7 @@ class Job:
     overrides: dict           # key -> value, both as written on the command line
     metrics: dict             # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
     train_seconds: float | None
-    status: str               # ok, failed, interrupted (a signal; resumable), or incomplete (running, or killed)
+    status: str               # ok, failed, interrupted (a signal; resumable), pruned (by a search), or incomplete
     error: str | None
 
     def value(self, key: str):
@@ -99,6 +99,13 @@ def read_job(job_dir: Path) -> Job:
                                             f"resume: {stopped['resume']}")
         except (json.JSONDecodeError, KeyError) as e:
             error = f"interrupted.json is not valid ({e})"
+    pruned = job_dir / "pruned.json"  # a trial of hparams_search=optuna that the study's pruner stopped
+    if status is None and pruned.is_file():
+        try:
+            p = json.loads(pruned.read_text())
+            status, error = "pruned", f"after epoch {p['epoch']}: {p['monitor']} {p['value']:.4f}"
+        except (json.JSONDecodeError, KeyError) as e:
+            error = f"pruned.json is not valid ({e})"
     if status is None:
         error = error_of(job_dir / "train.log")
         status = "failed" if error else "incomplete"
@@ -221,13 +228,14 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))  # in command-line order
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     constant = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in varying]
-    counts = {s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "interrupted", "incomplete")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "interrupted", "pruned", "incomplete")}
     notes = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")]
     if constant:
         notes.append("Same in every job: " + " ".join(constant))
     notes += optuna_note(sweep)
     notes.append("Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
                  "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
+                 "pruned = stopped early by the search's pruner; "
                  "incomplete = no metrics.json and no error (still running, or killed).")
 
     jobs = sort_jobs(jobs, sort)

@@ -76,7 +76,11 @@ def forget_refused_record() -> None:
 
 def resume_command(ckpt: Path) -> str:
     """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint."""
-    keep = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    task = HydraConfig.get().overrides.task
+    if any(o.startswith("search.trial=") for o in task):  # a trial of hparams_search=optuna
+        return "the search's own command (vae-train --multirun hparams_search=optuna ...), which runs this trial's " \
+               "settings again as a new trial"
+    keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
     return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
 
 

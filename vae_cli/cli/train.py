@@ -151,6 +151,11 @@ def setup(cfg: DictConfig):
         callbacks.append(ProgressBar())
     requeue = cfg.requeue and slurm.batch_job() is not None
     callbacks.append(Interruption(resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir, requeue=requeue))
+    if cfg.get("search", {}).get("trial") is not None:  # a trial of hparams_search=optuna
+        from ..training.callbacks import Pruning
+        from .search import trial_reporter
+
+        callbacks.append(Pruning(trial_reporter(cfg.search.trial), cfg.callbacks.model_checkpoint.monitor))
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -207,6 +212,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
             slurm.requeue()  # after Lightning has shut down: SLURM ends the job with a SIGTERM once it is requeued
         raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     train_seconds = time.perf_counter() - start
+    pruned = next((cb.pruned_at for cb in trainer.callbacks if getattr(cb, "pruned_at", None)), None)
+    if pruned is not None:
+        return _pruned(cfg, trainer, run_dir, *pruned)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
@@ -234,6 +242,22 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
+def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -> dict:
+    """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
+    from ..training.checkpointing import write_json
+
+    monitor = cfg.callbacks.model_checkpoint.monitor
+    record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,
+              "global_step": trainer.global_step}
+    for lg in trainer.loggers:
+        lg.finalize("success")
+    if trainer.is_global_zero:
+        write_json(run_dir / "pruned.json", record)
+    log.info("pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)", epoch, monitor, value,
+             cfg.search.trial, run_dir / "pruned.json")
+    return {"pruned": record}
+
+
 class SweepSummary(Callback):
     """Says where a sweep goes when it starts, and how to read it when it ends."""
 
@@ -249,12 +273,16 @@ class SweepSummary(Callback):
 def train(cfg: DictConfig) -> float:
     """Hydra's task function; returns the best validation ELBO so any sweeper can maximise it."""
     metrics = run_or_exit("vae-train", fit, cfg)
+    if "pruned" in metrics:
+        from .search import Pruned
+
+        return Pruned(metrics["pruned"]["epoch"], metrics["pruned"]["value"])
     return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
 
 
 # What a choice on the command line needs beyond the main install: (argument prefix, module, how to get it).
 OPTIONAL = [
-    ("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "Hydra's Optuna sweeper plugin"),
+    ("hparams_search=optuna", "optuna", "Optuna"),
     ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "Hydra's joblib launcher plugin"),
     ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "Hydra's submitit launcher plugin"),
 ]
@@ -281,8 +309,21 @@ def check_optional_parts(argv: list[str]) -> None:
                         "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
 
 
+def plugins_on_path() -> None:
+    """Hydra finds plugins by listing the hydra_plugins folders on sys.path. An editable install (pip install -e)
+    serves ours (hparams_search=optuna's sweeper) through an import hook that such a listing does not see, so
+    the folder holding it goes on the path too; for a regular install it is there already."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("hydra_plugins.vae_cli_search")
+    root = str(Path(spec.origin).parents[2]) if spec is not None and spec.origin else None
+    if root is not None and root not in sys.path:
+        sys.path.append(root)
+
+
 def main() -> None:
     run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
+    plugins_on_path()
     train()
 
 

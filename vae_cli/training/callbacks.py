@@ -392,6 +392,25 @@ class EarlyStopping(pl.callbacks.EarlyStopping):
             self.wait_count = 0
 
 
+class Pruning(pl.Callback):
+    """For a trial of a hyperparameter search: after each validation epoch, report(epoch, value) hands the
+    monitored metric to the search, which answers whether its pruner stops the trial; if so, training ends at
+    that epoch and `pruned_at` holds (epoch, value)."""
+
+    def __init__(self, report, monitor: str = "val/elbo"):
+        self.report, self.monitor = report, monitor
+        self.pruned_at: tuple[int, float] | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        stop = self.report(trainer.current_epoch, value) if trainer.is_global_zero else False
+        if trainer.strategy.broadcast(stop, src=0):  # every process stops at the same epoch
+            self.pruned_at = (trainer.current_epoch, value)
+            trainer.should_stop = True
+
+
 class EMA(WeightAveraging):
     """An exponential moving average of the weights, theta_ema <- decay * theta_ema + (1 - decay) * theta
     after every optimiser step (Polyak averaging with a horizon of about 1 / (1 - decay) steps): it

@@ -1,0 +1,178 @@
+"""hparams_search=optuna: a study in a real database (SQLite, and PostgreSQL where installed), driven by real
+vae-train processes: stopped by a signal and resumed, shared by two workers, pruned."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import QUIET, run_tool, run_vae_train
+
+optuna = pytest.importorskip("optuna", reason="install the test extra: pip install -e '.[test]'")
+from optuna.trial import TrialState  # noqa: E402
+
+SEARCH = ["--multirun", "hparams_search=optuna", "hydra.sweeper.sampler.seed=0", *QUIET]
+
+
+def study(sweep: Path, name: str = "vae", url: str | None = None):
+    return optuna.load_study(study_name=name, storage=url or f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def states(s) -> dict[int, str]:
+    return {t.number: t.state.name for t in s.get_trials(deepcopy=False)}
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    exe = Path(sys.executable).parent / "vae-train"
+    return subprocess.Popen([str(exe), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for(predicate, timeout: float = 600, what: str = ""):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_search_space_is_read_from_hydras_sweep_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from vae_cli.cli.search import search_space
+
+    space, fixed = search_space({"optim.lr": "tag(log, interval(1e-4, 3e-3))", "objective.beta": "interval(0.5, 2.0)"},
+                                ["model.latent_dim=choice(8,16)", "data.batch_size=range(32,129,32)",
+                                 "objective.free_bits=interval(0, 1)", "trainer.max_epochs=3"])
+    assert space == {"optim.lr": FloatDistribution(1e-4, 3e-3, log=True),
+                     "objective.beta": FloatDistribution(0.5, 2.0),
+                     "model.latent_dim": CategoricalDistribution([8, 16]),
+                     "data.batch_size": IntDistribution(32, 128, step=32),
+                     "objective.free_bits": FloatDistribution(0.0, 1.0)}
+    assert fixed == ["trainer.max_epochs=3"]
+
+
+def test_a_search_stopped_by_a_signal_resumes_to_n_trials_with_each_trial_once(tmp_path):
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none", "trainer.max_epochs=10",
+               f"hydra.sweep.dir={sweep}"]
+    first = start(*command, cwd=tmp_path)
+    try:
+        # Stop it while its third trial trains (two trials finished, the third's first epoch done).
+        wait_for(lambda: (sweep / "2" / "checkpoints" / "last.ckpt").is_file(), what="the third trial's first epoch")
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, out
+    assert "Heartbeat" not in out and "Warning" not in out
+    s = study(sweep)
+    assert states(s) == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "WAITING"}  # 3: trial 2's settings, queued
+    interrupted = s.trials[2].params
+
+    proc = run_vae_train(*command, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    s = study(sweep)
+    assert sorted(states(s).values()) == ["COMPLETE"] * 4 + ["FAIL"]
+    assert s.trials[3].params == interrupted  # the interrupted trial's settings ran again
+    complete = [t.number for t in s.trials if t.state == TrialState.COMPLETE]
+    assert all((sweep / str(n) / "metrics.json").is_file() for n in complete)
+    # Each trial once: its run directory's recorded overrides name it, and only it.
+    for n in complete:
+        overrides = yaml.safe_load((sweep / str(n) / ".hydra" / "overrides.yaml").read_text())
+        assert f"search.trial={n}" in overrides
+    assert s.best_value == pytest.approx(max(json.loads((sweep / str(n) / "metrics.json").read_text())["best_val_elbo"]
+                                             for n in complete))
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_trial"] == s.best_trial.number and best["trials"] == {"complete": 4, "fail": 1}
+
+
+def test_two_workers_share_one_study_without_duplicates(tmp_path):
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none", "trainer.max_epochs=1",
+               "hydra.sweeper.sampler.seed=null", f"hydra.sweep.dir={sweep}"]
+    workers = [start(*command, cwd=tmp_path) for _ in range(2)]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    s = study(sweep)
+    complete = sorted(t.number for t in s.trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == 5
+    # Who ran what, from each worker's own log: every complete trial by exactly one worker, and both worked.
+    ran = [{n for n in complete if f"trial {n}: " in out} for out in outs]
+    assert ran[0] | ran[1] == set(complete) and not ran[0] & ran[1] and ran[0] and ran[1], outs
+    assert all(t.user_attrs.get("surplus") for t in s.trials if t.state == TrialState.FAIL)
+
+
+def test_a_pruned_trial_stops_early_and_says_so(tmp_path):
+    sweep = tmp_path / "search"
+    # A pruner that prunes at the first report: every ELBO is below 0.
+    run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=5",
+                  "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.0}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    s = study(sweep)
+    assert states(s) == {0: "PRUNED", 1: "PRUNED"}
+    for n in (0, 1):
+        record = json.loads((sweep / str(n) / "pruned.json").read_text())
+        assert record["epoch"] == 0 and record["trial"] == n
+        assert s.trials[n].intermediate_values == {0: pytest.approx(record["value"])}
+        assert not (sweep / str(n) / "metrics.json").exists()
+        assert "pruned by the search after epoch 0" in (sweep / str(n) / "train.log").read_text()
+    report = run_tool("vae-report", str(sweep), cwd=tmp_path)
+    assert "2 pruned" in report.stdout
+
+
+def test_an_unreachable_database_is_named_with_the_fix(tmp_path):
+    proc = run_vae_train(*SEARCH, "hydra.sweeper.storage=postgresql+psycopg2://nobody@127.0.0.1:9/none",
+                         f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Optuna cannot open this database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path_factory):
+    """A PostgreSQL server of its own in a temporary directory, as the postgres user (it refuses root)."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted(bindir.glob("*/bin/initdb"))
+    if not versions or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg2", reason="install the test extra: pip install -e '.[test]'")
+    bin_ = versions[-1].parent
+    data = tmp_path_factory.mktemp("pg")
+    shutil.chown(data, "postgres")
+    port = free_port()
+
+    def as_postgres(*cmd):
+        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True)
+
+    as_postgres(bin_ / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
+    as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "-o",
+                f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    try:
+        as_postgres(bin_ / "createdb", "-h", "127.0.0.1", "-p", port, "search")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/search"
+    finally:
+        as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop")
+
+
+def test_a_study_in_postgresql(tmp_path, postgres):
+    sweep = tmp_path / "search"
+    run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", f"hydra.sweeper.storage={postgres}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    s = study(sweep, url=postgres)
+    assert states(s) == {0: "COMPLETE", 1: "COMPLETE"}
+    assert not (sweep / "optuna.db").exists()
