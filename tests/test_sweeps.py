@@ -7,7 +7,7 @@ import yaml
 
 from conftest import QUIET, read_scalars, run_here, run_vae_train
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="install the test extra: pip install -e '.[test]'")
+pytest.importorskip("optuna", reason="install the test extra: pip install -e '.[test]'")
 
 
 def test_optuna_sweep_writes_its_best_parameters(tmp_path):
