@@ -14,7 +14,7 @@ ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "data": {"data"},
 THIRD_PARTY = {"core": {"torch"},
                "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision"},
                "data": {"torch", "numpy", "pytorch_lightning", "torchvision", "PIL", "sklearn"},
-               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml"}}
+               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "tqdm"}}
 
 
 def _imports(path: Path) -> set[str]:
