@@ -34,10 +34,12 @@ class MLFlowLogger(LightningMLFlowLogger):
 
 
 class WandbLogger(LightningWandbLogger):
-    """Lightning's W&B logger, without the `anonymous` setting it always hands to wandb.init: wandb has retired
-    it, and warns whenever it is given, even as None."""
+    """Lightning's W&B logger, without two settings it always hands to wandb.init, about which wandb warns:
+    `anonymous` (retired, warned about even as None) and, offline, `resume` (which has no effect offline)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        if self._offline:
+            self._wandb_init.pop("resume", None)
