@@ -2,6 +2,8 @@
 whose log p(x) and true posterior are known in closed form; then vae-eval on a trained checkpoint."""
 import json
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -149,3 +151,48 @@ def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, t
     err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", f"out={tmp_path / 'n.json'}",
                    f"compare_to={tmp_path / 'nope.json'}", cwd=tmp_path, capsys=capsys)
     assert "no per-image results" in err and "nope.json" in err
+
+
+@pytest.mark.parametrize("k, max_pairs", [(1, 50_000), (7, 30), (50, 20), (5, 3)])
+def test_progress_is_told_of_every_example_and_changes_no_number(k, max_pairs):
+    from vae_cli.core.scoring import score
+    from vae_cli.core.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16], likelihood="bernoulli")
+    x = torch.rand(45, 1, 8, 8).bernoulli()
+    batches = [[x[:20], None], [x[20:], None]]
+    torch.manual_seed(1)
+    plain = score(vae, batches, k, max_pairs, "cpu")
+    told = []
+    torch.manual_seed(1)
+    watched = score(vae, batches, k, max_pairs, "cpu", progress=told.append)
+    for a, b in zip(plain, watched):
+        assert torch.equal(a, b)  # the same random draws in the same order
+    assert sum(told) == 45  # in pieces of at most max_pairs pairs (one example when k is larger), not per batch
+    assert all(n * k <= max(max_pairs, k) for n in told) and len(told) >= -(-45 * k // max(max_pairs, k))
+
+
+def test_progress_on_a_terminal_is_a_bar_with_the_time_left(capsys):
+    from vae_cli.cli.progress import Progress
+
+    with Progress(100, "test images", bar=True) as progress:
+        for _ in range(4):
+            time.sleep(0.15)  # the bar redraws at most ten times a second
+            progress(25)
+    err = capsys.readouterr().err
+    assert re.search(r"test images: +50%.* 50/100 \[\d\d:\d\d<\d\d:\d\d", err), err  # elapsed<left
+
+
+def test_progress_elsewhere_is_a_log_line_now_and_then_with_the_time_left(caplog, monkeypatch):
+    from vae_cli.cli import progress as progress_module
+
+    clock = iter([0, 10, 30, 70, 100, 125, 131, 140, 150, 160, 300])  # the start, then one reading per call
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: float(next(clock)))
+    with caplog.at_level("INFO", logger="vae_cli"), progress_module.Progress(1000, "test images", bar=False) as p:
+        for _ in range(10):
+            p(100)
+    # At most one a minute (300 done in 70 s, 700 to go: 163 s; 600 in 131 s: 87 s to go), and none at the end.
+    assert [r.getMessage() for r in caplog.records] == [
+        "300/1000 test images (30%), 0:01:10 so far, about 0:02:43 left",
+        "600/1000 test images (60%), 0:02:11 so far, about 0:01:27 left"]

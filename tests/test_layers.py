@@ -15,7 +15,7 @@ THIRD_PARTY = {"core": {"torch"},
                "training": {"torch", "pytorch_lightning", "lightning_fabric", "torchvision", "matplotlib"},
                "data": {"torch", "numpy", "pytorch_lightning", "torchvision", "PIL", "sklearn"},
                "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib",
-                       "optuna"}}
+                       "optuna", "tqdm"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,6 +1,7 @@
 """vae-report on fake sweep directories written here, and once on a real two-by-two sweep."""
 import csv
 import json
+import os
 import re
 import shutil
 import statistics
@@ -278,3 +279,53 @@ def test_an_interrupted_job_is_shown_as_interrupted_with_its_resume_command(swee
     header, rows = table_rows(out, "job ")
     assert dict(zip(header, rows["7"]))["status"] == "interrupted"
     assert "SIGTERM at step 27; resume: vae-train ckpt_path=7/checkpoints/interrupted.ckpt" in out
+
+
+def test_a_failed_jobs_error_json_is_read_whatever_the_log_looks_like(sweep, capsys):
+    s, _ = sweep
+    (s / "4" / "train.log").write_text("ERROR the run's log in a format of the user's choosing\n")
+    (s / "4" / "error.json").write_text(json.dumps({
+        "type": "vae_cli.errors.UserError", "message": ERROR_MSG, "traceback": None,
+        "overrides": ["model.latent_dim=32", "seed=0"], "time": "2026-11-25T16:03:11+00:00"}))
+    (s / "5" / "train.log").write_text("")
+    (s / "5" / "error.json").write_text(json.dumps({
+        "type": "torch.OutOfMemoryError", "message": "CUDA out of memory", "traceback": "Traceback ...",
+        "overrides": ["model.latent_dim=32", "seed=1"], "time": "2026-11-25T16:03:12+00:00"}))
+    (s / "7" / "error.json").write_text("{not json")
+    out = run_report(capsys, s)
+    section = out[out.index("FAILED JOBS (4):"):].splitlines()[1:]
+    assert [line.strip() for line in section[1:6:2]] == [
+        ERROR_MSG,  # a UserError: its message, written for the user
+        "torch.OutOfMemoryError: CUDA out of memory",  # a bug: its type too
+        "error.json is not valid (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+
+
+def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):
+    s, _ = sweep
+    (s / "7" / "error.json").write_text(json.dumps({"type": "ValueError", "message": "boom", "traceback": "...",
+                                                    "overrides": [], "time": "2026-11-25T16:03:12+00:00"}))
+    (s / "7" / "interrupted.json").write_text(json.dumps({
+        "signal": "SIGTERM", "epoch": 2, "global_step": 27, "checkpoint": "c", "resume": "vae-train ckpt_path=c"}))
+    os.utime(s / "7" / "error.json", (1_000_000_000, 1_000_000_000))  # failed, was resumed, then stopped by a signal
+    header, rows = table_rows(run_report(capsys, s), "job ")
+    assert dict(zip(header, rows["7"]))["status"] == "interrupted"
+    os.utime(s / "7" / "interrupted.json", (999_999_999, 999_999_999))  # stopped, was resumed, then failed
+    header, rows = table_rows(run_report(capsys, s), "job ")
+    assert dict(zip(header, rows["7"]))["status"] == "failed"
+
+
+def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
+    """With a job log format of the user's own, which the report cannot parse: error.json says why."""
+    proc = run_vae_train("--multirun", "model.latent_dim=0", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 's'}",
+                         "hydra.job_logging.formatters.simple.format='%(levelname)s %(message)s'", *QUIET,
+                         cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    error = json.loads((tmp_path / "s" / "0" / "error.json").read_text())
+    assert error["type"] == "vae_cli.errors.UserError" and error["traceback"] is None
+    assert error["message"].startswith("model.latent_dim=0 is not a valid latent dimension")
+    assert error["overrides"][:2] == ["model.latent_dim=0", "trainer.max_epochs=1"] and error["time"][:2] == "20"
+    assert "[ERROR]" not in (tmp_path / "s" / "0" / "train.log").read_text()  # not Hydra's default format
+    out = vae_report(tmp_path / "s", cwd=tmp_path).stdout
+    assert "1 jobs: 0 ok, 1 failed" in out
+    failed = out[out.index("FAILED JOBS (1):"):].splitlines()
+    assert failed[2].strip() == error["message"]

@@ -23,7 +23,7 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _own_message(error: UserError) -> str:
+def own_message(error: UserError) -> str:
     """The error's message; for one raised in a DataLoader worker process, which PyTorch raises again in this
     process with the worker's traceback in front of the message, the message alone."""
     text = str(error)
@@ -60,7 +60,7 @@ def run_or_exit(tool: str, body, *args, job: bool = True):
     try:
         return body(*args)
     except UserError as e:
-        message = _own_message(e)
+        message = own_message(e)
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
         if job and "hydra" in sys.modules and _in_multirun():
             print(f"{tool}: error: {message}", file=sys.stderr)

@@ -79,6 +79,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from ..training.files import make_folder, write_json
     from .checks import EVAL_RULES, check_values
     from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
+    from .progress import Progress
 
     check_values(cfg, EVAL_RULES)
     ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
@@ -86,12 +87,13 @@ def run_eval(cfg: DictConfig) -> dict:
     vae, data_config = load_vae(ckpt, map_location=device)
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
     dm = make_datamodule(data_config, **overrides)
-    images = fingerprint(dm.eval_batches(cfg.split))
+    images, n_images = fingerprint(dm.eval_batches(cfg.split))
     baseline = read_per_example(cfg.compare_to, cfg.split, cfg.iw_samples) if cfg.compare_to else None
     if baseline is not None:
         check_same_images(images, baseline)  # before the (long) scoring
     torch.manual_seed(cfg.seed)
-    scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device)
+    with Progress(n_images, f"{cfg.split} images scored with k={cfg.iw_samples}") as progress:
+        scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, progress=progress)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
            **summarize(scored, vae.n_dims)}
     mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),

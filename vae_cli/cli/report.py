@@ -2,7 +2,8 @@
 
 Reads what each job of `vae-train --multirun` left in its directory <sweep>/<job number>/:
 .hydra/overrides.yaml (the job's command-line overrides), metrics.json (written only when the job
-finished), timing.json, eval_<split>_k<k>_<checkpoint>.json from vae-eval, and train.log (why a job failed).
+finished), timing.json, eval_<split>_k<k>_<checkpoint>.json from vae-eval, error.json (why a job failed) and,
+in directories written before it, train.log.
 Nothing here imports torch or Hydra, so the report is instant.
 """
 import argparse
@@ -92,6 +93,15 @@ def read_job(job_dir: Path) -> Job:
             error = f"metrics.json is not valid JSON ({e})"
     status = "ok" if metrics else "failed" if error else None
     stop = job_dir / "interrupted.json"  # written by a run that a signal stopped after saving its state
+    failure = job_dir / "error.json"  # written by a run that failed (of the two, the newer counts: a resumed run)
+    if status is None and failure.is_file() and not (stop.is_file() and stop.stat().st_mtime > failure.stat().st_mtime):
+        status = "failed"
+        try:
+            failed = json.loads(failure.read_text())
+            user = failed["type"].endswith(".UserError")  # its message is written for the user, and says it all
+            error = failed["message"] if user else f"{failed['type']}: {failed['message']}"
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            error = f"error.json is not valid ({e})"
     if status is None and stop.is_file():
         try:
             stopped = json.loads(stop.read_text())

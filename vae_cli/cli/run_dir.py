@@ -1,12 +1,14 @@
 """The run directory: where a run writes (a new one, or the one a resumed checkpoint belongs to), its
 append-only record of how each invocation made it, the lock that keeps a second vae-train out while one
-writes it, the command that resumes it, and what a file system that refuses it (full, read-only, gone)
-tells the user. The resolvers and the Hydra callback here are named in configs/train.yaml."""
+writes it, why it failed, the command that resumes it, and what a file system that refuses it (full, read-only,
+gone) tells the user. The resolvers and the Hydra callback here are named in configs/train.yaml."""
+import contextlib
 import errno
 import logging
 import os
 import shlex
 import shutil
+import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -55,9 +57,18 @@ def _log_file(record_subdir: str | None, job_name: str) -> str:
     return f"{job_name}.log" if record_subdir in (RECORD, None, "None") else f"{record_subdir}/{job_name}.log"
 
 
+def _run_name(run_dir: str) -> str:
+    """The run's name in trackers that list runs by name (MLflow, W&B): its directory below outputs/, as in
+    `tensorboard --logdir outputs` (e.g. 2026-11-25/16-03-10, multirun/2026-11-25/16-03-10/3)."""
+    outputs = Path("outputs").resolve()
+    path = Path(run_dir).resolve()
+    return path.relative_to(outputs).as_posix() if path.is_relative_to(outputs) else str(path)
+
+
 # Cached: evaluated once per invocation, however often Hydra reads the keys.
 OmegaConf.register_new_resolver("vae_record_subdir", _record_subdir, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("vae_log_file", _log_file, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("vae_run_name", _run_name, replace=True)
 
 
 def forget_refused_record() -> None:
@@ -72,6 +83,32 @@ def forget_refused_record() -> None:
             logging.getLogger().removeHandler(handler)
             handler.close()
     shutil.rmtree(record, ignore_errors=True)
+
+
+ERROR_FILE = "error.json"  # why the run failed, for vae-report: the log's format is the user's to choose
+
+
+def record_failure(run_dir: Path, error: Exception) -> None:
+    """Write error.json in the run directory: the exception's type and message, the traceback of a bug (not of
+    a UserError, a message for the user), the invocation's overrides and the time. Not for an invocation that
+    was refused and withdrew its record (forget_refused_record): that one leaves the directory as it was."""
+    from ..training.checkpointing import write_json
+    from .errors import own_message
+
+    hydra = HydraConfig.get()
+    if hydra.output_subdir is None or not (run_dir / hydra.output_subdir).is_dir():
+        return  # a refused resume, or a DDP process after the first
+    kind = type(error)
+    user = isinstance(error, UserError)
+    # A full disk, say: the error itself still reaches the user and the log.
+    with contextlib.suppress(OSError, UserError):
+        write_json(run_dir / ERROR_FILE, {
+            "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+            "message": own_message(error) if user else str(error),
+            "traceback": None if user else "".join(traceback.format_exception(error)),
+            "overrides": list(hydra.overrides.task),
+            "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        })
 
 
 def resume_command(ckpt: Path) -> str:

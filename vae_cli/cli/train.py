@@ -19,13 +19,18 @@ from ..errors import UserError
 from . import slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from .run_dir import RECORD, claim, forget_refused_record, outside_fault, release, resume_command
+from .run_dir import RECORD, claim, forget_refused_record, outside_fault, record_failure, release, resume_command
 
 log = logging.getLogger("vae_cli")
 
 
 def _not_an_advertisement(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")  # Lightning's suggestion of a commercial service
+
+
+def _not_a_new_experiment(record: logging.LogRecord) -> bool:
+    # Lightning's MLflow logger warns when it creates its experiment, which the first run in a new store always does.
+    return not str(record.msg).endswith("not found. Creating it.")
 
 
 def _route_lightning_logs() -> None:
@@ -38,13 +43,17 @@ def _route_lightning_logs() -> None:
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if _not_an_advertisement not in rank_zero.filters:
         rank_zero.addFilter(_not_an_advertisement)
+    mlflow_logger = logging.getLogger("pytorch_lightning.loggers.mlflow")
+    if _not_a_new_experiment not in mlflow_logger.filters:
+        mlflow_logger.addFilter(_not_a_new_experiment)
     # In-memory data is batched by index in the main process, where workers would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-# Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS.
+# Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS (so
+# are the loggers').
 WHERE = ("run_dir", "ckpt_path", "requeue", "data.data_dir", "trainer.default_root_dir")
 
 
@@ -53,13 +62,15 @@ def hparams_of(cfg: DictConfig) -> dict:
     row per run, so whatever differs between the runs of a sweep is a column; and the config groups chosen."""
     flat = {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
             if not group.startswith("hydra") and choice is not None}
+    flat["logger"] = ",".join(cfg.get("logger") or {})  # Hydra lists no choice for several (logger=[tensorboard,csv])
 
     def walk(prefix: str, node) -> None:
         for key, value in node.items():
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(f"{name}.", value)
-            elif not key.startswith("_") and name not in WHERE and not name.endswith(("dirpath", "save_dir")):
+            elif (not key.startswith("_") and name not in WHERE and not name.startswith("logger.")
+                  and not name.endswith(("dirpath", "save_dir"))):
                 flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
@@ -100,11 +111,14 @@ def setup(cfg: DictConfig):
     from .checks import binarizes, check_fits_data, check_train_config
 
     check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
+    check_logger_packages(cfg)
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
     from ..core.likelihoods import LIKELIHOODS
-    from ..training.callbacks import EMA, Interruption, NonFiniteGuard, ProgressBar, RNGState
+    from ..training.callbacks import EMA, TENSORBOARD_ONLY, Interruption, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.module import VAEModule
     from .loading import check_compatible, make_datamodule, read_checkpoint
@@ -144,7 +158,16 @@ def setup(cfg: DictConfig):
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         module.vae.encoder.compile()
         module.vae.decoder.compile()
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [cb for cb in (instantiate(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
+    if not any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        skipped = [cb for cb in callbacks if isinstance(cb, TENSORBOARD_ONLY)]
+        if skipped:
+            log.info("no TensorBoard logger (logger=[%s]): the image grids, KL histograms and latent projector are "
+                     "skipped", ",".join(cfg.get("logger") or {}))
+            callbacks = [cb for cb in callbacks if cb not in skipped]
+    if cfg.optim.lr_decay != 1 and loggers:  # the learning rate follows a schedule: log it (lr-Adam)
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     if cfg.trainer.get("enable_progress_bar", True):
@@ -159,7 +182,6 @@ def setup(cfg: DictConfig):
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     return datamodule, module, trainer, ckpt_path
 
@@ -174,16 +196,19 @@ def fit(cfg: DictConfig) -> dict:
         raise
     try:
         return _fit(cfg, run_dir)
-    except (OSError, UserError) as e:
-        fault = outside_fault(e, run_dir)
-        if fault is e:
+    except Exception as error:  # a UserError or a bug; a signal's stop is a SystemExit, and not a failure
+        fault = outside_fault(error, run_dir)  # a refused write or a vanished directory: one message
+        record_failure(run_dir, fault)
+        if fault is error:
             raise
-        raise fault from e
+        raise fault from error
     finally:
         release(lock)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> dict:
+    from pytorch_lightning.loggers import WandbLogger
+
     from ..training.callbacks import Interrupted
     from ..training.files import write_json
 
@@ -233,6 +258,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
                        step=trainer.global_step)
     for lg in [*trainer.loggers, *(lg for lg in hparams_loggers if lg not in trainer.loggers)]:
         lg.finalize("success")
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()  # Lightning leaves the W&B run open until the process exits
     if trainer.is_global_zero:  # one writer when several processes train (DDP)
         # metrics.json holds only what the seed determines (same seed, same file); wall time goes beside it.
         write_json(run_dir / "metrics.json", metrics)
@@ -288,19 +315,33 @@ OPTIONAL = [
 ]
 
 
+# Loggers that need a package beyond the main install: logger=<name> -> (module, what, the extra that installs it).
+LOGGER_PACKAGES = {"mlflow": ("mlflow", "MLflow", "mlflow"), "wandb": ("wandb", "Weights & Biases (wandb)", "wandb")}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too
+        return False
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """A logger whose package is not installed: named, with the extra that installs it, before Lightning fails."""
+    for name in cfg.get("logger") or {}:
+        module, what, extra = LOGGER_PACKAGES.get(name, (None, None, None))
+        if module is not None and not _installed(module):
+            raise UserError(f"logger={name} needs {what}, which is not installed. Install the extra: pip install "
+                            f"'vae-cli[{extra}]' (from a clone of the repository: pip install '.[{extra}]').")
+
+
 def check_optional_parts(argv: list[str]) -> None:
     """A sweeper or launcher chosen on the command line that this machine cannot run: named, with the fix,
     before Hydra fails on it with a lookup error or a traceback."""
-    import importlib.util
-
-    def installed(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # its parent package is missing too
-            return False
-
     for prefix, module, what in OPTIONAL:
-        if any(a.startswith(prefix) for a in argv) and not installed(module):
+        if any(a.startswith(prefix) for a in argv) and not _installed(module):
             raise UserError(f"{prefix} needs {what}, which is not installed. Install the sweep extras: "
                             "pip install 'vae-cli[sweeps]' (from a clone of the repository: pip install '.[sweeps]').")
     if any(a.startswith("hydra/launcher=slurm") for a in argv) and shutil.which("sbatch") is None:

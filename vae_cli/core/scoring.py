@@ -16,12 +16,20 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit j is active when Cov_x(E
 
 
 @torch.no_grad()
-def score(vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None = None) -> ImportanceWeighted:
-    """vae.importance_weighted over an iterable of [x, y] batches (at most `limit` examples), concatenated."""
+def score(vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None = None,
+          progress=None) -> ImportanceWeighted:
+    """vae.importance_weighted over an iterable of [x, y] batches (at most `limit` examples), concatenated.
+    progress(n), when given, is told of every n examples scored: a batch goes through in the pieces of at most
+    max_pairs (example, sample) pairs that vae.importance_weighted would cut it into, so the random draws and
+    the results are the same, and nothing waits for the device."""
+    rows = max(1, max_pairs // min(k, max_pairs))  # examples per piece, as in vae.importance_weighted
     parts, seen = [], 0
     for batch in batches:
         x = batch[0][: None if limit is None else limit - seen].to(device)
-        parts.append(vae.importance_weighted(x, k, max_pairs))
+        for piece in x.split(rows) if progress is not None else [x]:
+            parts.append(vae.importance_weighted(piece, k, max_pairs))
+            if progress is not None:
+                progress(len(piece))
         seen += len(x)
         if limit is not None and seen >= limit:
             break
@@ -67,9 +75,10 @@ def paired_difference(mine: dict, other: dict) -> dict:
     return {"nll_iw_diff": d_nll, "nll_iw_diff_se": d_nll_se, "elbo_diff": d_elbo, "elbo_diff_se": d_elbo_se}
 
 
-def fingerprint(batches) -> str:
-    """SHA-256 of the images in order: two evaluations with the same one scored the same pixels."""
-    h = hashlib.sha256()
+def fingerprint(batches) -> tuple[str, int]:
+    """SHA-256 of the images in order (two evaluations with the same one scored the same pixels), and their number."""
+    h, n = hashlib.sha256(), 0
     for batch in batches:
         h.update(batch[0].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+        n += len(batch[0])
+    return h.hexdigest(), n

@@ -62,6 +62,10 @@ class BaseDataModule(pl.LightningDataModule, ABC):
     def _n_val(self, n: int) -> int:
         return self._count("val_size", self.val_size, n, "validation", f"the {self.name} training set")
 
+    def _overfitting(self) -> bool:
+        """trainer.overfit_batches (debug=overfit): the same few training batches every epoch, so in file order."""
+        return self.trainer is not None and self.trainer.overfit_batches > 0
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Dynamic binarisation: a fresh Bernoulli draw of each training batch, on its device.
         if self.binarize and self.trainer is not None and self.trainer.training:

@@ -215,6 +215,8 @@ class ImageFolder(BaseDataModule):
         from torch.utils.data import DistributedSampler
 
         trainer = self.trainer
+        if self._overfitting():  # in order (a DataLoader's default sampler), as Lightning requires for overfitting
+            return self._loader(self.dataset("train"), self.batch_size, persistent=True)
         # DistributedSampler even in one process: a permutation that depends only on (seed, epoch),
         # advanced by Lightning's set_epoch (so a resumed run replays the same order), and sharded
         # by rank in multi-process runs, where Lightning then leaves it as it is.

@@ -107,7 +107,7 @@ class InMemoryDataModule(BaseDataModule):
                              world_size=trainer.world_size if trainer is not None else 1, progress=progress)
 
     def train_dataloader(self) -> TensorBatches:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=not self._overfitting())
 
     def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -141,6 +141,10 @@ class LatentProjector(pl.Callback):
                          tag="test/posterior_mean")
 
 
+# What writes to TensorBoard alone (images, histograms, the projector): left out of a run without a TensorBoard logger.
+TENSORBOARD_ONLY = (ImageGrids, LatentProjector)
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, showing what the run optimises: the running epoch means of the loss and the ELBO's
     terms (read from the module's sums on the device when the bar refreshes, every refresh_rate steps, not

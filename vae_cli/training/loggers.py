@@ -1,0 +1,45 @@
+"""Lightning's loggers, where a run needs them to behave differently."""
+from pathlib import Path
+
+from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """Lightning's MLflow logger, with two changes. Without a tracking_uri it logs to a local store in the folder
+    `local_store`: an SQLite database (MLflow's file store is deprecated) and the runs' files beside it. With
+    log_model=True the files of every checkpoint callback (best.ckpt and last.ckpt) become artifacts when
+    training ends: Lightning's keeps only those of the callback that saved last."""
+
+    def __init__(self, *, local_store: str | None = None, tracking_uri: str | None = None,
+                 artifact_location: str | None = None, **kwargs):
+        if tracking_uri is None and local_store is not None:
+            store = Path(local_store).resolve()
+            tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+            artifact_location = artifact_location or str(store / "mlartifacts")
+        super().__init__(tracking_uri=tracking_uri, artifact_location=artifact_location, **kwargs)
+        self._checkpoint_callbacks = {}  # by folder and file name: Lightning hands over a new proxy each time
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        if self._log_model is True:
+            key = (checkpoint_callback.dirpath, checkpoint_callback.filename)
+            self._checkpoint_callbacks[key] = checkpoint_callback
+        super().after_save_checkpoint(checkpoint_callback)
+
+    def finalize(self, status: str = "success") -> None:
+        if self._initialized:
+            for callback in self._checkpoint_callbacks.values():
+                self._scan_and_log_checkpoints(callback)  # each file once: Lightning remembers what it logged
+        super().finalize(status)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's W&B logger, without two settings it always hands to wandb.init, about which wandb warns:
+    `anonymous` (retired, warned about even as None) and, offline, `resume` (which has no effect offline)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+        if self._offline:
+            self._wandb_init.pop("resume", None)
