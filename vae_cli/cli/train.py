@@ -350,21 +350,8 @@ def check_optional_parts(argv: list[str]) -> None:
                         "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
 
 
-def plugins_on_path() -> None:
-    """Hydra finds plugins by listing the hydra_plugins folders on sys.path. An editable install (pip install -e)
-    serves ours (hparams_search=optuna's sweeper) through an import hook that such a listing does not see, so
-    the folder holding it goes on the path too; for a regular install it is there already."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("hydra_plugins.vae_cli_search")
-    root = str(Path(spec.origin).parents[2]) if spec is not None and spec.origin else None
-    if root is not None and root not in sys.path:
-        sys.path.append(root)
-
-
 def main() -> None:
     run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
-    plugins_on_path()
     train()
 
 
