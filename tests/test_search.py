@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL server of its own in a temporary directory, as the postgres user (it refuses root)."""
     bindir = Path("/usr/lib/postgresql")
     versions = sorted(bindir.glob("*/bin/initdb"))
@@ -152,12 +153,13 @@ def postgres(tmp_path_factory):
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     pytest.importorskip("psycopg2", reason="install the test extra: pip install -e '.[test]'")
     bin_ = versions[-1].parent
-    data = tmp_path_factory.mktemp("pg")
+    data = Path(tempfile.mkdtemp(prefix="vae-pg-"))  # not below pytest's own folder, which only root may enter
     shutil.chown(data, "postgres")
     port = free_port()
 
     def as_postgres(*cmd):
-        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True)
+        done = subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd[0]}: {done.stdout}{done.stderr}"
 
     as_postgres(bin_ / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
     as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "-o",
@@ -167,6 +169,7 @@ def postgres(tmp_path_factory):
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/search"
     finally:
         as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_a_study_in_postgresql(tmp_path, postgres):
