@@ -9,6 +9,7 @@ hopeless one (training/callbacks.py Pruning).
 """
 import logging
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,14 +112,19 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                      else optuna.storages.RetryFailedTrialCallback)(max_retry=max_retry)
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                       **{"heartbeat_stale_trial_callback" if new else "failed_trial_callback": retry})
-    try:
-        with quiet_experimental():
-            return RDBStorage(url, **kwargs)
-    except Exception as e:  # a driver that is not installed, a server that does not answer, a bad URL
-        raise UserError(f"hydra.sweeper.storage={url}: Optuna cannot open this database ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else e}). Check the URL (SQLAlchemy's form, e.g. "
-                        "sqlite:///path/study.db or postgresql+psycopg2://user@host/db), that the server is "
-                        "running and that its driver is installed (for PostgreSQL: pip install psycopg2-binary).")
+    for attempt in range(3):
+        try:
+            with quiet_experimental():
+                return RDBStorage(url, **kwargs)
+        except Exception as e:  # a driver that is not installed, a server that does not answer, a bad URL
+            error = e
+            # Workers started together race to create a new database's tables: the losers try again.
+            time.sleep(1 + attempt)
+    reason = str(error).splitlines()[0] if str(error) else ""
+    raise UserError(f"hydra.sweeper.storage={url}: Optuna cannot open this database ({type(error).__name__}: "
+                    f"{reason}). Check the URL (SQLAlchemy's form, e.g. sqlite:///path/study.db or "
+                    "postgresql+psycopg2://user@host/db), that the server is running and that its driver is "
+                    "installed (for PostgreSQL: pip install psycopg2-binary).")
 
 
 def search_space(params, arguments: list[str]) -> tuple[dict, list[str]]:
