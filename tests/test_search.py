@@ -111,6 +111,9 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     ran = [{n for n in complete if f"trial {n}: " in out} for out in outs]
     assert ran[0] | ran[1] == set(complete) and not ran[0] & ran[1] and ran[0] and ran[1], outs
     assert all(t.user_attrs.get("surplus") for t in s.trials if t.state == TrialState.FAIL)
+    # Optuna's own figures of the study, beside its results.
+    assert all((sweep / f"{name}.{ext}").stat().st_size > 1000
+               for name in ("optimization_history", "param_importances") for ext in ("png", "svg"))
 
 
 def test_a_pruned_trial_stops_early_and_says_so(tmp_path):

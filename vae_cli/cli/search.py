@@ -276,7 +276,7 @@ class Search:
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
             log.info("best trial: %d, %.4f (%s)", best.number, best.value, sweep_dir / RESULTS_FILE)
         atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(OmegaConf.to_yaml(results).encode()))
-        plot_study(study, sweep_dir)
+        plot_study(study, sweep_dir, f"best {self.config.callbacks.model_checkpoint.monitor} (nats)")
 
 
 def finished(study) -> list:
@@ -298,7 +298,7 @@ def states(study) -> dict[str, int]:
     return out
 
 
-def plot_study(study, sweep_dir: Path) -> list[Path]:
+def plot_study(study, sweep_dir: Path, target: str = "objective") -> list[Path]:
     """Optuna's own figures of the study: the optimisation history, and the parameters' importances."""
     from optuna.trial import TrialState
 
@@ -320,7 +320,7 @@ def plot_study(study, sweep_dir: Path) -> list[Path]:
     written = []
     for name, plot in plots.items() if complete else ():
         with quiet_experimental():
-            fig = plot(study).figure
+            fig = plot(study, target_name=target).figure
         fig.set_size_inches(8, 5)
         fig.tight_layout()
         written += figures.write(fig, sweep_dir / name)
