@@ -49,14 +49,15 @@ def main() -> None:
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--out", default="outputs/bench/search")
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    rows = [run("no_pruning", 1, "none", args, extra), run("median", 1, "median", args, extra),
-            run("median_2_workers", 2, "median", args, extra)]
-    print(f"{'search':<18} {'workers':>7} {'wall s':>8} {'complete':>8} {'pruned':>6} {'epochs':>6} {'best val ELBO':>13}")
-    for r in rows:
-        print(f"{r['search']:<18} {r['workers']:>7} {r['wall_s']:>8} {r['complete']:>8} {r['pruned']:>6} "
-              f"{r['epochs_trained']:>6} {r['best_val_elbo']:>13}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "search.json").write_text(json.dumps(rows, indent=1))
+    print(f"{'search':<18} {'workers':>7} {'wall s':>8} {'complete':>8} {'pruned':>6} {'epochs':>6} {'best val ELBO':>13}")
+    rows = []
+    for name, workers, pruner in (("no_pruning", 1, "none"), ("median", 1, "median"), ("median_2_workers", 2, "median")):
+        r = run(name, workers, pruner, args, extra)
+        rows.append(r)
+        print(f"{r['search']:<18} {r['workers']:>7} {r['wall_s']:>8} {r['complete']:>8} {r['pruned']:>6} "
+              f"{r['epochs_trained']:>6} {r['best_val_elbo']:>13}", flush=True)
+        (Path(args.out) / "search.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
