@@ -10,6 +10,7 @@ hopeless one (training/callbacks.py Pruning).
 import logging
 import threading
 import time
+from collections import Counter
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -210,7 +211,7 @@ class Search:
                 optuna.storages.fail_stale_trials(study)
             room = s.n_trials - len(finished(study)) - len(running(study))
             if room <= 0:  # the rest are running in other workers: wait for them, or for them to go silent
-                threading.Event().wait(s.heartbeat_interval)
+                time.sleep(s.heartbeat_interval)
                 continue
             with warnings.catch_warnings():
                 # Optuna expects its own optimize loop to send the heartbeat; here heartbeat() below sends it.
@@ -270,7 +271,8 @@ class Search:
 
         from ..training.files import atomic_write
 
-        results = {"name": study.study_name, "trials": {state: n for state, n in states(study).items() if n}}
+        counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+        results = {"name": study.study_name, "trials": dict(counts)}
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
@@ -291,13 +293,6 @@ def running(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def states(study) -> dict[str, int]:
-    out = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
-    return out
-
-
 def plot_study(study, sweep_dir: Path, target: str = "objective") -> list[Path]:
     """Optuna's own figures of the study: the optimisation history, and the parameters' importances."""
     from optuna.trial import TrialState
@@ -314,11 +309,13 @@ def plot_study(study, sweep_dir: Path, target: str = "objective") -> list[Path]:
     from optuna.visualization import matplotlib as ovm
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:  # nothing to draw: every trial was pruned or failed
+        return []
     plots = {"optimization_history": ovm.plot_optimization_history}
     if len(complete) >= 2:  # importances compare trials
         plots["param_importances"] = ovm.plot_param_importances
     written = []
-    for name, plot in plots.items() if complete else ():
+    for name, plot in plots.items():
         with quiet_experimental():
             fig = plot(study, target_name=target).figure
         fig.set_size_inches(8, 5)
