@@ -80,6 +80,7 @@ def test_every_checked_key_has_a_bad_value_above():
     ("eval", EVAL_RULES, "split=train", "split='train' is not a valid split vae-eval scores"),
     ("eval", EVAL_RULES, "iw_batch=-3", "iw_batch=-3"),
     ("eval", EVAL_RULES, "figures=maybe", "figures='maybe' is not a valid switch"),
+    ("eval", EVAL_RULES, "limit=0", "limit=0 is not a valid number of images"),
     ("sample", SAMPLE_RULES, "n=0", "n=0"),
     ("sample", SAMPLE_RULES, "steps=1", "steps=1"),
 ])

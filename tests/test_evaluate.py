@@ -4,6 +4,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,11 @@ def test_progress_is_told_of_every_example_and_changes_no_number(k, max_pairs):
         assert torch.equal(a, b)  # the same random draws in the same order
     assert sum(told) == 45  # in pieces of at most max_pairs pairs (one example when k is larger), not per batch
     assert all(n * k <= max(max_pairs, k) for n in told) and len(told) >= -(-45 * k // max(max_pairs, k))
+    for limit in (1, 7, 20, 33, 45, 100):  # within a piece, at a batch's end, past the data
+        torch.manual_seed(1)
+        first = score(vae, batches, k, max_pairs, "cpu", limit=limit)
+        for a, b in zip(plain, first):
+            assert torch.equal(a[:limit], b)  # the whole score's first examples, draw for draw
 
 
 def test_progress_on_a_terminal_is_a_bar_with_the_time_left(capsys):
@@ -196,3 +202,27 @@ def test_progress_elsewhere_is_a_log_line_now_and_then_with_the_time_left(caplog
     assert [r.getMessage() for r in caplog.records] == [
         "300/1000 test images (30%), 0:01:10 so far, about 0:02:43 left",
         "600/1000 test images (60%), 0:02:11 so far, about 0:01:27 left"]
+
+
+def test_a_limit_scores_the_first_images_as_the_whole_split_does(trained_digits_run, tmp_path, capsys):
+    from vae_cli.cli.evaluate import report_path
+
+    whole = _eval(trained_digits_run, 10, tmp_path)
+    (tmp_path / "first").mkdir()
+    first = _eval(trained_digits_run, 10, tmp_path / "first", "limit=50", f"compare_to={tmp_path / 'eval_k10.pt'}")
+    assert first["n_examples"] == 50 < whole["n_examples"]
+    # The same seed draws the same samples for the same images in the same order: the first 50 per-image
+    # values are the whole evaluation's, so the paired difference is exactly zero.
+    pw, pf = (torch.load(p, weights_only=True) for p in (tmp_path / "eval_k10.pt", tmp_path / "first" / "eval_k10.pt"))
+    assert torch.equal(pf["log_px"], pw["log_px"][:50]) and torch.equal(pf["elbo"], pw["elbo"][:50])
+    c = first["compared_to"]
+    assert c["n_paired"] == 50 and c["nll_iw_diff"] == 0 and c["elbo_diff"] == 0
+    # Either side may be the limited one: the whole split against the first look pairs the same 50 images.
+    again = _eval(trained_digits_run, 10, tmp_path, "seed=1", f"compare_to={tmp_path / 'first' / 'eval_k10.pt'}")
+    assert again["compared_to"]["n_paired"] == 50 and again["n_examples"] == whole["n_examples"]
+    # A first look never takes the whole evaluation's default file name.
+    names = {report_path(Path("r/checkpoints/best.ckpt"), "test", 5000, limit).name for limit in (None, 1000)}
+    assert names == {"eval_test_k5000_best.json", "eval_test_k5000_best_first1000.json"}
+    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "limit=0",
+                   f"out={tmp_path / 'z.json'}", cwd=tmp_path, capsys=capsys)
+    assert "limit" in err and "integer >= 1" in err and not (tmp_path / "z.json").exists()

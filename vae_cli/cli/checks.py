@@ -79,6 +79,7 @@ EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
     ("iw_batch", _int(1), "number of (example, sample) pairs per pass", "an integer >= 1, e.g. iw_batch=50000"),
     ("split", _one_of(("val", "test")), "split vae-eval scores", "split=test or split=val"),
+    ("limit", lambda v: v is None or _int(1)(v), "number of images", "null (the whole split) or an integer >= 1, e.g. limit=1000"),
     ("figures", _bool, "switch", "true or false"),
 ]
 SAMPLE_RULES = [

@@ -10,11 +10,13 @@ from ..errors import UserError
 from .errors import run_or_exit
 
 
-def report_path(ckpt: Path, split: str, iw_samples: int) -> Path:
-    """Where vae-eval writes its report by default: in the checkpoint's run directory, named with the split, k
-    and the checkpoint, so scoring best.ckpt and last.ckpt keeps both."""
+def report_path(ckpt: Path, split: str, iw_samples: int, limit: int | None = None) -> Path:
+    """Where vae-eval writes its report by default: in the checkpoint's run directory, named with the split, k,
+    the checkpoint and any limit, so scoring best.ckpt and last.ckpt, or a first look and the whole split, keeps
+    each."""
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run / f"eval_{split}_k{iw_samples}_{ckpt.stem}.json"
+    first = "" if limit is None else f"_first{limit}"
+    return run / f"eval_{split}_k{iw_samples}_{ckpt.stem}{first}.json"
 
 
 def read_per_example(path: str, split: str, iw_samples: int) -> dict:
@@ -65,7 +67,7 @@ def format_table(res: dict) -> str:
     lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
     if "compared_to" in res:
         c = res["compared_to"]
-        lines += [f"  minus {c['file']} (paired, same {res['n_examples']} images):",
+        lines += [f"  minus {c['file']} (paired, same {c['n_paired']} images):",
                   f"    nll_iw {c['nll_iw_diff']:+.4f} ± {c['nll_iw_diff_se']:.4f}   elbo {c['elbo_diff']:+.4f} ± "
                   f"{c['elbo_diff_se']:.4f}"]
     return "\n".join(lines)
@@ -92,16 +94,21 @@ def run_eval(cfg: DictConfig) -> dict:
     if baseline is not None:
         check_same_images(images, baseline)  # before the (long) scoring
     torch.manual_seed(cfg.seed)
-    with Progress(n_images, f"{cfg.split} images scored with k={cfg.iw_samples}") as progress:
-        scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, progress=progress)
+    n_scored = n_images if cfg.limit is None else min(cfg.limit, n_images)
+    with Progress(n_scored, f"{cfg.split} images scored with k={cfg.iw_samples}") as progress:
+        scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, limit=cfg.limit,
+                       progress=progress)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
            **summarize(scored, vae.n_dims)}
     mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
             "images_sha256": images, "checkpoint": str(ckpt)}
     if baseline is not None:
-        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
-                              **paired_difference(mine, baseline)}
-    out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples)
+        # The same split in the same order: with a limit on either side, the images both scored are the first n.
+        n = min(len(mine["log_px"]), len(baseline["log_px"]))
+        first = {key: v[:n] for key, v in mine.items() if key in ("log_px", "elbo")}
+        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"), "n_paired": n,
+                              **paired_difference(first, {key: baseline[key][:n] for key in first})}
+    out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples, cfg.limit)
     make_folder(out.parent)
     write_json(out, res)
     write_tensors(out.with_suffix(".pt"), mine)  # per image, for later paired comparisons (compare_to=)

@@ -18,21 +18,21 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit j is active when Cov_x(E
 @torch.no_grad()
 def score(vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None = None,
           progress=None) -> ImportanceWeighted:
-    """vae.importance_weighted over an iterable of [x, y] batches (at most `limit` examples), concatenated.
-    progress(n), when given, is told of every n examples scored: a batch goes through in the pieces of at most
-    max_pairs (example, sample) pairs that vae.importance_weighted would cut it into, so the random draws and
-    the results are the same, and nothing waits for the device."""
+    """vae.importance_weighted over an iterable of [x, y] batches (the first `limit` examples), concatenated.
+    A batch goes through in the pieces of at most max_pairs (example, sample) pairs that vae.importance_weighted
+    would cut it into, so the random draws are the same whatever the limit: a limited score is exactly the
+    first examples of the whole one (the last piece is scored whole and cut, at most one decoder pass more).
+    progress(n), when given, is told of every n examples scored, and nothing waits for the device."""
     rows = max(1, max_pairs // min(k, max_pairs))  # examples per piece, as in vae.importance_weighted
     parts, seen = [], 0
-    for batch in batches:
-        x = batch[0][: None if limit is None else limit - seen].to(device)
-        for piece in x.split(rows) if progress is not None else [x]:
-            parts.append(vae.importance_weighted(piece, k, max_pairs))
-            if progress is not None:
-                progress(len(piece))
-        seen += len(x)
+    for piece in (piece for batch in batches for piece in batch[0].to(device).split(rows)):
         if limit is not None and seen >= limit:
             break
+        keep = len(piece) if limit is None else min(len(piece), limit - seen)
+        parts.append(tuple(t[:keep] for t in vae.importance_weighted(piece, k, max_pairs)))
+        seen += keep
+        if progress is not None:
+            progress(keep)
     return ImportanceWeighted(*(torch.cat(p) for p in zip(*parts)))
 
 
