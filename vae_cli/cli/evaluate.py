@@ -103,11 +103,8 @@ def run_eval(cfg: DictConfig) -> dict:
     mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
             "images_sha256": images, "checkpoint": str(ckpt)}
     if baseline is not None:
-        # The same split in the same order: with a limit on either side, the images both scored are the first n.
-        n = min(len(mine["log_px"]), len(baseline["log_px"]))
-        first = {key: v[:n] for key, v in mine.items() if key in ("log_px", "elbo")}
-        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"), "n_paired": n,
-                              **paired_difference(first, {key: baseline[key][:n] for key in first})}
+        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
+                              **paired_difference(mine, baseline)}
     out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples, cfg.limit)
     make_folder(out.parent)
     write_json(out, res)

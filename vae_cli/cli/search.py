@@ -10,8 +10,8 @@ hopeless one (training/callbacks.py Pruning).
 import logging
 import threading
 import time
-from collections import Counter
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -69,10 +69,13 @@ def paired_difference(mine: dict, other: dict) -> dict:
     """This model minus the other on the same images (dicts of per-image log_px and elbo): the mean
     per-image difference in nll_iw and elbo, with the standard error of that mean. Most of the
     per-image variance is the images' own (some are harder for every model), so this is far tighter
-    than the two models' standard errors together."""
-    d_nll, d_nll_se = mean_se(other["log_px"] - mine["log_px"])
-    d_elbo, d_elbo_se = mean_se(mine["elbo"] - other["elbo"])
-    return {"nll_iw_diff": d_nll, "nll_iw_diff_se": d_nll_se, "elbo_diff": d_elbo, "elbo_diff_se": d_elbo_se}
+    than the two models' standard errors together. Both score one split in one order, so where one stopped
+    early (vae-eval limit=N) the images both scored are the first n."""
+    n = min(len(mine["log_px"]), len(other["log_px"]))
+    d_nll, d_nll_se = mean_se(other["log_px"][:n] - mine["log_px"][:n])
+    d_elbo, d_elbo_se = mean_se(mine["elbo"][:n] - other["elbo"][:n])
+    return {"n_paired": n, "nll_iw_diff": d_nll, "nll_iw_diff_se": d_nll_se, "elbo_diff": d_elbo,
+            "elbo_diff_se": d_elbo_se}
 
 
 def fingerprint(batches) -> tuple[str, int]:
