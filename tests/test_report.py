@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import QUIET, run_vae_train
@@ -329,3 +330,11 @@ def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     assert "1 jobs: 0 ok, 1 failed" in out
     failed = out[out.index("FAILED JOBS (1):"):].splitlines()
     assert failed[2].strip() == error["message"]
+
+
+def test_default_columns_add_the_bound_a_job_was_trained_and_checkpointed_on():
+    iwae_job = SimpleNamespace(metrics={**metrics_of(4, 0), "test/iwae": -99.5, "best_val_iwae": -99.0})
+    elbo_job = SimpleNamespace(metrics=metrics_of(4, 1))
+    columns = report.choose_metrics([elbo_job, iwae_job], None)
+    assert columns == [*report.DEFAULT_METRICS, "test/iwae", "best_val_iwae"]
+    assert report.choose_metrics([elbo_job], None) == list(report.DEFAULT_METRICS)

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..core.metrics import RUN_SUMMARY, SUMMARY
+from ..core.metrics import SUMMARY, best_val_key, run_summary
 from ..errors import UserError
 from . import slurm
 from .errors import run_or_exit
@@ -86,7 +86,8 @@ def _hparams_loggers(trainer, cfg: DictConfig) -> list:
     declared with the settings, before it is logged; hp/ tags keep that placeholder out of the curves."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    settings, declared = hparams_of(cfg), {f"hp/{m.replace('/', '_')}": float("nan") for m in RUN_SUMMARY}
+    settings = hparams_of(cfg)
+    declared = {f"hp/{m.replace('/', '_')}": float("nan") for m in run_summary(_monitor(cfg))}
     hydra = HydraConfig.get()
     later = hydra.output_subdir not in (None, RECORD)
     out = []
@@ -247,14 +248,15 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     metrics = {
         **{k: float(v) for k, v in sorted(test_metrics.items())},
-        "best_val_elbo": float(best_score) if best_score is not None else None,
+        best_val_key(_monitor(cfg)): float(best_score) if best_score is not None else None,
         "best_checkpoint": os.path.relpath(best, run_dir) if best else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "seed": cfg.seed,
     }
     for lg in hparams_loggers:
-        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in RUN_SUMMARY if metrics[m] is not None},
+        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in run_summary(_monitor(cfg))
+                        if metrics[m] is not None},
                        step=trainer.global_step)
     for lg in [*trainer.loggers, *(lg for lg in hparams_loggers if lg not in trainer.loggers)]:
         lg.finalize("success")
@@ -267,6 +269,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     shown = [m for m in (*SUMMARY, "iwae") if f"test/{m}" in metrics]  # iwae: trained on k > 1 samples
     log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in shown), run_dir / "metrics.json")
     return metrics
+
+
+def _monitor(cfg: DictConfig) -> str | None:
+    """The metric best.ckpt is chosen on (None when the run keeps no best checkpoint)."""
+    return (cfg.callbacks.get("model_checkpoint") or {}).get("monitor")
 
 
 def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -> dict:
@@ -298,13 +305,15 @@ class SweepSummary(Callback):
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")
 def train(cfg: DictConfig) -> float:
-    """Hydra's task function; returns the best validation ELBO so any sweeper can maximise it."""
+    """Hydra's task function; returns the best value of the checkpoint's monitor (the validation ELBO by default)
+    so any sweeper can optimise what the run itself selects on."""
     metrics = run_or_exit("vae-train", fit, cfg)
     if "pruned" in metrics:
         from .search import Pruned
 
         return Pruned(metrics["pruned"]["epoch"], metrics["pruned"]["value"])
-    return metrics["best_val_elbo"] if metrics["best_val_elbo"] is not None else metrics["test/elbo"]
+    best = metrics.get(best_val_key(_monitor(cfg)))
+    return best if best is not None else metrics["test/elbo"]
 
 
 # What a choice on the command line needs beyond the main install: (argument prefix, module, how to get it).

@@ -29,4 +29,16 @@ def batch_metrics(terms, loss, n_dims: int, iwae=None) -> dict:
 # What a finished run reports: the final log line, metrics.json's test/ values in TensorBoard's HPARAMS
 # tab, and vae-report's default columns.
 SUMMARY = ("elbo", "recon_loss", "kl", "bpd")
-RUN_SUMMARY = (*(f"test/{m}" for m in SUMMARY), "best_val_elbo")
+
+
+def best_val_key(monitor: str | None) -> str:
+    """metrics.json's name for the best value of the metric best.ckpt is chosen on: best_val_elbo for val/elbo,
+    best_val_iwae for a run checkpointed on its k-sample bound, so no key claims an ELBO it does not hold."""
+    return "best_" + (monitor or "val/elbo").replace("/", "_")
+
+
+def run_summary(monitor: str | None = "val/elbo") -> tuple[str, ...]:
+    return (*(f"test/{m}" for m in SUMMARY), best_val_key(monitor))
+
+
+RUN_SUMMARY = run_summary()
