@@ -325,8 +325,10 @@ def render_csv(jobs: list[Job], metrics: list[str]) -> str:
 def choose_metrics(jobs: list[Job], requested: str | None) -> list[str]:
     available = list(dict.fromkeys(k for j in jobs for k, v in j.metrics.items() if is_number(v)))
     if requested is None:
-        extra = (k for k in available if "/nll_iw_k" in k or k == "test/iwae" or k.startswith("best_val_"))
-        return list(dict.fromkeys([*DEFAULT_METRICS, *extra]))  # best_val_<m>: checkpointed on another metric
+        # best_val_<m>: a job whose best.ckpt was chosen on another metric than val/elbo
+        extra = (k for k in available if k not in DEFAULT_METRICS
+                 and ("/nll_iw_k" in k or k == "test/iwae" or k.startswith("best_val_")))
+        return [*DEFAULT_METRICS, *extra]
     names = [m.strip() for m in requested.split(",") if m.strip()]
     unknown = [m for m in names if m not in available]
     if available and unknown:  # with no finished job every name is unknown; show empty columns then

@@ -246,17 +246,17 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                    weights_only=True)
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    summary = run_summary(_monitor(cfg))  # its last name is the best validation value's
     metrics = {
         **{k: float(v) for k, v in sorted(test_metrics.items())},
-        best_val_key(_monitor(cfg)): float(best_score) if best_score is not None else None,
+        summary[-1]: float(best_score) if best_score is not None else None,
         "best_checkpoint": os.path.relpath(best, run_dir) if best else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "seed": cfg.seed,
     }
     for lg in hparams_loggers:
-        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in run_summary(_monitor(cfg))
-                        if metrics[m] is not None},
+        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in summary if metrics[m] is not None},
                        step=trainer.global_step)
     for lg in [*trainer.loggers, *(lg for lg in hparams_loggers if lg not in trainer.loggers)]:
         lg.finalize("success")

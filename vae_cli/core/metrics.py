@@ -37,7 +37,7 @@ def best_val_key(monitor: str | None) -> str:
     return "best_" + (monitor or "val/elbo").replace("/", "_")
 
 
-def run_summary(monitor: str | None = "val/elbo") -> tuple[str, ...]:
+def run_summary(monitor: str | None = None) -> tuple[str, ...]:
     return (*(f"test/{m}" for m in SUMMARY), best_val_key(monitor))
 
 
