@@ -125,6 +125,28 @@ class SignalAtStep(AtStep):
     def act(self, pl_module):
         os.kill(os.getpid(), getattr(signal, self.signum))
 
+class SignalAt(pl.Callback):
+    """Sends this process a signal at one point of the run: at="step:N" after training step N, "validation:E" in
+    the validation of epoch E (1-based), "setup" when fit begins (before training), "test" in the final test;
+    rank=R: only in that process of a data-parallel run."""
+    def __init__(self, at, signum, rank=None):
+        self.at, self.signum, self.rank = at, getattr(signal, signum), rank
+        self.global_rank = 0
+    def _send(self, here):
+        if here == self.at and self.rank in (None, self.global_rank):
+            os.kill(os.getpid(), self.signum)
+    def setup(self, trainer, pl_module, stage):
+        self.global_rank = trainer.global_rank
+        if stage == "fit":
+            self._send("setup")
+    def on_train_batch_end(self, trainer, *args):
+        self._send(f"step:{trainer.global_step}")
+    def on_validation_batch_end(self, trainer, *args):
+        if not trainer.sanity_checking:
+            self._send(f"validation:{trainer.current_epoch + 1}")
+    def on_test_batch_end(self, trainer, *args):
+        self._send("test")
+
 class FillDiskAtStep(AtStep):
     def __init__(self, step, path):
         super().__init__(step)

@@ -88,6 +88,18 @@ def test_bad_values_stop_before_training_with_a_message(tmp_path, override, expe
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_broken_yaml_file_of_the_users_own_is_named_with_its_line_and_column(tmp_path):
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "small.yaml").write_text("# @package _global_\nmodel:\n  latent_dim: [3\n"
+                                                                "trainer:\n  max_epochs: 1\n")
+    proc = run_vae_train("--config-dir", "mine", "+experiment=small", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "vae-train: error: mine/experiment/small.yaml:4:8: not valid YAML (expected ',' or ']', but got ':'). "
+        "Fix that line of the file, then run the command again."]
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_learning_beats_initialisation_and_the_best_factorised_model(trained_digits_run):
     """After a short CPU budget the test ELBO must clearly beat (a) the untrained model and (b) the best
     model that ignores z (independent Bernoulli pixels at the training means), which a VAE whose encoder

@@ -24,9 +24,9 @@ def latest(sweep: bool = False) -> Path | None:
     return max(found, key=lambda d: (d.parent.name, d.name)) if found else None
 
 
-def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
+def resolve_checkpoint(ckpt_path, default_name: str | None = "best.ckpt") -> Path:
     """A checkpoint file, a run directory meaning its checkpoints/<default_name>, or `latest`: the newest run
-    directory under outputs/."""
+    directory under outputs/. default_name=None: the state training resumes from (newest_state)."""
     if ckpt_path is None or str(ckpt_path) == "":
         raise UserError("ckpt_path is not set; pass a .ckpt file or a run directory, e.g. ckpt_path=outputs/DATE/TIME, "
                         "or ckpt_path=latest for the newest run under outputs/.")
@@ -38,14 +38,36 @@ def resolve_checkpoint(ckpt_path, default_name: str = "last.ckpt") -> Path:
                             "here first, or give the run's path: ckpt_path=path/to/run.")
         ckpt_path = run
     p = Path(str(ckpt_path)).expanduser()
+    names = RESUMABLE if default_name is None else (default_name,)
     if p.is_dir():
-        p = p / "checkpoints" / default_name
+        p = (newest_state(p) if default_name is None else None) or p / "checkpoints" / names[-1]
     if not p.is_file():
         raise UserError(
             f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {p}. Pass a .ckpt file or a run directory "
-            f"that holds checkpoints/{default_name}, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/{default_name}."
+            f"that holds checkpoints/{' or '.join(names)}, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/{names[-1]}."
         )
     return p
+
+
+# The states a run directory's training resumes from: the one a signal saved, and the one of the last epoch's end.
+RESUMABLE = ("interrupted.ckpt", "last.ckpt")
+
+
+def newest_state(run_dir: Path) -> Path | None:
+    """Of checkpoints/interrupted.ckpt and last.ckpt, the one further into training (by its step; at the same
+    step, the newer file); None when there is neither. A file that cannot be read counts as the least advanced,
+    so the other is taken (a broken one alone is named when it is loaded)."""
+    import torch
+
+    def progress(f: Path) -> tuple[int, int]:
+        try:  # memory-mapped: only the step is read, not the weights
+            step = int(torch.load(f, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        except Exception:
+            step = -1
+        return step, f.stat().st_mtime_ns
+
+    found = [f for f in (Path(run_dir) / "checkpoints" / n for n in RESUMABLE) if f.is_file()]
+    return max(found, key=progress, default=None)
 
 
 def resolve_device(name: str):

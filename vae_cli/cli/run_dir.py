@@ -111,23 +111,34 @@ def record_failure(run_dir: Path, error: Exception) -> None:
         })
 
 
-def resume_command(ckpt: Path) -> str:
-    """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint."""
-    task = HydraConfig.get().overrides.task
+STOP_FILE = "interrupted.json"  # where a run a signal stopped says where, and how it goes on
+
+
+def resume_command(ckpt: Path | None) -> str:
+    """The command that continues this run from `ckpt`: this one's overrides, with ckpt_path= the checkpoint; with
+    no checkpoint (stopped before it saved any), the same command again, in the same run directory."""
+    hydra = HydraConfig.get()
+    task = hydra.overrides.task
     if any(o.startswith("search.trial=") for o in task):  # a trial of hparams_search=optuna
         return "the search's own command (vae-train --multirun hparams_search=optuna ...), which runs this trial's " \
                "settings again as a new trial"
     keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    return " ".join(["vae-train", f"ckpt_path={shlex.quote(str(ckpt))}", *map(shlex.quote, keep)])
+    where = f"ckpt_path={shlex.quote(str(ckpt))}" if ckpt else f"hydra.run.dir={shlex.quote(hydra.runtime.output_dir)}"
+    return " ".join(["vae-train", where, *map(shlex.quote, keep)])
 
 
 LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
 
 
+def first_process() -> bool:
+    """False in the processes after the first of a multi-process (data-parallel) run, which share its directory."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
 def claim(run_dir: Path) -> Path | None:
     """Take the run directory for this process, or refuse when a live vae-train is writing it. None in the
     processes after the first of a multi-process run, which share the first one's directory."""
-    if any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
+    if not first_process():
         return None
     lock = run_dir / LOCK
     try:

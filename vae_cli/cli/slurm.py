@@ -1,6 +1,6 @@
 """Under SLURM: a batch job warned before its time limit (SIGUSR1, asked for with sbatch --signal=USR1@90) saves
-its exact state (training/callbacks.py Interruption), requeues itself, and when SLURM starts it again with the
-same command in the same run directory, continues from that state.
+its exact state (training/interruption.py), requeues itself, and when SLURM starts it again with the same command
+in the same run directory, continues from that state. torch uses the CPUs the job was given.
 
 Lightning's SLURM environment can requeue a job too (SLURMEnvironment(auto_requeue=True)), but its handler saves
 a checkpoint from inside the signal handler, in the middle of a step, and lets training run on until SLURM kills
@@ -10,7 +10,6 @@ is saved."""
 import logging
 import os
 import subprocess
-from pathlib import Path
 
 log = logging.getLogger("vae_cli")
 
@@ -32,22 +31,44 @@ def restarted() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
-def saved_state(run_dir: Path) -> Path | None:
-    """What a restarted job continues from: checkpoints/interrupted.ckpt, or last.ckpt when that is newer (the
-    run went on after an earlier interruption); None when the job stopped before saving either."""
-    found = [f for f in (run_dir / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")) if f.is_file()]
-    return max(found, key=lambda f: f.stat().st_mtime_ns, default=None)
+def follow_cpus_per_task() -> None:
+    """torch's threads: the CPUs SLURM gave each task (--cpus-per-task), not every core of the node, which jobs
+    sharing the node would oversubscribe. OMP_NUM_THREADS, when set, is the user's choice and stays."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if not cpus.isdigit() or int(cpus) < 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    torch.set_num_threads(int(cpus))
+    os.environ["OMP_NUM_THREADS"] = cpus  # Lightning's data-parallel start-up sets its own guess otherwise
+    log.info("torch uses %s thread(s): the CPUs SLURM gave this task (SLURM_CPUS_PER_TASK)", cpus)
 
 
-def requeue() -> None:
-    """scontrol requeue this job: SLURM ends it and queues it again, with the same command and job id."""
-    job = batch_job()
+def _scontrol(*args: str) -> tuple[int, str]:
     try:
-        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120)
-        why = (done.stderr.strip() or f"exit status {done.returncode}") if done.returncode else None
+        done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
-        why = str(e)
-    if why:
-        log.error("could not requeue SLURM job %s (scontrol: %s); resume it with the command above", job, why)
-    else:
-        log.info("requeued SLURM job %s: when it starts again it continues from the saved state", job)
+        return 1, str(e)
+    return done.returncode, (done.stderr.strip() or done.stdout.strip())
+
+
+def requeue() -> tuple[bool, str | None]:
+    """scontrol requeue this job: SLURM ends it and queues it again, with the same command and job id. Returns
+    whether SLURM took it and, when not, why (outside a batch job, SLURM accepts no requeue)."""
+    job = batch_job()
+    if job is None:
+        return False, "this is not a SLURM batch job" if "SLURM_JOB_ID" in os.environ else None
+    code, out = _scontrol("requeue", job)
+    if code:
+        return False, f"scontrol requeue {job}: {out or f'exit status {code}'}"
+    return True, None
+
+
+def requeued_from_outside() -> bool:
+    """Whether SLURM is requeueing this job (scontrol requeue from outside, or a preemption that requeues), so
+    that it starts it again; not when it is cancelled or ends. Either way the job is COMPLETING while it stops;
+    a requeue has already counted one more restart than this start of the job was given."""
+    code, out = _scontrol("show", "job", "--oneliner", batch_job() or "")
+    restarts = next((w.split("=", 1)[1] for w in out.split() if w.startswith("Restarts=")), "") if code == 0 else ""
+    own = os.environ.get("SLURM_RESTART_COUNT", "").strip() or "0"
+    return restarts.isdigit() and own.isdigit() and int(restarts) > int(own)

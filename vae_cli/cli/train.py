@@ -2,8 +2,8 @@
 import logging
 import os
 import shutil
+import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -16,10 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.metrics import SUMMARY, best_val_key, run_summary
 from ..errors import UserError
+from ..training import signals
+from ..training.signals import Interrupted
 from . import slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from .run_dir import RECORD, claim, forget_refused_record, outside_fault, record_failure, release, resume_command
+from .run_dir import (RECORD, STOP_FILE, claim, first_process, forget_refused_record, outside_fault, record_failure,
+                      release, resume_command)
 
 log = logging.getLogger("vae_cli")
 
@@ -48,6 +51,8 @@ def _route_lightning_logs() -> None:
         mlflow_logger.addFilter(_not_a_new_experiment)
     # In-memory data is batched by index in the main process, where workers would only add cost.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Lightning's hint to start it with srun, on any machine where srun exists: vae-train's own README says when.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
     # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
@@ -118,16 +123,20 @@ def setup(cfg: DictConfig):
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+    from pytorch_lightning.callbacks import Timer
+
     from ..core.likelihoods import LIKELIHOODS
-    from ..training.callbacks import EMA, TENSORBOARD_ONLY, Interruption, NonFiniteGuard, ProgressBar, RNGState
+    from ..training.callbacks import EMA, TENSORBOARD_ONLY, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
+    from ..training.interruption import Interruption
     from ..training.module import VAEModule
-    from .loading import check_compatible, make_datamodule, read_checkpoint
+    from .loading import check_compatible, make_datamodule, newest_state, read_checkpoint
 
     _route_lightning_logs()
-    ckpt_path = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.ckpt_path is not None else None
+    slurm.follow_cpus_per_task()
+    ckpt_path = str(resolve_checkpoint(cfg.ckpt_path, default_name=None)) if cfg.ckpt_path is not None else None
     if ckpt_path is None and slurm.restarted():  # SLURM started this job again: it continues where it stopped
-        saved = slurm.saved_state(Path(cfg.run_dir))
+        saved = newest_state(Path(cfg.run_dir))
         ckpt_path = str(saved) if saved else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -173,8 +182,11 @@ def setup(cfg: DictConfig):
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar())
-    requeue = cfg.requeue and slurm.batch_job() is not None
-    callbacks.append(Interruption(resume_command, Path(cfg.run_dir) / "checkpoints", cfg.run_dir, requeue=requeue))
+    if cfg.trainer.get("max_time") is None:
+        # Training time over every start of the run (its elapsed time travels in checkpoints); with max_time,
+        # Lightning's own Timer counts it the same way.
+        callbacks.append(Timer(duration=None))
+    callbacks.append(Interruption(Path(cfg.run_dir) / "checkpoints"))  # a Checkpoint: after the run's own
     if cfg.get("search", {}).get("trial") is not None:  # a trial of hparams_search=optuna
         from ..training.callbacks import Pruning
         from .search import trial_reporter
@@ -190,14 +202,21 @@ def setup(cfg: DictConfig):
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
     run_dir = Path(cfg.run_dir)
+    signals.reset()
+    signals.catch()
     try:
         lock = claim(run_dir)
     except UserError:
         forget_refused_record()
         raise
     try:
-        return _fit(cfg, run_dir)
-    except Exception as error:  # a UserError or a bug; a signal's stop is a SystemExit, and not a failure
+        metrics = _fit(cfg, run_dir)
+        signals.finished()
+        return metrics
+    except Interrupted as stop:
+        _stopped(cfg, run_dir, stop)
+        raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
+    except Exception as error:  # a UserError or a bug; a signal's stop is not a failure
         fault = outside_fault(error, run_dir)  # a refused write or a vanished directory: one message
         record_failure(run_dir, fault)
         if fault is error:
@@ -207,10 +226,41 @@ def fit(cfg: DictConfig) -> dict:
         release(lock)
 
 
+def _stopped(cfg: DictConfig, run_dir: Path, stop: Interrupted) -> None:
+    """A run a signal stopped: requeue its SLURM job when asked to (SIGUSR1, requeue=true, a batch job), and say
+    in interrupted.json and in one line of the log where it stopped, what holds its state, whether SLURM runs it
+    again, and otherwise the command that resumes it. Once, from the first process of a data-parallel run."""
+    from ..training.files import write_json
+    from .loading import newest_state
+
+    if not first_process():
+        return
+    requeued, why = False, None
+    if stop.signum == signal.SIGUSR1 and cfg.requeue:
+        requeued, why = slurm.requeue()  # after Lightning has shut down: SLURM then ends the job with a SIGTERM
+    elif slurm.batch_job() is not None:
+        requeued = slurm.requeued_from_outside()  # scontrol requeue, or a preemption that requeues
+    ckpt = stop.checkpoint or newest_state(run_dir)
+    command = resume_command(ckpt)
+    where = (f"after epoch {stop.epoch} (step {stop.global_step})" if stop.epoch_finished else
+             f"in epoch {stop.epoch} at step {stop.global_step}" if stop.checkpoint else stop.where)
+    write_json(run_dir / STOP_FILE, {
+        "signal": stop.name, "stopped": where, "epoch": stop.epoch, "global_step": stop.global_step,
+        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued})
+    state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
+             f"nothing new to save; the run's state is {ckpt}" if ckpt else "nothing was saved")
+    if requeued:
+        then = ("SLURM has requeued the job: waiting for SLURM to restart it (it holds a requeued job for about two "
+                "minutes), then it resumes from there. To resume it yourself instead, cancel the job, then: ")
+    else:
+        then = f"Could not requeue the SLURM job ({why}). Resume with: " if why else "Resume with: "
+    log.info("%s: stopped %s; %s. %s%s", stop.name, where, state, then, command)
+
+
 def _fit(cfg: DictConfig, run_dir: Path) -> dict:
+    from pytorch_lightning.callbacks import ModelCheckpoint, Timer
     from pytorch_lightning.loggers import WandbLogger
 
-    from ..training.callbacks import Interrupted
     from ..training.files import write_json
 
     try:
@@ -230,22 +280,26 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     if ckpt_path is not None:
         log.info("resuming %s", ckpt_path)
     hparams_loggers = _hparams_loggers(trainer, cfg)
-    start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Interrupted as stop:
-        if stop.requeue and trainer.is_global_zero:
-            slurm.requeue()  # after Lightning has shut down: SLURM ends the job with a SIGTERM once it is requeued
-        raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
-    train_seconds = time.perf_counter() - start
+        stop.where = stop.where or "before training"  # a stop in training says where it saved
+        raise
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
+    train_seconds = timer.time_elapsed("train")  # over every start of the run
     pruned = next((cb.pruned_at for cb in trainer.callbacks if getattr(cb, "pruned_at", None)), None)
     if pruned is not None:
         return _pruned(cfg, trainer, run_dir, *pruned)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
-                                   weights_only=True)
-    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    chosen = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
+    best = chosen.best_model_path if chosen else ""
+    try:
+        (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
+                                       weights_only=True)
+    except Interrupted as stop:
+        stop.where = "after training, in the final test"
+        raise
+    best_score = chosen.best_model_score if chosen else None
     summary = run_summary(_monitor(cfg))  # its last name is the best validation value's
     metrics = {
         **{k: float(v) for k, v in sorted(test_metrics.items())},
@@ -359,9 +413,44 @@ def check_optional_parts(argv: list[str]) -> None:
                         "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
 
 
+def _config_dirs(argv: list[str]) -> list[Path]:
+    """The user's own config folders on the command line: --config-dir DIR (-cd DIR, --config-dir=DIR)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.partition("=")[2])
+    return [Path(d).expanduser() for d in dirs]
+
+
+def check_config_files(argv: list[str]) -> None:
+    """A YAML file in the user's config folder that does not parse: named with its line and column and the
+    parser's reason, before Hydra reports it with a traceback."""
+    import yaml
+
+    for folder in _config_dirs(argv):
+        for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
+            try:
+                yaml.safe_load(f.read_text())
+            except yaml.MarkedYAMLError as e:
+                mark = e.problem_mark or e.context_mark
+                at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+                raise UserError(f"{f}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, "
+                                "then run the command again.") from None
+            except yaml.YAMLError as e:  # an error without a position
+                raise UserError(f"{f}: not valid YAML ({' '.join(str(e).split())}).") from None
+
+
 def main() -> None:
-    run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
-    train()
+    signals.catch()  # before Hydra and the imports: a signal from the start ends the command cleanly
+    try:
+        run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
+        run_or_exit("vae-train", check_config_files, sys.argv[1:])
+        train()
+    except Interrupted as stop:  # before a run began (composing the config), or between the jobs of a sweep
+        print(f"vae-train: stopped by {stop.name}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ run's TensorBoard logger. The class names are keys of their state in checkpoints
 loses that state when an older run resumes."""
 import logging
 import math
-import signal
 import sys
 import time
 from datetime import timedelta
@@ -253,77 +252,10 @@ class NonFiniteGuard(pl.Callback):
         self.check(trainer)
 
 
-class Interrupted(BaseException):
-    """Training stopped by a signal, after saving where it was. A BaseException, like KeyboardInterrupt, so
-    that nothing between the step and the command's exit takes it for an error of the run. requeue: the
-    signal was SLURM's warning before a time limit, and the job should be requeued."""
-
-    def __init__(self, signum: int, requeue: bool = False):
-        super().__init__(signum)
-        self.signum, self.requeue = signum, requeue
-
-
-class Interruption(pl.Callback):
-    """SIGINT (Ctrl-C), SIGTERM (kill, scancel, a scheduler's preemption, a container's stop) and SIGUSR1 (what
-    SLURM sends before a time limit, asked for with sbatch --signal=USR1@90) stop training at the end of the
-    current step: the exact state is saved to checkpoints/interrupted.ckpt (mid-epoch included; last.ckpt and
-    best.ckpt stay as they are), the run's directory gets interrupted.json, one line says how to resume, and the
-    command exits with 128 + the signal number. With requeue=True (a SLURM batch job), SIGUSR1 also marks the
-    stop for requeueing (Interrupted.requeue): the command requeues the job once training has shut down.
-
-    resume(checkpoint) -> str: the command that continues the run from that checkpoint."""
-
-    def __init__(self, resume, dirpath: str, run_dir: str, requeue: bool = False):
-        self.resume, self.dirpath, self.run_dir, self.requeue = resume, Path(dirpath), Path(run_dir), requeue
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _note(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            log.info("received %s: stopping at the end of this step", signal.Signals(signum).name)
-
-    def on_train_start(self, trainer, pl_module):
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            self._previous[signum] = signal.signal(signum, self._note)
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.signum is not None:
-            self._stop(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self.signum is not None:  # a signal during validation: the epoch's checkpoints are written by now
-            self._stop(trainer)
-
-    def _stop(self, trainer) -> None:
-        self._restore()
-        ckpt = self.dirpath / "interrupted.ckpt"
-        trainer.save_checkpoint(ckpt, weights_only=False)
-        requeue = self.requeue and self.signum == signal.SIGUSR1
-        name, command = signal.Signals(self.signum).name, self.resume(ckpt)
-        if trainer.is_global_zero:
-            from .files import write_json
-
-            write_json(self.run_dir / "interrupted.json", {
-                "signal": name, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                "checkpoint": str(ckpt), "resume": command, "requeued": requeue})
-        then = "The SLURM job is requeued and resumes from it; or resume with: " if requeue else "Resume with: "
-        log.info("%s: stopped in epoch %d at step %d; the exact state is in %s. %s%s",
-                 name, trainer.current_epoch + 1, trainer.global_step, ckpt, then, command)
-        raise Interrupted(self.signum, requeue)
-
-    def teardown(self, trainer, pl_module, stage):
-        self._restore()
-
-
 class RNGState(pl.Callback):
     """Saves the CPU and CUDA generators with each checkpoint and restores them when training resumes,
-    after Lightning's own start-up (which draws numbers), so the noise sequence continues exactly."""
+    after Lightning's own start-up (which draws numbers), so the noise sequence continues exactly; or, resumed
+    from a state whose training is over (only the test was left), when fit ends, so the test draws the same."""
 
     def __init__(self):
         self._to_restore = None
@@ -343,6 +275,9 @@ class RNGState(pl.Callback):
             if "cuda" in self._to_restore and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(self._to_restore["cuda"])
             self._to_restore = None
+
+    def on_fit_end(self, trainer, pl_module):
+        self.on_train_start(trainer, pl_module)  # Lightning starts no training when none is left
 
 
 class RunCheckpoint(pl.callbacks.ModelCheckpoint):
@@ -394,6 +329,12 @@ class EarlyStopping(pl.callbacks.EarlyStopping):
             self.patience = patience
         if not counting:
             self.wait_count = 0
+
+    def on_train_start(self, trainer, pl_module):
+        # Resumed from a state saved after this callback decided to stop (the epoch's checkpoints are written
+        # after it): the uninterrupted run ended there, and so does this one.
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
 
 
 class Pruning(pl.Callback):
