@@ -102,3 +102,21 @@ def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
     assert order(0, 0, shuffle=False) == list(range(10))
     shards = [order(0, 3, rank=r, world=2) for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(10)) and len(shards[0]) == 5
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_path):
+    """The jobs of a sweep starting together on a data_dir that holds nothing yet."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from vae_cli.data import FashionMNIST; dm = FashionMNIST(data_dir=sys.argv[1]); "
+              "dm.prepare_data(); print(len(dm.split('train')[0]) + len(dm.split('val')[0]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o[0].split() for o in outs] == [["60000"], ["60000"]]
+    raw = tmp_path / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == sorted(FashionMNIST.files)
+    assert not list(raw.glob("*.part")) and not list(raw.glob(".*.part"))

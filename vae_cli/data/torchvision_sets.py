@@ -1,8 +1,12 @@
 """The torchvision datasets (MNIST, Fashion-MNIST, CIFAR-10), read from data_dir or downloaded
 there. When a dataset is neither on disk nor downloadable, the message says where it looked and how
-to supply the files."""
+to supply the files. Files are prepared once however many runs start together (the jobs of a sweep):
+one process at a time writes them, each file under a name of its own, renamed into place when whole."""
+import contextlib
+import fcntl
 import gzip
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +16,22 @@ from ..errors import UserError
 from .in_memory import InMemoryDataModule
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path, name: str):
+    """Held by one process at a time (an advisory lock on a file in `folder`; released when the process ends,
+    however it ends). Where the folder cannot be made or written, nothing is locked: whatever writes there then
+    fails on its own, naming the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f".{name}.lock", "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class _Torchvision(InMemoryDataModule):
@@ -44,7 +64,8 @@ class _Torchvision(InMemoryDataModule):
         except RuntimeError:
             pass  # not on disk: try the real download below
         try:
-            return cls(str(self.data_dir), train=train, download=True)
+            with _one_at_a_time(self.data_dir, self.name):  # a second process waits, then finds the files
+                return cls(str(self.data_dir), train=train, download=True)
         except Exception as e:  # offline, proxy, HTTP errors: all end the same way for the user
             why = " ".join(str(e).split()) or type(e).__name__  # every mirror's reason, on one line
             raise UserError(
@@ -80,12 +101,15 @@ class _TorchvisionIDX(_Torchvision):
             return
         for src in self._extra_sources():
             if all((src / f"{f}.gz").exists() for f in self.files):
-                raw.mkdir(parents=True, exist_ok=True)
-                for f in self.files:
-                    tmp = raw / f"{f}.part"
-                    with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
-                    tmp.replace(raw / f)  # rename last: a killed copy never looks complete
+                with _one_at_a_time(raw, "unpack"):
+                    for f in (f for f in self.files if not (raw / f).exists()):  # another process may have done it
+                        tmp = raw / f".{f}.{os.getpid()}.part"
+                        try:
+                            with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                                shutil.copyfileobj(fin, fout)
+                            tmp.replace(raw / f)  # rename last: a killed copy never looks complete
+                        finally:
+                            tmp.unlink(missing_ok=True)
                 log.info("%s: unpacked the IDX files from %s into %s", self.name, src, raw)
                 return
 
