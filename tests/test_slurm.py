@@ -1,0 +1,184 @@
+"""vae-train under a real SLURM (tests/slurm_cluster.py starts one on this machine): a sweep through
+hydra/launcher=slurm, a request the cluster cannot meet, a job cancelled mid-sweep, a data-parallel job of two
+tasks that one signal reaches in one task only, and the README's batch script reaching its time limit. Every
+interrupted job ends exactly where the uninterrupted run ends."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QUIET
+from slurm_cluster import REQUEUE_DELAY_S, Cluster, missing
+
+VAE_TRAIN = str(Path(sys.executable).parent / "vae-train")
+SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "seed=2", *QUIET)
+CPU_JOBS = ("trainer.accelerator=cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = missing()
+    if why:
+        pytest.skip(f"no SLURM here: {why}")
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        c.stop()
+        pytest.skip(f"the SLURM daemons could not start here: {e}")
+    yield c
+    c.stop()
+
+
+def _sweep(cluster, tmp_path, *args, wait=True):
+    command = [VAE_TRAIN, "--multirun", "hydra/launcher=slurm", *CPU_JOBS, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(command, cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _reference(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """The uninterrupted run outside SLURM, one thread as the jobs have, in a process beside the test's jobs."""
+    return subprocess.Popen([VAE_TRAIN, *args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_sweep_runs_its_jobs_as_slurm_jobs_and_ends(cluster, tmp_path):
+    proc = _sweep(cluster, tmp_path, "model.latent_dim=2,3", "trainer.max_epochs=2", *QUIET)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep done: vae-report {tmp_path / 'sweep'}" in proc.stdout
+    for job in ("0", "1"):
+        assert _metrics(tmp_path / "sweep" / job)["epochs"] == 2
+        log = (tmp_path / "sweep" / job / "train.log").read_text()
+        assert "torch uses 1 thread(s): the CPUs SLURM gave this task" in log
+        assert "srun" not in log  # no hint from Lightning to start it with srun: SLURM did
+    # The launcher's jobs ask for SIGUSR1 90 s before their time limit, and may be requeued.
+    (script, *_) = (tmp_path / "sweep" / ".submitit").glob("*/*_submission.sh")
+    flags = [line for line in script.read_text().splitlines() if line.startswith(("#SBATCH --signal", "#SBATCH --req"))]
+    assert flags == ["#SBATCH --requeue", "#SBATCH --signal=USR1@90"]
+    assert cluster.drained()
+
+
+def test_a_request_no_node_can_meet_is_refused_before_anything_is_submitted(cluster, tmp_path):
+    proc = _sweep(cluster, tmp_path, "model.latent_dim=2,3", "hydra.launcher.cpus_per_task=64",
+                  "hydra.launcher.gpus_per_node=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("vae-train: error: SLURM cannot run these jobs, so none was submitted.")
+    assert f"no node of the default partition has more than {cluster.cpus} CPUs" in err
+    assert "hydra.launcher.gpus_per_node=1: the default partition has no GPUs" in err
+    assert not (tmp_path / "sweep").exists() and cluster.jobs() == []
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.5)
+
+
+def test_a_job_cancelled_mid_sweep_ends_the_sweep_with_its_account(cluster, tmp_path):
+    sweep = _sweep(cluster, tmp_path, "trainer.max_epochs=2,2000", *SMALL, wait=False)
+    _wait_for(tmp_path / "sweep" / "1" / "checkpoints" / "last.ckpt", sweep)  # job 1 is training
+    (job,) = [line.split()[0] for line in cluster.jobs() if line.endswith("RUNNING") and line.split()[0].endswith("_1")]
+    cluster.run("scancel", job)
+    out, err = sweep.communicate(timeout=180)  # it ends: the launcher does not wait for a result that never comes
+    assert sweep.returncode != 0
+    assert _metrics(tmp_path / "sweep" / "0")["epochs"] == 2  # the other job finished
+    stopped = json.loads((tmp_path / "sweep" / "1" / "interrupted.json").read_text())
+    assert stopped["signal"] == "SIGTERM" and stopped["requeued"] is False
+    said = f"vae-train: job 1 (SLURM job {job}) ended CANCELLED without finishing: stopped by SIGTERM"
+    assert said in out and f"resume: {stopped['resume']}" in out, out
+    assert f"1 of 2 jobs did not finish: vae-report {tmp_path / 'sweep'}" in out
+    assert "Traceback" not in err and f"\njob 1 (SLURM job {job}) ended CANCELLED" in err, err
+    assert cluster.drained()
+
+
+def test_a_data_parallel_job_that_one_task_is_signalled_in_saves_once_requeues_once_and_resumes_exactly(
+        cluster, tmp_path, helpers):
+    args = (*SMALL, "trainer.max_epochs=3", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    reference = subprocess.run(["srun", "--ntasks-per-node=2", "--cpus-per-task=1", VAE_TRAIN, *args,
+                                f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path, env=cluster.env,
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "run"
+    # Two processes of 6 steps per epoch each; the second process alone gets SIGUSR1 after step 8.
+    script = tmp_path / "job.sh"
+    script.write_text("\n".join([
+        "#!/bin/bash", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --requeue",
+        "#SBATCH --open-mode=append", f"#SBATCH --output={tmp_path / 'job.out'}",
+        f"srun {VAE_TRAIN} {' '.join(args)} hydra.run.dir={run} +callbacks.sig._target_=fault_helpers.SignalAt "
+        "+callbacks.sig.at=step:8 +callbacks.sig.signum=SIGUSR1 +callbacks.sig.rank=1", ""]))
+    job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
+    end = cluster.wait_gone(job, timeout=240 + REQUEUE_DELAY_S)
+    assert end["JobState"] == "COMPLETED" and end["Restarts"] == "1", (end, (tmp_path / "job.out").read_text())
+    stopped = json.loads((run / "interrupted.json").read_text())
+    assert stopped["stopped"] == "in epoch 2 at step 8" and stopped["requeued"] is True
+    log = (tmp_path / "job.out").read_text()
+    assert log.count("SLURM has requeued the job: waiting for SLURM to restart it") == 1
+    assert _metrics(run) == _metrics(tmp_path / "reference")
+
+
+def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path):
+    args = (*SMALL, "trainer.max_epochs=250")  # about 40 s of training on one thread: past one slot of a minute
+    reference = _reference(tmp_path, *args)
+    run = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    script.write_text("\n".join([
+        "#!/bin/bash", "#SBATCH --time=00:01:00", "#SBATCH --signal=USR1@50", "#SBATCH --requeue",
+        "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1", f"#SBATCH --output={tmp_path / 'job.out'}",
+        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)}", ""]))
+    job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
+    end = cluster.wait_gone(job, timeout=400)
+    log = (tmp_path / "job.out").read_text()
+    assert end["JobState"] == "COMPLETED" and int(end["Restarts"]) >= 1, (end, log[-3000:])
+    assert log.count("SLURM has requeued the job") == int(end["Restarts"])
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    assert _metrics(run) == _metrics(tmp_path / "reference")
+
+
+def test_an_interactive_srun_is_not_requeued_and_says_so(cluster, tmp_path, helpers):
+    run = tmp_path / "run"
+    proc = subprocess.run(["srun", "--cpus-per-task=1", VAE_TRAIN, *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run}",
+                           "+callbacks.sig._target_=fault_helpers.SignalAt", "+callbacks.sig.at=step:15",
+                           "+callbacks.sig.signum=SIGUSR1"], cwd=tmp_path, env=cluster.env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 138, proc.stderr[-3000:]
+    stopped = json.loads((run / "interrupted.json").read_text())
+    assert stopped["requeued"] is False and stopped["stopped"] == "in epoch 2 at step 15"
+    assert "Could not requeue the SLURM job (scontrol requeue" in proc.stdout
+    assert f"Resume with: {stopped['resume']}" in proc.stdout
+
+
+def test_a_job_requeued_from_outside_says_slurm_restarts_it(cluster, tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    script.write_text("\n".join([
+        "#!/bin/bash", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
+        f"#SBATCH --output={tmp_path / 'job.out'}",
+        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(SMALL)} trainer.max_epochs=2000", ""]))
+    job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    cluster.run("scontrol", "requeue", job)  # what an administrator, or a preemption, does
+    deadline = time.monotonic() + 60
+    while not (run / "interrupted.json").exists():
+        assert time.monotonic() < deadline, (tmp_path / "job.out").read_text()
+        time.sleep(0.5)
+    stopped = json.loads((run / "interrupted.json").read_text())
+    assert stopped["signal"] == "SIGTERM" and stopped["requeued"] is True
+    assert "SLURM has requeued the job: waiting for SLURM to restart it" in (run / "train.log").read_text()
+    cluster.run("scancel", job)
