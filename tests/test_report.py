@@ -146,7 +146,7 @@ def test_seed_groups_give_mean_and_sample_std(sweep, capsys):
 def test_failed_jobs_are_listed_with_their_error(sweep, capsys):
     s, _ = sweep
     out = run_report(capsys, s)
-    section = out[out.index("FAILED JOBS (4):"):].splitlines()[1:]
+    section = out[out.index("NOT FINISHED (4):"):].splitlines()[1:]
     assert [line.split()[:2] for line in section[::2]] == [["job", "4"], ["job", "5"], ["job", "7"], ["job", "8"]]
     assert "model.latent_dim=32 seed=0" in section[0]
     assert [line.strip() for line in section[1::2]] == [
@@ -174,9 +174,9 @@ def test_markdown_is_a_pipe_table(sweep, capsys):
     assert row[:4] == ["1", "2", "1", "ok"] and row[4] == f"{ok[1]['test/elbo']:.4f}"
     assert "## Mean ± sample std over seeds" in md
     # The pipes in the error message are escaped, so they do not split the Markdown.
-    failed = lines[lines.index("## Failed jobs (4)") + 2:]
-    assert failed[:2] == ["| job | overrides | error |", "|---:|---|---|"]
-    assert failed[2] == f"| 4 | model.latent_dim=32 seed=0 | {ERROR_MSG.replace('|', chr(92) + '|')} |"
+    failed = lines[lines.index("## Not finished (4)") + 2:]
+    assert failed[:2] == ["| job | overrides | status | why |", "|---:|---|---|---|"]
+    assert failed[2] == f"| 4 | model.latent_dim=32 seed=0 | failed | {ERROR_MSG.replace('|', chr(92) + '|')} |"
     assert [line.split(" | ")[0] for line in failed[2:]] == ["| 4", "| 5", "| 7", "| 8"]
 
 
@@ -246,7 +246,7 @@ def test_real_sweep_with_failing_jobs(tmp_path):
     assert [(r["model.latent_dim"], r["status"]) for r in by_job.values()] == [
         ("0", "failed"), ("0", "failed"), ("2", "ok"), ("2", "ok")]
     assert all(float(by_job[n]["test/elbo"]) < 0 for n in ("2", "3"))
-    failed = text[text.index("FAILED JOBS (2):"):]
+    failed = text[text.index("NOT FINISHED (2):"):]
     assert failed.count("model.latent_dim=0 is not a valid latent dimension") == 2
     header, groups = table_rows(text, "model.latent_dim ")
     two = dict(zip(header, groups["2"]))
@@ -282,6 +282,20 @@ def test_an_interrupted_job_is_shown_as_interrupted_with_its_resume_command(swee
     assert "SIGTERM at step 27; resume: vae-train ckpt_path=7/checkpoints/interrupted.ckpt" in out
 
 
+def test_a_requeued_job_waiting_for_slurm_is_not_listed_as_failed(sweep, capsys):
+    s, _ = sweep
+    (s / "7" / "interrupted.json").write_text(json.dumps({
+        "signal": "SIGUSR1", "stopped": "in epoch 2 at step 27", "epoch": 2, "global_step": 27,
+        "checkpoint": "7/checkpoints/interrupted.ckpt", "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt",
+        "requeued": True}))
+    out = run_report(capsys, s)
+    assert "9 jobs: 5 ok, 3 failed, 1 requeued" in out
+    header, rows = table_rows(out, "job ")
+    assert dict(zip(header, rows["7"]))["status"] == "requeued"
+    assert ("SIGUSR1 in epoch 2 at step 27; waiting for SLURM to restart it, then it resumes from "
+            "7/checkpoints/interrupted.ckpt") in out
+
+
 def test_a_failed_jobs_error_json_is_read_whatever_the_log_looks_like(sweep, capsys):
     s, _ = sweep
     (s / "4" / "train.log").write_text("ERROR the run's log in a format of the user's choosing\n")
@@ -294,7 +308,7 @@ def test_a_failed_jobs_error_json_is_read_whatever_the_log_looks_like(sweep, cap
         "overrides": ["model.latent_dim=32", "seed=1"], "time": "2026-11-25T16:03:12+00:00"}))
     (s / "7" / "error.json").write_text("{not json")
     out = run_report(capsys, s)
-    section = out[out.index("FAILED JOBS (4):"):].splitlines()[1:]
+    section = out[out.index("NOT FINISHED (4):"):].splitlines()[1:]
     assert [line.strip() for line in section[1:6:2]] == [
         ERROR_MSG,  # a UserError: its message, written for the user
         "torch.OutOfMemoryError: CUDA out of memory",  # a bug: its type too
@@ -328,7 +342,7 @@ def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     assert "[ERROR]" not in (tmp_path / "s" / "0" / "train.log").read_text()  # not Hydra's default format
     out = vae_report(tmp_path / "s", cwd=tmp_path).stdout
     assert "1 jobs: 0 ok, 1 failed" in out
-    failed = out[out.index("FAILED JOBS (1):"):].splitlines()
+    failed = out[out.index("NOT FINISHED (1):"):].splitlines()
     assert failed[2].strip() == error["message"]
 
 

@@ -38,7 +38,8 @@ class Job:
     overrides: dict           # key -> value, both as written on the command line
     metrics: dict             # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
     train_seconds: float | None
-    status: str               # ok, failed, interrupted (a signal; resumable), pruned (by a search), or incomplete
+    status: str               # ok, failed, interrupted (a signal; resumable), requeued (SLURM restarts it), pruned
+                              # (by a search), or incomplete
     error: str | None
 
     def value(self, key: str):
@@ -105,8 +106,12 @@ def read_job(job_dir: Path) -> Job:
     if status is None and stop.is_file():
         try:
             stopped = json.loads(stop.read_text())
-            status, error = "interrupted", (f"{stopped['signal']} at step {stopped['global_step']}; "
-                                            f"resume: {stopped['resume']}")
+            where = stopped.get("stopped") or f"at step {stopped['global_step']}"  # "stopped": since it is written
+            if stopped.get("requeued"):
+                status, error = "requeued", (f"{stopped['signal']} {where}; waiting for SLURM to restart it, then it "
+                                             f"resumes from {stopped['checkpoint'] or 'the start'}")
+            else:
+                status, error = "interrupted", f"{stopped['signal']} {where}; resume: {stopped['resume']}"
         except (json.JSONDecodeError, KeyError) as e:
             error = f"interrupted.json is not valid ({e})"
     pruned = job_dir / "pruned.json"  # a trial of hparams_search=optuna that the study's pruner stopped
@@ -231,20 +236,22 @@ class Report:
     notes: list[str]              # summary lines above the tables
     jobs: Table
     seeds: Table | None           # mean ± std over seeds, when the sweep repeats seeds
-    failed: list[tuple[str, str, str]]  # (job, overrides, error)
+    failed: list[tuple[str, str, str, str]]  # the jobs that did not finish: (job, overrides, status, why)
 
 
 def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) -> Report:
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))  # in command-line order
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     constant = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in varying]
-    counts = {s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "interrupted", "pruned", "incomplete")}
+    counts = {s: sum(j.status == s for j in jobs)
+              for s in ("ok", "failed", "interrupted", "requeued", "pruned", "incomplete")}
     notes = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")]
     if constant:
         notes.append("Same in every job: " + " ".join(constant))
     notes += optuna_note(sweep)
     notes.append("Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
                  "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
+                 "requeued = the same, and SLURM starts it again; "
                  "pruned = stopped early by the search's pruner; "
                  "incomplete = no metrics.json and no error (still running, or killed).")
 
@@ -268,7 +275,7 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
         right = [r for k, r in zip(varying, job_table.right[1:]) if k != "seed"]
         seed_table = Table([*others, "n", "jobs", *metrics], rows, right + [True, False] + [True] * len(metrics))
 
-    failed = [(j.num, " ".join(f"{k}={j.overrides[k]}" for k in varying if k in j.overrides), j.error)
+    failed = [(j.num, " ".join(f"{k}={j.overrides[k]}" for k in varying if k in j.overrides), j.status, j.error)
               for j in sorted(jobs, key=lambda j: sortable(j.value("job"))) if j.status != "ok"]
     return Report(f"Sweep {sweep}", notes, job_table, seed_table, failed)
 
@@ -293,8 +300,8 @@ def render_text(r: Report) -> str:
     if r.seeds:
         out += ["", SEED_HEADING + ":", text_table(r.seeds)]
     if r.failed:
-        out += ["", f"FAILED JOBS ({len(r.failed)}):"]
-        out += [f"  job {num}  {ovr}\n      {err}" for num, ovr, err in r.failed]
+        out += ["", f"NOT FINISHED ({len(r.failed)}):"]
+        out += [f"  job {num}  {ovr}  ({status})\n      {err}" for num, ovr, status, err in r.failed]
     return "\n".join(out) + "\n"
 
 
@@ -303,8 +310,8 @@ def render_markdown(r: Report) -> str:
     if r.seeds:
         out += ["", f"## {SEED_HEADING}", "", markdown_table(r.seeds)]
     if r.failed:
-        out += ["", f"## Failed jobs ({len(r.failed)})", ""]
-        failed = Table(["job", "overrides", "error"], [list(f) for f in r.failed], [True, False, False])
+        out += ["", f"## Not finished ({len(r.failed)})", ""]
+        failed = Table(["job", "overrides", "status", "why"], [list(f) for f in r.failed], [True, False, False, False])
         out.append(markdown_table(failed))
     return "\n".join(out) + "\n"
 
