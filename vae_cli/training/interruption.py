@@ -7,7 +7,6 @@ The state goes to checkpoints/interrupted.ckpt (last.ckpt and best.ckpt stay as 
 training/signals.Interrupted, which the command turns into its record and exit status."""
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 

@@ -7,7 +7,8 @@ A signal is noted when it arrives and acted on where the run is:
   epoch (after its validation and checkpoints);
 - anywhere else before the run's results are written (start-up, loading data, the final test), at once: there is
   none of this invocation's training to save, and the state it started from is on disk unchanged;
-- once the results are written, not at all: nothing is left to stop.
+- once the run's results are written, not in that run: a sweep running its jobs in this process stops before the
+  next one.
 A second signal while a stop is pending stops at once.
 
 Standard library only, so the handlers are in place before torch and Lightning are imported."""
@@ -50,6 +51,7 @@ _noted = _Noted()
 
 def _handle(signum, frame) -> None:
     if _noted.finished:
+        _noted.signum = _noted.signum or signum
         return
     if _noted.training and _noted.signum is None:
         _noted.signum = signum
@@ -79,10 +81,14 @@ def pending() -> int | None:
 
 
 def finished() -> None:
-    """The run's results are written: a signal from now on has nothing to stop."""
+    """The run's results are written: a signal from now on has nothing of it to stop."""
     _noted.finished = True
 
 
 def reset() -> None:
-    """A new run in this process (a sweep runs its jobs one after another in one process)."""
+    """A new run in this process (a sweep runs its jobs one after another in one process); a signal that came
+    after the previous run's results were written stops it before it begins."""
+    after_a_run = _noted.signum if _noted.finished else None
     _noted.signum, _noted.training, _noted.finished = None, False, False
+    if after_a_run:
+        raise Interrupted(after_a_run)
