@@ -4,6 +4,7 @@ paying for a new Python process); tests of an entry point's process contract (ex
 reaches stderr, signals, several processes) run it as a subprocess."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def run_here(tool: str, *args: str, cwd: Path) -> None:
 
     main = {"vae-train": train.main, "vae-eval": evaluate.main, "vae-sample": sample.main}[tool]
     argv, here = sys.argv, os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     sys.argv = [tool, *args]
     os.chdir(cwd)
     try:
@@ -54,6 +56,8 @@ def run_here(tool: str, *args: str, cwd: Path) -> None:
     finally:
         sys.argv = argv
         os.chdir(here)
+        for s, handler in handlers.items():  # a command's own, for the rest of its process, not for pytest's
+            signal.signal(s, handler)
 
 
 def train(tmp_path: Path, name: str, *args: str) -> Path:

@@ -63,3 +63,20 @@ def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tm
     if step is not None:  # timing.json counts the training time of both starts
         before = torch.load(saved, weights_only=True)["callbacks"]["Timer"]["time_elapsed"]["train"]
         assert json.loads((run / "timing.json").read_text())["train_seconds"] > before > 0
+
+
+def test_a_signal_while_the_finished_process_shuts_down_is_ignored(tmp_path):
+    """Python gives a signal with a handler of its own back its default action (for SIGUSR1: to end the process)
+    while it shuts down, so a warning from SLURM then would record a finished job as killed. After vae-train's
+    work the stop signals are ignored instead."""
+    import subprocess
+    import sys
+
+    argv = ["vae-train", *SMALL[:2], "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'r'}"]
+    script = (f"import os, signal, sys; from vae_cli.cli.train import main; sys.argv = {argv!r}; main(); "
+              "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]); "
+              "os.kill(os.getpid(), signal.SIGUSR1)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[True, True, True]"
+    assert (tmp_path / "r" / "metrics.json").is_file()

@@ -451,6 +451,7 @@ def main() -> None:
     except Interrupted as stop:  # before a run began (composing the config), or between the jobs of a sweep
         print(f"vae-train: stopped by {stop.name}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
+    signals.ignore()
 
 
 if __name__ == "__main__":

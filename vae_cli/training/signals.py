@@ -80,6 +80,15 @@ def pending() -> int | None:
     return _noted.signum
 
 
+def ignore() -> None:
+    """From here to the process's end the stop signals are ignored: the command's work is done. (Python puts the
+    default action back for signals with a handler of its own while it shuts down, and SLURM's warning could
+    then end a finished job as killed.)"""
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def finished() -> None:
     """The run's results are written: a signal from now on has nothing of it to stop."""
     _noted.finished = True
