@@ -132,6 +132,36 @@ def check_train_config(cfg: DictConfig) -> None:
                         f"{model.likelihood}; use {bound}, e.g. model.gaussian_std=0.1.")
 
 
+def optimizer_and_schedule(cfg: DictConfig):
+    """The run's optimizer and learning-rate schedule from their configs (optimizer=, scheduler=): callables that
+    the module gives its parameters, and the optimizer (None: a constant rate). Each is tried once on a stand-in
+    parameter, so arguments its class refuses stop the run here, named with the group's keys, before Lightning is
+    imported. optim.lr_decay other than 1 with scheduler=none is an exponential decay, as before the groups."""
+    import torch
+
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    schedule = OmegaConf.to_container(cfg.get("scheduler") or OmegaConf.create(), resolve=True)
+    if not schedule and cfg.optim.lr_decay != 1:
+        schedule = {"_target_": "torch.optim.lr_scheduler.ExponentialLR", "_partial_": True, "gamma": cfg.optim.lr_decay}
+    make_optimizer, tried = _built("optimizer", optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    return make_optimizer, _built("scheduler", schedule, tried)[0] if schedule else None
+
+
+def _built(group: str, config: dict, *args):
+    """instantiate(config) (a partial), and what it makes of args; a refusal as the UserError naming the keys."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        made = instantiate(config)
+        return made, made(*args)
+    except (InstantiationException, TypeError, ValueError) as e:
+        why = " ".join(str(e.__cause__ or e).split())
+        keys = " ".join(f"{group}.{k}={v}" for k, v in config.items() if not k.startswith("_"))
+        raise UserError(f"{group}={config.get('_target_')} refused its settings ({keys}): {why}. Change or remove "
+                        f"the key it names (~{group}.<key> removes one; vae-train --cfg job shows them all).") from None
+
+
 def binarizes(cfg: DictConfig) -> bool:
     """data.binarize, where null means: exactly when the likelihood is of binary data."""
     if cfg.data.get("binarize") is not None:

@@ -114,9 +114,10 @@ def _hparams_loggers(trainer, cfg: DictConfig) -> list:
 def setup(cfg: DictConfig):
     """The run's datamodule, module and trainer, and the checkpoint it resumes from (or None): everything
     that can refuse the run, checked before anything is written."""
-    from .checks import binarizes, check_fits_data, check_train_config
+    from .checks import binarizes, check_fits_data, check_train_config, optimizer_and_schedule
 
     check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
+    optimizer, scheduler = optimizer_and_schedule(cfg)
     check_logger_packages(cfg)
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
     from pytorch_lightning.callbacks import LearningRateMonitor
@@ -151,7 +152,8 @@ def setup(cfg: DictConfig):
     model = settings("model")
     init_output_bias = model.pop("init_output_bias", False)  # an action at start-up, not a setting of the network
     module = VAEModule(model={**model, "data_shape": list(datamodule.shape)}, objective=settings("objective"),
-                       optim=settings("optim"))
+                       optimizer=optimizer, scheduler=scheduler, normalize_grads=cfg.optim.normalize_grads,
+                       monitor=_monitor(cfg) or "val/elbo")
     if ckpt_path is not None:
         # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
         # checkpoint stops the run with the parameter named, before anything is written.
@@ -176,7 +178,7 @@ def setup(cfg: DictConfig):
             log.info("no TensorBoard logger (logger=[%s]): the image grids, KL histograms and latent projector are "
                      "skipped", ",".join(cfg.get("logger") or {}))
             callbacks = [cb for cb in callbacks if cb not in skipped]
-    if cfg.optim.lr_decay != 1 and loggers:  # the learning rate follows a schedule: log it (lr-Adam)
+    if scheduler is not None and loggers:  # the learning rate follows a schedule: log it (lr-Adam)
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]

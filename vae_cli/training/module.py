@@ -2,7 +2,8 @@
 for the loss, and logs every metric of core.metrics by name, once per split and epoch (and every
 trainer.log_every_n_steps training steps)."""
 import importlib
-from typing import NamedTuple
+from functools import partial
+from typing import Callable, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -32,14 +33,21 @@ class StepMetrics(NamedTuple):
 
 
 class VAEModule(pl.LightningModule):
-    def __init__(self, model: dict, objective: dict | None = None, optim: dict | None = None):
+    """optimizer(parameters) -> a torch optimizer; scheduler(optimizer) -> its learning-rate schedule, stepped once
+    per epoch (None: constant), a ReduceLROnPlateau on `monitor`. normalize_grads: each parameter tensor's
+    gradient divided by its L2 norm before the optimizer's step."""
+
+    def __init__(self, model: dict, objective: dict | None = None,
+                 optimizer: Callable = partial(torch.optim.Adam, lr=1e-3, fused=True),
+                 scheduler: Callable | None = None, normalize_grads: bool = False, monitor: str = "val/elbo"):
         super().__init__()
-        # Kept in checkpoints, so vae-eval and vae-sample rebuild the network from the file alone.
-        self.save_hyperparameters(logger=False)
+        # Kept in checkpoints, so vae-eval and vae-sample rebuild the network from the file alone; the optimizer
+        # and its schedule are the run's config's, built again whenever it trains.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.vae = build_vae(model)
         self.objective = Objective(**(objective or {}))
-        optim = {"lr": 1e-3, "lr_decay": 1.0, "normalize_grads": False, **(optim or {})}
-        self.lr, self.lr_decay, self.normalize_grads = optim["lr"], optim["lr_decay"], optim["normalize_grads"]
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.normalize_grads, self.monitor = normalize_grads, monitor
         self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
@@ -173,9 +181,10 @@ class VAEModule(pl.LightningModule):
             torch._foreach_div_(grads, norms)
 
     def configure_optimizers(self):
-        # The fused kernel updates all parameters in one pass, a large share of a step for models this small.
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)
-        if self.lr_decay == 1.0:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
             return optimizer
-        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
+        schedule = {"scheduler": self.scheduler(optimizer), "interval": "epoch"}
+        if isinstance(schedule["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
