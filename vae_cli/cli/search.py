@@ -155,15 +155,21 @@ def search_space(params, arguments: list[str]) -> tuple[dict, list[str]]:
     return space, fixed
 
 
+def trial_id(storage, study, number: int) -> int:
+    """The storage's id of a study's trial, through the storage's public methods (Optuna's Trial keeps it private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
 @contextmanager
-def heartbeat(storage, trials, interval):
+def heartbeat(storage, study, trials, interval):
     """Signs of life for the trials in flight, from this process, while the launcher runs them."""
     stop = threading.Event()
+    ids = [trial_id(storage, study, t.number) for t in trials]
 
     def beat():
         while True:
-            for t in trials:
-                storage.record_heartbeat(t._trial_id)
+            for i in ids:
+                storage.record_heartbeat(i)
             if stop.wait(interval):
                 return
 
@@ -241,7 +247,7 @@ class Search:
 
         overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"search.trial={t.number}"] for t in batch]
         try:
-            with heartbeat(storage, batch, self.settings.heartbeat_interval):
+            with heartbeat(storage, study, batch, self.settings.heartbeat_interval):
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException:
             # Interrupted (a signal, Ctrl-C) or the launcher failed: these trials did not end, so their settings
@@ -253,7 +259,10 @@ class Search:
         self.job_idx += len(batch)
         failed = []
         for t, ret in zip(batch, returns):
-            value = ret._return_value  # the job's result, or the exception that ended it
+            try:
+                value = ret.return_value  # the job's result; Hydra writes the overrides of a failed one to stderr
+            except Exception as error:
+                value = error
             if isinstance(value, Pruned):
                 study.tell(t, state=TrialState.PRUNED)
                 log.info("trial %d pruned at epoch %d (%.4f)", t.number, value.epoch, value.value)
@@ -334,10 +343,11 @@ def trial_reporter(number: int):
     hydra = HydraConfig.get()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = SearchConfig(**{k: v for k, v in OmegaConf.to_container(hydra.sweeper, resolve=True).items() if k != "_target_"})
-    study = optuna.load_study(study_name=s.study_name, storage=open_storage(storage_url(s.storage, hydra.sweep.dir)),
-                              pruner=make_pruner(s.pruner))
-    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    trial = optuna.trial.Trial(study, frozen._trial_id)
+    storage = open_storage(storage_url(s.storage, hydra.sweep.dir))
+    study = optuna.load_study(study_name=s.study_name, storage=storage, pruner=make_pruner(s.pruner))
+    # Optuna has no public way to take up a trial that another process asked for: its Trial is built from the
+    # trial's storage id, as Study.ask builds it.
+    trial = optuna.trial.Trial(study, trial_id(storage, study, number))
 
     def report(epoch: int, value: float) -> bool:
         trial.report(value, step=epoch)

@@ -318,6 +318,8 @@ class EarlyStopping(pl.callbacks.EarlyStopping):
         super().__init__(*args, **kwargs)
         self.start_epoch = start_epoch
 
+    # Lightning's EarlyStopping has no public way to track the best score while not counting epochs without
+    # improvement; its check, called by its own public hooks, is the one place both happen.
     def _run_early_stopping_check(self, trainer):
         counting = trainer.current_epoch + 1 >= self.start_epoch
         patience = self.patience
