@@ -24,6 +24,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
+from vae_cli.cli import run_files
+
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
@@ -155,7 +157,7 @@ def _ended_without_result(num: int, job, job_dir: Path) -> str:
 
     state = _final_state(job.job_id)
     said = f"job {num} (SLURM job {job.job_id}) ended {state} without finishing"
-    stop = job_dir / "interrupted.json"
+    stop = job_dir / run_files.STOP
     try:
         record = json.loads(stop.read_text())
         said += f": stopped by {record['signal']} {record['stopped']}; resume: {record['resume']}"
@@ -212,7 +214,7 @@ def _why_not_finished(num: int, job_dir: Path, ret: JobReturn) -> str:
     if isinstance(ret, _Failed):
         return ret.message
     try:
-        message = json.loads((job_dir / "error.json").read_text())["message"]
+        message = json.loads((job_dir / run_files.ERROR).read_text())["message"]
     except (OSError, ValueError, KeyError):
         message = "see its log"
     return f"job {num} failed: {message} ({job_dir})"

@@ -21,6 +21,7 @@ import yaml
 from ..core.metrics import RUN_SUMMARY
 from ..errors import UserError
 from ..training.files import atomic_write
+from . import run_files
 from .errors import run_or_exit
 from .loading import LATEST, latest
 
@@ -87,14 +88,14 @@ def read_job(job_dir: Path) -> Job:
         key, _, value = str(item).partition("=")
         overrides[key] = value
     metrics, error = {}, None
-    if (job_dir / "metrics.json").is_file():
+    if (job_dir / run_files.METRICS).is_file():
         try:
-            metrics = json.loads((job_dir / "metrics.json").read_text())
+            metrics = json.loads((job_dir / run_files.METRICS).read_text())
         except json.JSONDecodeError as e:
             error = f"metrics.json is not valid JSON ({e})"
     status = "ok" if metrics else "failed" if error else None
-    stop = job_dir / "interrupted.json"  # written by a run that a signal stopped after saving its state
-    failure = job_dir / "error.json"  # written by a run that failed (of the two, the newer counts: a resumed run)
+    stop = job_dir / run_files.STOP  # written by a run that a signal stopped after saving its state
+    failure = job_dir / run_files.ERROR  # written by a run that failed (of the two, the newer counts: a resumed run)
     if status is None and failure.is_file() and not (stop.is_file() and stop.stat().st_mtime > failure.stat().st_mtime):
         status = "failed"
         try:
@@ -114,7 +115,7 @@ def read_job(job_dir: Path) -> Job:
                 status, error = "interrupted", f"{stopped['signal']} {where}; resume: {stopped['resume']}"
         except (json.JSONDecodeError, KeyError) as e:
             error = f"interrupted.json is not valid ({e})"
-    pruned = job_dir / "pruned.json"  # a trial of hparams_search=optuna that the study's pruner stopped
+    pruned = job_dir / run_files.PRUNED  # a trial of hparams_search=optuna that the study's pruner stopped
     if status is None and pruned.is_file():
         try:
             p = json.loads(pruned.read_text())
@@ -122,7 +123,7 @@ def read_job(job_dir: Path) -> Job:
         except (json.JSONDecodeError, KeyError) as e:
             error = f"pruned.json is not valid ({e})"
     if status is None:
-        error = error_of(job_dir / "train.log")
+        error = error_of(job_dir / run_files.LOG)
         status = "failed" if error else "incomplete"
     # vae-eval's estimate of -log p(x), named with its k: bounds with different k do not compare.
     for f in sorted(job_dir.glob("eval_*_k*.json")):
@@ -136,9 +137,9 @@ def read_job(job_dir: Path) -> Job:
             other = name.group(3) not in (None, "best")
             metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}" + (f"_{name.group(3)}" if other else "")] = result["nll_iw"]
     timing = {}
-    if (job_dir / "timing.json").is_file():
+    if (job_dir / run_files.TIMING).is_file():
         try:
-            timing = json.loads((job_dir / "timing.json").read_text())
+            timing = json.loads((job_dir / run_files.TIMING).read_text())
         except json.JSONDecodeError:
             pass
     return Job(job_dir.name, overrides, metrics, timing.get("train_seconds"), status,

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 from ..training.files import cannot_write
+from . import run_files
 from .errors import fail
 from .loading import LATEST, latest
 
@@ -85,7 +86,6 @@ def forget_refused_record() -> None:
     shutil.rmtree(record, ignore_errors=True)
 
 
-ERROR_FILE = "error.json"  # why the run failed, for vae-report: the log's format is the user's to choose
 
 
 def record_failure(run_dir: Path, error: Exception) -> None:
@@ -102,16 +102,13 @@ def record_failure(run_dir: Path, error: Exception) -> None:
     user = isinstance(error, UserError)
     # A full disk, say: the error itself still reaches the user and the log.
     with contextlib.suppress(OSError, UserError):
-        write_json(run_dir / ERROR_FILE, {
+        write_json(run_dir / run_files.ERROR, {
             "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
             "message": own_message(error) if user else str(error),
             "traceback": None if user else "".join(traceback.format_exception(error)),
             "overrides": list(hydra.overrides.task),
             "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         })
-
-
-STOP_FILE = "interrupted.json"  # where a run a signal stopped says where, and how it goes on
 
 
 def resume_command(ckpt: Path | None) -> str:

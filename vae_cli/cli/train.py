@@ -21,7 +21,8 @@ from ..training.signals import Interrupted
 from . import slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from .run_dir import (RECORD, STOP_FILE, claim, first_process, forget_refused_record, outside_fault, record_failure,
+from . import run_files
+from .run_dir import (RECORD, claim, first_process, forget_refused_record, outside_fault, record_failure,
                       release, resume_command)
 
 log = logging.getLogger("vae_cli")
@@ -246,7 +247,7 @@ def _stopped(cfg: DictConfig, run_dir: Path, stop: Interrupted) -> None:
     command = resume_command(ckpt)
     where = (f"after epoch {stop.epoch} (step {stop.global_step})" if stop.epoch_finished else
              f"in epoch {stop.epoch} at step {stop.global_step}" if stop.checkpoint else stop.where)
-    write_json(run_dir / STOP_FILE, {
+    write_json(run_dir / run_files.STOP, {
         "signal": stop.name, "stopped": where, "epoch": stop.epoch, "global_step": stop.global_step,
         "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued})
     state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
@@ -320,10 +321,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
             lg.experiment.finish()  # Lightning leaves the W&B run open until the process exits
     if trainer.is_global_zero:  # one writer when several processes train (DDP)
         # metrics.json holds only what the seed determines (same seed, same file); wall time goes beside it.
-        write_json(run_dir / "metrics.json", metrics)
-        write_json(run_dir / "timing.json", {"train_seconds": round(train_seconds, 3)})
+        write_json(run_dir / run_files.METRICS, metrics)
+        write_json(run_dir / run_files.TIMING, {"train_seconds": round(train_seconds, 3)})
     shown = [m for m in (*SUMMARY, "iwae") if f"test/{m}" in metrics]  # iwae: trained on k > 1 samples
-    log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in shown), run_dir / "metrics.json")
+    log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in shown), run_dir / run_files.METRICS)
     return metrics
 
 
@@ -342,9 +343,9 @@ def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -
     for lg in trainer.loggers:
         lg.finalize("success")
     if trainer.is_global_zero:
-        write_json(run_dir / "pruned.json", record)
+        write_json(run_dir / run_files.PRUNED, record)
     log.info("pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)", epoch, monitor, value,
-             cfg.search.trial, run_dir / "pruned.json")
+             cfg.search.trial, run_dir / run_files.PRUNED)
     return {"pruned": record}
 
 
