@@ -1,6 +1,7 @@
 """The names users type: every override the README documents composes and passes the checks, and every
 bad value is refused at start-up with a message naming the key, checked in this process against the
 composed config (the process contract, exit status 2 and no traceback, is in test_train_cli.py)."""
+import json
 import re
 from pathlib import Path
 
@@ -142,3 +143,26 @@ def test_a_sweeper_or_launcher_this_machine_cannot_run_is_named_before_hydra_sta
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UserError, match="sbatch, which is not on this machine's PATH"):
         train.check_optional_parts(["--multirun", "hydra/launcher=slurm"])
+
+
+def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_is_a_choice():
+    from hydra.utils import instantiate
+
+    from vae_cli.training.callbacks import EarlyStopping
+
+    default = compose("train").callbacks
+    assert list(default) == ["model_checkpoint", "last_checkpoint", "image_grids", "val_nll_iw", "latent_projector",
+                             "ema"]
+    assert not compose("train", "callbacks=none").callbacks
+    chosen = compose("train", "callbacks=[default,early_stopping]", "callbacks.model_checkpoint.monitor=val/iwae")
+    stopping = instantiate(chosen.callbacks.early_stopping)
+    assert isinstance(stopping, EarlyStopping) and stopping.monitor == "val/iwae" and stopping.patience == 50
+    assert list(chosen.callbacks)[:-1] == list(default)
+
+
+def test_a_run_without_callbacks_writes_its_metrics_and_no_checkpoint(tmp_path):
+    from conftest import train
+
+    run = train(tmp_path, "run", "callbacks=none", "trainer.max_epochs=2")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["best_checkpoint"] is None and not (run / "checkpoints").exists()

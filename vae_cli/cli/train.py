@@ -194,7 +194,7 @@ def setup(cfg: DictConfig):
         from ..training.callbacks import Pruning
         from .search import trial_reporter
 
-        callbacks.append(Pruning(trial_reporter(cfg.search.trial), cfg.callbacks.model_checkpoint.monitor))
+        callbacks.append(Pruning(trial_reporter(cfg.search.trial), _monitor(cfg) or "val/elbo"))
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -337,7 +337,7 @@ def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -
     """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
     from ..training.checkpointing import write_json
 
-    monitor = cfg.callbacks.model_checkpoint.monitor
+    monitor = _monitor(cfg) or "val/elbo"
     record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,
               "global_step": trainer.global_step}
     for lg in trainer.loggers:
