@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import read_scalars, run_here, train
 
-from vae_cli.cli import report, sweep_figures
+from vae_cli.cli import report
+from vae_cli.cli.sweep import figures as sweep_figures
+from vae_cli.cli.sweep.jobs import read_sweep
 from vae_cli.training import figures
 
 pytest.importorskip("matplotlib", reason="install the plots extra: pip install -e '.[test]'")
@@ -92,7 +94,7 @@ def test_report_writes_both_figures_as_png_and_svg_beside_its_tables(sweep, caps
 
 
 def test_metric_against_a_setting_is_the_mean_over_seeds_with_their_sample_std(sweep):
-    fig = sweep_figures.metric_figure(report.read_sweep(sweep), "test/elbo", ["model.latent_dim"])
+    fig = sweep_figures.metric_figure(read_sweep(sweep), "test/elbo", ["model.latent_dim"])
     (ax,) = fig.axes
     ((x, y, half),) = errorbars(ax)  # one line: no other setting is swept
     assert x == [2.0, 16.0, 256.0]
@@ -105,7 +107,7 @@ def test_metric_against_a_setting_is_the_mean_over_seeds_with_their_sample_std(s
 
 
 def test_one_line_per_other_setting_and_categories_on_their_own_axis(two_keys):
-    jobs = report.read_sweep(two_keys)
+    jobs = read_sweep(two_keys)
     fig = sweep_figures.metric_figure(jobs, "test/kl", ["model.latent_dim", "model.activation"])
     by_dim, by_act = fig.axes
     assert by_dim.get_xscale() == "linear"  # 2 to 8: less than two decades
@@ -121,7 +123,7 @@ def test_one_line_per_other_setting_and_categories_on_their_own_axis(two_keys):
 
 
 def test_rate_distortion_has_one_point_per_finished_job_and_lines_of_equal_elbo(sweep):
-    jobs = report.read_sweep(sweep)
+    jobs = read_sweep(sweep)
     fig = sweep_figures.rate_distortion_figure(jobs, ["model.latent_dim"])
     ax = fig.axes[0]
     # The scatter of the points; the legend's entries are empty scatters, the dashed lines a contour set.
@@ -146,7 +148,7 @@ def test_report_options_choose_the_metric_and_keys_or_switch_figures_off(two_key
     report.main([str(two_keys), "--plot-metric", "test/kl", "--plot-keys", "model.activation"])
     capsys.readouterr()
     assert sorted(p.name for p in two_keys.glob("*.png")) == ["rate_distortion.png", "test_kl_by_setting.png"]
-    fig = sweep_figures.rate_distortion_figure(report.read_sweep(two_keys), ["model.activation"])
+    fig = sweep_figures.rate_distortion_figure(read_sweep(two_keys), ["model.activation"])
     assert len(fig.axes) == 1 and fig.axes[0].get_legend().get_title().get_text() == "model.activation"
 
 
@@ -262,6 +264,6 @@ def test_matplotlib_is_imported_only_to_draw():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] == "matplotlib" for n in names), path
     # ... so vae-report, which loads no Lightning, starts without it.
-    code = "import sys, vae_cli.cli.report, vae_cli.cli.sweep_figures; print('matplotlib' in sys.modules)"
+    code = "import sys, vae_cli.cli.report, vae_cli.cli.sweep.figures; print('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -36,7 +36,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-LAYER_FILES = [(layer, f) for layer in ALLOWED for f in sorted((PACKAGE / layer).glob("*.py"))]
+LAYER_FILES = [(layer, f) for layer in ALLOWED for f in sorted((PACKAGE / layer).rglob("*.py"))]
 
 
 def test_the_package_is_four_layers_and_one_exception():

@@ -14,6 +14,7 @@ import pytest
 from conftest import QUIET, run_vae_train
 
 from vae_cli.cli import report
+from vae_cli.cli.sweep import jobs, tables
 
 CONSTANT = "trainer.max_epochs=5"
 ERROR_MSG = "KL(q(z|x) || p(z)) is not finite at step 40; last.ckpt holds the last good state."
@@ -152,7 +153,7 @@ def test_failed_jobs_are_listed_with_their_error(sweep, capsys):
     assert [line.strip() for line in section[1::2]] == [
         ERROR_MSG,  # the log prefix stripped
         "the run failed: ValueError: boom",  # log.exception(): the message and the exception it carried
-        report.NO_ERROR,
+        jobs.NO_ERROR,
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",  # a bare traceback's last line
     ]
     assert "[ERROR]" not in out
@@ -196,7 +197,7 @@ def test_csv_has_one_row_per_job_at_full_precision(sweep, capsys, tmp_path):
             assert float(r[key]) == m[key]  # exact: nothing rounded
         assert r["global_step"] == "55" and float(r["train_seconds"]) == 10.0 + num
     assert rows[4]["status"] == "failed" and rows[4]["error"] == ERROR_MSG and rows[4]["test/elbo"] == ""
-    assert rows[7]["status"] == "incomplete" and rows[7]["error"] == report.NO_ERROR
+    assert rows[7]["status"] == "incomplete" and rows[7]["error"] == jobs.NO_ERROR
     assert float(rows[3]["test/nll_iw_k100"]) == 98.123456
 
 
@@ -349,6 +350,6 @@ def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
 def test_default_columns_add_the_bound_a_job_was_trained_and_checkpointed_on():
     iwae_job = SimpleNamespace(metrics={**metrics_of(4, 0), "test/iwae": -99.5, "best_val_iwae": -99.0})
     elbo_job = SimpleNamespace(metrics=metrics_of(4, 1))
-    columns = report.choose_metrics([elbo_job, iwae_job], None)
-    assert columns == [*report.DEFAULT_METRICS, "test/iwae", "best_val_iwae"]
-    assert report.choose_metrics([elbo_job], None) == list(report.DEFAULT_METRICS)
+    columns = tables.choose_metrics([elbo_job, iwae_job], None)
+    assert columns == [*tables.DEFAULT_METRICS, "test/iwae", "best_val_iwae"]
+    assert tables.choose_metrics([elbo_job], None) == list(tables.DEFAULT_METRICS)

@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 from statistics import fmean, stdev
 
-from ..errors import UserError
-from ..training import figures
-from ..training.figures import LOG_SPAN
-from .report import Job, is_number, sortable
+from ...errors import UserError
+from ...training import figures
+from ...training.figures import LOG_SPAN
+from .jobs import Job, is_number, sortable
 
 MAX_LEGEND = 8  # colours for more distinct values than this go in a colour bar, not a legend
 PANEL = (4.6, 3.6)  # inches per panel

@@ -1,0 +1,164 @@
+"""A sweep's jobs as vae-train left them in <sweep>/<job number>/: .hydra/overrides.yaml (the job's command-line
+overrides), metrics.json (written only when the job finished), timing.json, interrupted.json, pruned.json,
+error.json (why a job failed; train.log in directories written before it) and vae-eval's
+eval_<split>_k<k>_<checkpoint>.json. Nothing here imports torch or Hydra, so reading a sweep is instant."""
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ...errors import UserError
+from .. import run_files
+
+NO_ERROR = "no metrics.json and no error recorded"
+# A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
+LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")
+# vae-eval's report: eval_<split>_k<k>_<checkpoint>.json (eval_<split>_k<k>.json from earlier versions: best.ckpt)
+EVAL_FILE = re.compile(r"eval_([a-z]+)_k(\d+)(?:_(.+))?\.json")
+
+
+@dataclass
+class Job:
+    num: str                  # the job's directory name, Hydra's job number
+    overrides: dict           # key -> value, both as written on the command line
+    metrics: dict             # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
+    train_seconds: float | None
+    status: str               # ok, failed, interrupted (a signal; resumable), requeued (SLURM restarts it), pruned
+                              # (by a search), or incomplete
+    error: str | None
+
+    def value(self, key: str):
+        if key == "job":
+            return int(self.num) if self.num.isdigit() else self.num
+        if key == "status":
+            return self.status
+        if key == "train_seconds":
+            return self.train_seconds
+        if key in self.overrides:
+            return self.overrides[key]
+        return self.metrics.get(key)
+
+
+def exception_line(lines: list[str]) -> str | None:
+    """The "Type: message" line that ends the last traceback in `lines` (with chained exceptions
+    the last traceback is the one that was finally raised)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    # Frames and source lines are indented; the exception line is the first one that is not.
+    return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
+
+
+def error_of(log_file: Path) -> str | None:
+    """Why the job failed, from its train.log: the first ERROR record's message (with the exception
+    when a traceback follows it, as after log.exception("the run failed")), else the end of a
+    traceback anywhere in the file; None when the log records no error."""
+    if not log_file.is_file():
+        return None
+    lines = log_file.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        record = LOG_RECORD.match(line)
+        if record and record.group(1) in ("ERROR", "CRITICAL"):
+            # The record goes on until the next record starts; a traceback, if any, is in there.
+            end = next((k for k in range(i + 1, len(lines)) if LOG_RECORD.match(lines[k])), len(lines))
+            exc = exception_line(lines[i + 1:end])
+            return f"{record.group(2)}: {exc}" if exc else record.group(2)
+    return exception_line(lines)
+
+
+def read_job(job_dir: Path) -> Job:
+    overrides = {}
+    for item in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []:
+        key, _, value = str(item).partition("=")
+        overrides[key] = value
+    metrics, error = {}, None
+    if (job_dir / run_files.METRICS).is_file():
+        try:
+            metrics = json.loads((job_dir / run_files.METRICS).read_text())
+        except json.JSONDecodeError as e:
+            error = f"metrics.json is not valid JSON ({e})"
+    status = "ok" if metrics else "failed" if error else None
+    stop = job_dir / run_files.STOP  # written by a run that a signal stopped after saving its state
+    failure = job_dir / run_files.ERROR  # written by a run that failed (of the two, the newer counts: a resumed run)
+    if status is None and failure.is_file() and not (stop.is_file() and stop.stat().st_mtime > failure.stat().st_mtime):
+        status = "failed"
+        try:
+            failed = json.loads(failure.read_text())
+            user = failed["type"].endswith(".UserError")  # its message is written for the user, and says it all
+            error = failed["message"] if user else f"{failed['type']}: {failed['message']}"
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            error = f"error.json is not valid ({e})"
+    if status is None and stop.is_file():
+        try:
+            stopped = json.loads(stop.read_text())
+            where = stopped.get("stopped") or f"at step {stopped['global_step']}"  # "stopped": since it is written
+            if stopped.get("requeued"):
+                status, error = "requeued", (f"{stopped['signal']} {where}; waiting for SLURM to restart it, then it "
+                                             f"resumes from {stopped['checkpoint'] or 'the start'}")
+            else:
+                status, error = "interrupted", f"{stopped['signal']} {where}; resume: {stopped['resume']}"
+        except (json.JSONDecodeError, KeyError) as e:
+            error = f"interrupted.json is not valid ({e})"
+    pruned = job_dir / run_files.PRUNED  # a trial of hparams_search=optuna that the study's pruner stopped
+    if status is None and pruned.is_file():
+        try:
+            p = json.loads(pruned.read_text())
+            status, error = "pruned", f"after epoch {p['epoch']}: {p['monitor']} {p['value']:.4f}"
+        except (json.JSONDecodeError, KeyError) as e:
+            error = f"pruned.json is not valid ({e})"
+    if status is None:
+        error = error_of(job_dir / run_files.LOG)
+        status = "failed" if error else "incomplete"
+    # vae-eval's estimate of -log p(x), named with its k: bounds with different k do not compare.
+    for f in sorted(job_dir.glob("eval_*_k*.json")):
+        name = EVAL_FILE.fullmatch(f.name)
+        try:
+            result = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if name and "nll_iw" in result:
+            # The run's best checkpoint under the plain name; any other checkpoint named after it.
+            other = name.group(3) not in (None, "best")
+            metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}" + (f"_{name.group(3)}" if other else "")] = result["nll_iw"]
+    timing = {}
+    if (job_dir / run_files.TIMING).is_file():
+        try:
+            timing = json.loads((job_dir / run_files.TIMING).read_text())
+        except json.JSONDecodeError:
+            pass
+    return Job(job_dir.name, overrides, metrics, timing.get("train_seconds"), status,
+               (error or NO_ERROR) if status != "ok" else None)
+
+
+def read_sweep(sweep: Path) -> list[Job]:
+    if not sweep.exists():
+        raise UserError(f"{sweep} does not exist")
+    if not sweep.is_dir():
+        raise UserError(f"{sweep} is not a directory; give a sweep directory such as outputs/multirun/DATE/TIME")
+    # A job directory is any sub-directory with Hydra's record of its overrides (written before the job runs).
+    dirs = [d for d in sweep.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    if not dirs:
+        hint = " (it is a single run's directory)" if (sweep / ".hydra").is_dir() else ""
+        raise UserError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml){hint}; "
+                          "give a sweep directory such as outputs/multirun/DATE/TIME")
+    jobs = [read_job(d) for d in dirs]
+    return sorted(jobs, key=lambda j: sortable(j.value("job")))
+
+
+def is_number(value) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def sortable(value):
+    # Numbers before strings, so 8 < 32 for latent_dim=8,32 and job 9 < job 10.
+    return (0, float(value), "") if is_number(value) else (1, 0.0, str(value))
+
+
