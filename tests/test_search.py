@@ -49,7 +49,7 @@ def wait_for(predicate, timeout: float = 600, what: str = ""):
 def test_the_search_space_is_read_from_hydras_sweep_syntax():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from vae_cli.cli.search import search_space
+    from hydra_plugins.vae_cli_search._impl import search_space
 
     space, fixed = search_space({"optim.lr": "tag(log, interval(1e-4, 3e-3))", "objective.beta": "interval(0.5, 2.0)"},
                                 ["model.latent_dim=choice(8,16)", "data.batch_size=range(32,129,32)",

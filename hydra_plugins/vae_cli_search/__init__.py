@@ -1,9 +1,10 @@
-"""hparams_search=optuna's sweeper as a Hydra plugin (hydra/sweeper=optuna_study); the search itself is
-vae_cli/cli/search.py."""
+"""hparams_search=optuna's sweeper as a Hydra plugin (hydra/sweeper=optuna_study); the search itself is _impl.py."""
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
-from vae_cli.cli.search import Search, SearchConfig
+from vae_cli.cli.study import SearchConfig
+
+from ._impl import Search
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna_study", node=SearchConfig, provider="vae-cli")
 

@@ -192,7 +192,7 @@ def setup(cfg: DictConfig):
     callbacks.append(Interruption(Path(cfg.run_dir) / "checkpoints"))  # a Checkpoint: after the run's own
     if cfg.get("search", {}).get("trial") is not None:  # a trial of hparams_search=optuna
         from ..training.callbacks import Pruning
-        from .search import trial_reporter
+        from .study import trial_reporter
 
         callbacks.append(Pruning(trial_reporter(cfg.search.trial), _monitor(cfg) or "val/elbo"))
     plugins = [AtomicCheckpointIO()]
@@ -366,7 +366,7 @@ def train(cfg: DictConfig) -> float:
     so any sweeper can optimise what the run itself selects on."""
     metrics = run_or_exit("vae-train", fit, cfg)
     if "pruned" in metrics:
-        from .search import Pruned
+        from .study import Pruned
 
         return Pruned(metrics["pruned"]["epoch"], metrics["pruned"]["value"])
     best = metrics.get(best_val_key(_monitor(cfg)))
