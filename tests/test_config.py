@@ -132,17 +132,17 @@ def test_every_registered_likelihood_is_a_valid_choice(name):
 
 
 def test_a_sweeper_or_launcher_this_machine_cannot_run_is_named_before_hydra_starts(monkeypatch):
-    from vae_cli.cli import train
+    from vae_cli.cli import startup
 
-    for prefix, module, _ in train.OPTIONAL:  # the real plugins' modules: installed with the test extras
+    for prefix, module, _ in startup.OPTIONAL:  # the real plugins' modules: installed with the test extras
         assert __import__("importlib.util").util.find_spec(module) is not None, module
-    monkeypatch.setattr(train, "OPTIONAL", [("hparams_search=optuna", "hydra_plugins.not_installed", "the plugin")])
+    monkeypatch.setattr(startup, "OPTIONAL", [("hparams_search=optuna", "hydra_plugins.not_installed", "the plugin")])
     with pytest.raises(UserError, match=r"hparams_search=optuna needs the plugin, which is not installed.*\[sweeps\]"):
-        train.check_optional_parts(["--multirun", "hparams_search=optuna"])
-    train.check_optional_parts(["--multirun", "model.latent_dim=2,8"])  # nothing optional asked for
+        startup.check_optional_parts(["--multirun", "hparams_search=optuna"])
+    startup.check_optional_parts(["--multirun", "model.latent_dim=2,8"])  # nothing optional asked for
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UserError, match="sbatch, which is not on this machine's PATH"):
-        train.check_optional_parts(["--multirun", "hydra/launcher=slurm"])
+        startup.check_optional_parts(["--multirun", "hydra/launcher=slurm"])
 
 
 def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_is_a_choice():

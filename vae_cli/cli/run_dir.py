@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..training.files import cannot_write
 from . import run_files
 from .errors import fail
 from .loading import LATEST, latest
+
+log = logging.getLogger("vae_cli")
 
 
 def _resume_dir(ckpt_path, default: str) -> str:
@@ -109,6 +112,38 @@ def record_failure(run_dir: Path, error: Exception) -> None:
             "overrides": list(hydra.overrides.task),
             "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         })
+
+
+def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
+    """A run a signal stopped: requeue its SLURM job when asked to (SIGUSR1, requeue=true, a batch job), and say
+    in interrupted.json and in one line of the log where it stopped, what holds its state, whether SLURM runs it
+    again, and otherwise the command that resumes it. Once, from the first process of a data-parallel run."""
+    from ..training.files import write_json
+    from . import slurm
+    from .loading import newest_state
+
+    if not first_process():
+        return
+    requeued, why = False, None
+    if stop.signum == signal.SIGUSR1 and cfg.requeue:
+        requeued, why = slurm.requeue()  # after Lightning has shut down: SLURM then ends the job with a SIGTERM
+    elif slurm.batch_job() is not None:
+        requeued = slurm.requeued_from_outside()  # scontrol requeue, or a preemption that requeues
+    ckpt = stop.checkpoint or newest_state(run_dir)
+    command = resume_command(ckpt)
+    where = (f"after epoch {stop.epoch} (step {stop.global_step})" if stop.epoch_finished else
+             f"in epoch {stop.epoch} at step {stop.global_step}" if stop.checkpoint else stop.where)
+    write_json(run_dir / run_files.STOP, {
+        "signal": stop.name, "stopped": where, "epoch": stop.epoch, "global_step": stop.global_step,
+        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued})
+    state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
+             f"nothing new to save; the run's state is {ckpt}" if ckpt else "nothing was saved")
+    if requeued:
+        then = ("SLURM has requeued the job: waiting for SLURM to restart it (it holds a requeued job for about two "
+                "minutes), then it resumes from there. To resume it yourself instead, cancel the job, then: ")
+    else:
+        then = f"Could not requeue the SLURM job ({why}). Resume with: " if why else "Resume with: "
+    log.info("%s: stopped %s; %s. %s%s", stop.name, where, state, then, command)
 
 
 def resume_command(ckpt: Path | None) -> str:

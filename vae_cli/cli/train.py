@@ -1,8 +1,6 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
 import logging
 import os
-import shutil
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -18,12 +16,11 @@ from ..core.metrics import SUMMARY, best_val_key, run_summary
 from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
-from . import slurm
+from . import hparams, run_files, slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from . import run_files
-from .run_dir import (RECORD, claim, first_process, forget_refused_record, outside_fault, record_failure,
-                      release, resume_command)
+from .run_dir import claim, forget_refused_record, outside_fault, record_failure, record_stop, release
+from .startup import check_config_files, check_logger_packages, check_optional_parts
 
 log = logging.getLogger("vae_cli")
 
@@ -56,60 +53,6 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
     # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-
-
-# Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS (so
-# are the loggers').
-WHERE = ("run_dir", "ckpt_path", "requeue", "data.data_dir", "trainer.default_root_dir")
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """Every setting of the composed config as a flat scalar (a.b.c: value) for TensorBoard's HPARAMS tab, one
-    row per run, so whatever differs between the runs of a sweep is a column; and the config groups chosen."""
-    flat = {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
-            if not group.startswith("hydra") and choice is not None}
-    flat["logger"] = ",".join(cfg.get("logger") or {})  # Hydra lists no choice for several (logger=[tensorboard,csv])
-
-    def walk(prefix: str, node) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(f"{name}.", value)
-            elif (not key.startswith("_") and name not in WHERE and not name.startswith("logger.")
-                  and not name.endswith(("dirpath", "save_dir"))):
-                flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk("", OmegaConf.to_container(cfg, resolve=True))
-    return flat
-
-
-def _hparams_loggers(trainer, cfg: DictConfig) -> list:
-    """Log the run's settings; returns the loggers that take its final metrics as HPARAMS columns.
-
-    TensorBoard shows the first HPARAMS session a run directory holds, so a later invocation (a resume)
-    writes its own in its record folder, .hydra/<date>_<time>/: a row of its own with its settings and
-    its final metrics, beside the first part's row. The HPARAMS tab lists a metric only when it is
-    declared with the settings, before it is logged; hp/ tags keep that placeholder out of the curves."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    settings = hparams_of(cfg)
-    declared = {f"hp/{m.replace('/', '_')}": float("nan") for m in run_summary(_monitor(cfg))}
-    hydra = HydraConfig.get()
-    later = hydra.output_subdir not in (None, RECORD)
-    out = []
-    for lg in trainer.loggers:
-        if not isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(settings)
-            out.append(lg)
-        elif later:
-            own = TensorBoardLogger(save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir, name="", version="",
-                                    default_hp_metric=False)
-            own.log_hyperparams(settings, declared)
-            out.append(own)
-        else:
-            lg.log_hyperparams(settings, declared)
-            out.append(lg)
-    return out
 
 
 def setup(cfg: DictConfig):
@@ -217,7 +160,7 @@ def fit(cfg: DictConfig) -> dict:
         signals.finished()
         return metrics
     except Interrupted as stop:
-        _stopped(cfg, run_dir, stop)
+        record_stop(cfg, run_dir, stop)
         raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     except Exception as error:  # a UserError or a bug; a signal's stop is not a failure
         fault = outside_fault(error, run_dir)  # a refused write or a vanished directory: one message
@@ -227,37 +170,6 @@ def fit(cfg: DictConfig) -> dict:
         raise fault from error
     finally:
         release(lock)
-
-
-def _stopped(cfg: DictConfig, run_dir: Path, stop: Interrupted) -> None:
-    """A run a signal stopped: requeue its SLURM job when asked to (SIGUSR1, requeue=true, a batch job), and say
-    in interrupted.json and in one line of the log where it stopped, what holds its state, whether SLURM runs it
-    again, and otherwise the command that resumes it. Once, from the first process of a data-parallel run."""
-    from ..training.files import write_json
-    from .loading import newest_state
-
-    if not first_process():
-        return
-    requeued, why = False, None
-    if stop.signum == signal.SIGUSR1 and cfg.requeue:
-        requeued, why = slurm.requeue()  # after Lightning has shut down: SLURM then ends the job with a SIGTERM
-    elif slurm.batch_job() is not None:
-        requeued = slurm.requeued_from_outside()  # scontrol requeue, or a preemption that requeues
-    ckpt = stop.checkpoint or newest_state(run_dir)
-    command = resume_command(ckpt)
-    where = (f"after epoch {stop.epoch} (step {stop.global_step})" if stop.epoch_finished else
-             f"in epoch {stop.epoch} at step {stop.global_step}" if stop.checkpoint else stop.where)
-    write_json(run_dir / run_files.STOP, {
-        "signal": stop.name, "stopped": where, "epoch": stop.epoch, "global_step": stop.global_step,
-        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued})
-    state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
-             f"nothing new to save; the run's state is {ckpt}" if ckpt else "nothing was saved")
-    if requeued:
-        then = ("SLURM has requeued the job: waiting for SLURM to restart it (it holds a requeued job for about two "
-                "minutes), then it resumes from there. To resume it yourself instead, cancel the job, then: ")
-    else:
-        then = f"Could not requeue the SLURM job ({why}). Resume with: " if why else "Resume with: "
-    log.info("%s: stopped %s; %s. %s%s", stop.name, where, state, then, command)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> dict:
@@ -282,7 +194,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("run directory: %s   (curves: tensorboard --logdir %s)", shown, curves)
     if ckpt_path is not None:
         log.info("resuming %s", ckpt_path)
-    hparams_loggers = _hparams_loggers(trainer, cfg)
+    hparams_loggers = hparams.loggers_of(trainer, cfg, _monitor(cfg))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Interrupted as stop:
@@ -371,78 +283,6 @@ def train(cfg: DictConfig) -> float:
         return Pruned(metrics["pruned"]["epoch"], metrics["pruned"]["value"])
     best = metrics.get(best_val_key(_monitor(cfg)))
     return best if best is not None else metrics["test/elbo"]
-
-
-# What a choice on the command line needs beyond the main install: (argument prefix, module, how to get it).
-OPTIONAL = [
-    ("hparams_search=optuna", "optuna", "Optuna"),
-    ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "Hydra's joblib launcher plugin"),
-    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "Hydra's submitit launcher plugin"),
-]
-
-
-# Loggers that need a package beyond the main install: logger=<name> -> (module, what, the extra that installs it).
-LOGGER_PACKAGES = {"mlflow": ("mlflow", "MLflow", "mlflow"), "wandb": ("wandb", "Weights & Biases (wandb)", "wandb")}
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing too
-        return False
-
-
-def check_logger_packages(cfg: DictConfig) -> None:
-    """A logger whose package is not installed: named, with the extra that installs it, before Lightning fails."""
-    for name in cfg.get("logger") or {}:
-        module, what, extra = LOGGER_PACKAGES.get(name, (None, None, None))
-        if module is not None and not _installed(module):
-            raise UserError(f"logger={name} needs {what}, which is not installed. Install the extra: pip install "
-                            f"'vae-cli[{extra}]' (from a clone of the repository: pip install '.[{extra}]').")
-
-
-def check_optional_parts(argv: list[str]) -> None:
-    """A sweeper or launcher chosen on the command line that this machine cannot run: named, with the fix,
-    before Hydra fails on it with a lookup error or a traceback."""
-    for prefix, module, what in OPTIONAL:
-        if any(a.startswith(prefix) for a in argv) and not _installed(module):
-            raise UserError(f"{prefix} needs {what}, which is not installed. Install the sweep extras: "
-                            "pip install 'vae-cli[sweeps]' (from a clone of the repository: pip install '.[sweeps]').")
-    if any(a.startswith("hydra/launcher=slurm") for a in argv) and shutil.which("sbatch") is None:
-        raise UserError("hydra/launcher=slurm submits each job of the sweep to SLURM with sbatch, which is not on this "
-                        "machine's PATH. Start the sweep on a SLURM login node, or run it here: without a launcher "
-                        "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
-
-
-def _config_dirs(argv: list[str]) -> list[Path]:
-    """The user's own config folders on the command line: --config-dir DIR (-cd DIR, --config-dir=DIR)."""
-    dirs = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
-            dirs.append(argv[i + 1])
-        elif arg.startswith("--config-dir="):
-            dirs.append(arg.partition("=")[2])
-    return [Path(d).expanduser() for d in dirs]
-
-
-def check_config_files(argv: list[str]) -> None:
-    """A YAML file in the user's config folder that does not parse: named with its line and column and the
-    parser's reason, before Hydra reports it with a traceback."""
-    import yaml
-
-    for folder in _config_dirs(argv):
-        for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
-            try:
-                yaml.safe_load(f.read_text())
-            except yaml.MarkedYAMLError as e:
-                mark = e.problem_mark or e.context_mark
-                at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-                raise UserError(f"{f}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, "
-                                "then run the command again.") from None
-            except yaml.YAMLError as e:  # an error without a position
-                raise UserError(f"{f}: not valid YAML ({' '.join(str(e).split())}).") from None
 
 
 def main() -> None:
