@@ -140,15 +140,15 @@ def test_without_tensorboard_images_and_projector_are_skipped_with_one_line(tmp_
 
 
 def test_a_logger_whose_package_is_missing_is_named_with_its_extra(monkeypatch):
-    from vae_cli.cli import train as train_cli
+    from vae_cli.cli import startup
 
-    for name, (module, _, _) in train_cli.LOGGER_PACKAGES.items():  # installed with the test extras
+    for name, (module, _, _) in startup.LOGGER_PACKAGES.items():  # installed with the test extras
         assert __import__("importlib.util").util.find_spec(module) is not None, name
-    train_cli.check_logger_packages(compose("train", "logger=[tensorboard,mlflow,wandb]"))
-    monkeypatch.setitem(train_cli.LOGGER_PACKAGES, "mlflow", ("not_installed_mlflow", "MLflow", "mlflow"))
+    startup.check_logger_packages(compose("train", "logger=[tensorboard,mlflow,wandb]"))
+    monkeypatch.setitem(startup.LOGGER_PACKAGES, "mlflow", ("not_installed_mlflow", "MLflow", "mlflow"))
     with pytest.raises(UserError, match=r"logger=mlflow needs MLflow, which is not installed.*'vae-cli\[mlflow\]'"):
-        train_cli.check_logger_packages(compose("train", "logger=[tensorboard,mlflow]"))
-    train_cli.check_logger_packages(compose("train"))  # the default asks for nothing optional
+        startup.check_logger_packages(compose("train", "logger=[tensorboard,mlflow]"))
+    startup.check_logger_packages(compose("train"))  # the default asks for nothing optional
 
 
 def test_a_missing_logger_package_stops_the_run_with_exit_2(tmp_path):
