@@ -29,7 +29,9 @@ def test_vae_eval_scores_an_old_checkpoint_as_that_version_did(name, tmp_path):
     run_here("vae-eval", f"ckpt_path={FIXTURES / name}", "iw_samples=10", f"out={out}", cwd=tmp_path)
     got, expected = json.loads(out.read_text()), EXPECTED[name]["vae_eval_k10"]
     for key, value in expected.items():  # the same weights, the same draws
-        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+        # float32 kernels round differently on CPUs of other vector widths (about 1e-9 here); another draw
+        # of z or of the test bits would move these means by about 1e-2.
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)

@@ -9,8 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from vae_cli.cli.checks import EVAL_RULES, SAMPLE_RULES, TRAIN_RULES, check_train_config, check_values
-from vae_cli.errors import UserError
+from vae_cli.cli.checks import EVAL_RULES, SAMPLE_RULES, TRAIN_RULES, check_train_config, check_values, named
+from vae_cli.core.vae import VAE
+from vae_cli.errors import BadArgument, UserError
+from vae_cli.training.callbacks import EMA
+from vae_cli.training.objective import Objective
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FOLDER = ["data=image_folder", "data.path=/pictures"]
@@ -52,8 +55,6 @@ BAD = [
     (["objective.iw_samples=5", "objective.free_bits=0.5"], "objective.free_bits=0.5 applies to the ELBO"),
     (["data.batch_size=0"], "data.batch_size=0 is not a valid batch size"),
     (["data.eval_batch_size=1.5"], "data.eval_batch_size=1.5"),
-    (["callbacks.ema.decay=1.0"], "callbacks.ema.decay=1.0"),
-    (["callbacks.ema.decay=-0.1"], "callbacks.ema.decay=-0.1"),
     (["data.val_split=first"], "data.val_split='first' is not a valid validation split"),
     (["data.eval_binarize_numpy_seed=-1"], "data.eval_binarize_numpy_seed=-1"),
     (["data=image_folder"], "data.path must be set"),
@@ -74,6 +75,35 @@ def test_bad_values_are_named_with_their_key(overrides, message):
 def test_every_checked_key_has_a_bad_value_above():
     tried = {o.split("=")[0] for overrides, _ in BAD for o in overrides}
     assert {key for key, *_ in TRAIN_RULES} <= tried
+
+
+def test_each_rule_is_written_once():
+    # The model's, the objective's and the callbacks' arguments are refused by their constructors, which
+    # check_train_config and named() call; the table holds only keys no constructor checks before Lightning.
+    assert not [key for key, *_ in TRAIN_RULES if key.split(".")[0] in ("model", "objective", "callbacks")]
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: VAE([1, 8, 8], latent_dim=0), "latent_dim=0 is not a valid latent dimension K"),
+    (lambda: VAE([1, 8, 8], arch="conv", activation="gated"), "activation=gated is a layer of the MLP; with arch=conv"),
+    (lambda: VAE([1, 8, 8], likelihood="gaussian", gaussian_std=-1), "gaussian_std=-1 is not a valid standard deviation "
+     "for likelihood=gaussian"),
+    (lambda: Objective(warmup_steps=3, warmup_epochs=1), "warmup_steps=3 and warmup_epochs=1 are both set"),
+    (lambda: EMA(decay=1.0), "decay=1.0 is not a valid decay"),
+])
+def test_constructors_refuse_their_own_arguments_by_name(build, message):
+    # In Python the bare argument names; at the command line named() puts the config key in their place.
+    with pytest.raises(BadArgument, match=re.escape(message)):
+        build()
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_a_callbacks_refusal_is_named_with_its_config_key(decay):
+    from hydra.utils import instantiate
+
+    with pytest.raises(UserError, match=re.escape(f"callbacks.ema.decay={decay} is not a valid decay; use a number")):
+        named("callbacks.ema", instantiate, compose("train", "callbacks=[default,ema]",
+                                                    f"callbacks.ema.decay={decay}").callbacks.ema)
 
 
 @pytest.mark.parametrize("config, rules, override, message", [
@@ -145,19 +175,38 @@ def test_a_sweeper_or_launcher_this_machine_cannot_run_is_named_before_hydra_sta
         startup.check_optional_parts(["--multirun", "hydra/launcher=slurm"])
 
 
-def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_is_a_choice():
+def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_and_the_average_are_choices():
     from hydra.utils import instantiate
 
-    from vae_cli.training.callbacks import EarlyStopping
+    from vae_cli.training.callbacks import EMA, EarlyStopping
 
     default = compose("train").callbacks
-    assert list(default) == ["model_checkpoint", "last_checkpoint", "image_grids", "val_nll_iw", "latent_projector",
-                             "ema"]
+    assert list(default) == ["model_checkpoint", "last_checkpoint", "image_grids", "val_nll_iw", "latent_projector"]
     assert not compose("train", "callbacks=none").callbacks
-    chosen = compose("train", "callbacks=[default,early_stopping]", "callbacks.model_checkpoint.monitor=val/iwae")
+    chosen = compose("train", "callbacks=[default,early_stopping,ema]", "callbacks.model_checkpoint.monitor=val/iwae")
     stopping = instantiate(chosen.callbacks.early_stopping)
     assert isinstance(stopping, EarlyStopping) and stopping.monitor == "val/iwae" and stopping.patience == 50
-    assert list(chosen.callbacks)[:-1] == list(default)
+    average = instantiate(chosen.callbacks.ema)
+    assert isinstance(average, EMA) and average.decay == 0.999
+    assert list(chosen.callbacks)[:-2] == list(default)
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["callbacks.ema.decay=0.99"], "'callbacks=[default,ema]' callbacks.ema.decay=0.99"),
+    (["callbacks=[default,early_stopping]", "callbacks.ema.decay=0.99"], "'callbacks=[default,early_stopping,ema]'"),
+    (["callbacks.early_stopping.patience=5"], "'callbacks=[default,early_stopping]' callbacks.early_stopping.patience=5"),
+    (["callbacks=[default,ema]", "callbacks.ema.decay=0.99"], None),
+    (["experiment=fashion_mnist_vae", "callbacks.early_stopping.patience=5"], None),  # the experiment chooses it
+])
+def test_a_callbacks_setting_without_its_choice_names_the_choice(argv, refused):
+    from vae_cli.cli import startup
+
+    if refused is None:
+        startup.check_callback_choices(argv)
+        compose("train", *argv)  # and Hydra composes it
+        return
+    with pytest.raises(UserError, match=re.escape(refused)):
+        startup.check_callback_choices(argv)
 
 
 def test_a_run_without_callbacks_writes_its_metrics_and_no_checkpoint(tmp_path):

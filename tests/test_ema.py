@@ -1,4 +1,4 @@
-"""The weight average (callbacks.ema.decay): its update is the EMA recursion, it is what validation,
+"""The weight average (callbacks=[default,ema], callbacks.ema.decay): its update is the EMA recursion, it is what validation,
 best.ckpt, the test after training and vae-eval score, and a resumed run continues it exactly."""
 import json
 
@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import run_here, train
 from vae_cli.training.callbacks import EMA
+
+EMA_ON = "callbacks=[default,ema]"  # the weight average is a choice of the callbacks group
 
 
 class _Regression(pl.LightningModule):
@@ -59,7 +61,7 @@ def test_the_average_follows_the_ema_recursion_and_validation_sees_it():
     assert not torch.allclose(rec.raw[-1], at_epoch_end[-1], atol=1e-4)  # which is not the last iterate
 
 
-@pytest.mark.parametrize("decay", [-0.1, 1.0])
+@pytest.mark.parametrize("decay", [-0.1, 0.0, 1.0])
 def test_a_decay_outside_0_1_is_refused(decay):  # as callbacks.ema.decay: test_config.py
     with pytest.raises(ValueError, match=f"decay={decay}"):
         EMA(decay)
@@ -72,7 +74,7 @@ def _eval_kl(ckpt, tmp_path, name):
 
 
 def test_best_checkpoint_the_test_and_vae_eval_score_the_average(tmp_path):
-    run = train(tmp_path, "run", "trainer.max_epochs=10", "callbacks.ema.decay=0.95")
+    run = train(tmp_path, "run", "trainer.max_epochs=10", EMA_ON, "callbacks.ema.decay=0.95")
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     average, raw = ckpt["state_dict"], ckpt["current_model_state"]
     assert average.keys() == raw.keys() and not all(torch.equal(average[k], raw[k]) for k in average)
@@ -87,7 +89,7 @@ def test_best_checkpoint_the_test_and_vae_eval_score_the_average(tmp_path):
 
 
 def test_a_resumed_run_continues_the_average_exactly(tmp_path):
-    args = ("callbacks.ema.decay=0.9", "seed=3")
+    args = (EMA_ON, "callbacks.ema.decay=0.9", "seed=3")
     train(tmp_path, "a", "trainer.max_epochs=4", *args)
     train(tmp_path, "b", "trainer.max_epochs=2", *args)
     train(tmp_path, "b", "trainer.max_epochs=4", *args, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}")
@@ -102,9 +104,9 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
 
 def test_a_run_resumed_without_the_average_continues_the_raw_weights(tmp_path):
     # The average never feeds back into the optimisation, so epoch 3 of an averaged run and epoch 3 of
-    # the same run resumed at epoch 2 with the average switched off start from, and reach, the same weights.
-    train(tmp_path, "a", "trainer.max_epochs=3", "callbacks.ema.decay=0.9", "seed=3")
-    train(tmp_path, "b", "trainer.max_epochs=2", "callbacks.ema.decay=0.9", "seed=3")
+    # the same run resumed at epoch 2 without the average (callbacks=default) start from, and reach, the same weights.
+    train(tmp_path, "a", "trainer.max_epochs=3", EMA_ON, "callbacks.ema.decay=0.9", "seed=3")
+    train(tmp_path, "b", "trainer.max_epochs=2", EMA_ON, "callbacks.ema.decay=0.9", "seed=3")
     train(tmp_path, "b", "trainer.max_epochs=3", "seed=3", f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}")
     a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True) for r in "ab")
     assert a["global_step"] == b["global_step"] == 33 and "current_model_state" not in b

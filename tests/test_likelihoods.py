@@ -301,12 +301,13 @@ def test_two_output_families_reject_a_decoder_with_one_output_per_dimension():
 
 
 def test_unknown_likelihood_and_bad_std_are_plain_errors_about_the_arguments():
-    with pytest.raises(ValueError, match="unknown likelihood 'poisson'") as err:
+    with pytest.raises(ValueError, match="likelihood='poisson' is not a valid likelihood") as err:
         make_likelihood("poisson")
     assert all(name in str(err.value) for name in NAMES)
-    with pytest.raises(ValueError, match="std=0 must be a number above 0"):
+    with pytest.raises(ValueError, match="gaussian_std=0 is not a valid standard deviation for likelihood=gaussian; "
+                                         "use a positive number"):
         make_likelihood("gaussian", 0)
-    with pytest.raises(ValueError, match=r"std=0.0005 must be a number above 0.001"):
+    with pytest.raises(ValueError, match=r"gaussian_std=0.0005 .* use a number above 0.001"):
         make_likelihood("gaussian_global_var", 0.0005)
 
 

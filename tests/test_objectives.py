@@ -13,7 +13,7 @@ from vae_cli.core.vae import VAE
 from vae_cli.data import DEBIAN_FASHION_MNIST
 from vae_cli.errors import UserError
 from vae_cli.training.module import VAEModule
-from vae_cli.training.objective import free_bits_kl
+from vae_cli.training.objective import Objective, free_bits_kl
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 17, 23), (2, 5, 64)])
@@ -72,7 +72,7 @@ def test_logged_kl_is_analytic_whatever_is_optimised():
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3))
     for options in ({"kl_estimator": "mc"}, {"free_bits": 2.0}, {"beta": 4.0}):
-        module = VAEModule({"data_shape": [1, 8, 8], "latent_dim": 4, "hidden_dims": [16]}, objective=options)
+        module = VAEModule(VAE([1, 8, 8], latent_dim=4, hidden_dims=[16]), objective=Objective(**options))
         torch.manual_seed(1)
         m = module._metrics(x)[0]
         mu, logvar = module.vae.encoder(x)

@@ -61,7 +61,7 @@ def test_the_log_variance_is_clipped_and_stops_its_gradient_outside_the_range():
 
 def test_normalised_gradients_have_unit_norm_per_tensor_before_the_step():
     torch.manual_seed(0)
-    module = VAEModule({"data_shape": [1, 8, 8], "latent_dim": 3, "hidden_dims": [16]}, normalize_grads=True)
+    module = VAEModule(VAE([1, 8, 8], latent_dim=3, hidden_dims=[16]), normalize_grads=True)
     module._metrics(torch.bernoulli(torch.full((32, 1, 8, 8), 0.3)))[0]["loss"].backward()
     raw = [p.grad.norm().item() for p in module.parameters()]
     module.on_before_optimizer_step(optimizer=None)

@@ -77,7 +77,7 @@ def test_training_writes_images_histograms_iw_nll_projector_and_hparams(k2_run):
                 hp = data.session_start_info.hparams
                 assert hp["model.latent_dim"].number_value == 2 and hp["model"].string_value == "mlp"
                 # Every setting, not a hand-picked list: whatever a sweep varies is a column.
-                assert {"optim.lr_decay", "callbacks.ema.decay", "data.val_size", "trainer.precision",
+                assert {"optim.lr_decay", "callbacks.model_checkpoint.monitor", "data.val_size", "trainer.precision",
                         "objective.iw_samples", "callbacks.image_grids.every_n_epochs"} <= set(hp)
                 assert not any(k.endswith(("dirpath", "_target_")) or k == "run_dir" for k in hp)
             if data.HasField("experiment"):

@@ -1,38 +1,32 @@
-"""Every value a user types, checked once, at start-up, with a message that names the key, its value
-and what it accepts. The classes below the command line raise plain errors about their own arguments;
-what only the data can tell (a split larger than the dataset, a file that cannot be read) is checked
-where the data is read."""
+"""Every value a user types, checked at start-up with a message that names the key, its value and what it
+accepts. The objects the config builds refuse their own arguments (BadArgument, naming them); named() turns
+that into the user's error with the config key. The rules below are for keys no constructor of vae-cli
+checks before Lightning is imported (the seed, the trainer's limits, the data). What only the data can tell
+(a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
+import inspect
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..core.likelihoods import LIKELIHOODS, Likelihood
-from ..core.nets import ACTIVATIONS, ARCHS, GATED
-from ..errors import UserError
-from ..training.objective import GRADIENTS, KL_ESTIMATORS
+from ..core.vae import VAE
+from ..errors import BadArgument, UserError, integer, number, one_of
+from ..training.objective import Objective
 
 
 def _int(lo: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+    return lambda v: integer(v, lo)
 
 
 def _number(ok):
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v)
+    return lambda v: number(v) and ok(v)
 
 
 def _one_of(choices):
-    return lambda v: not isinstance(v, (bool, list, dict)) and v in choices  # True == 1 in Python
+    return lambda v: one_of(v, choices)
 
 
 def _bool(v) -> bool:
     return isinstance(v, bool)
-
-
-def _ints(v) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(1)(h) for h in v)
-
-
-def _range(v) -> bool:
-    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(lambda _: True)(b) for b in v)
-    return v is None or (ok and v[0] < v[1])
 
 
 def _image_size(v) -> bool:
@@ -40,28 +34,15 @@ def _image_size(v) -> bool:
 
 
 # key, test, what the value is, what to use instead. A key the config does not have is not checked
-# (data.channels exists only for image folders; model._target_ may name a user's own class).
+# (data.channels exists only for image folders).
 TRAIN_RULES = [
     ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
     ("requeue", _bool, "switch", "true or false"),
     ("trainer.max_epochs", lambda v: v is None or _int(-1)(v), "epoch limit", "an integer (-1 for no limit), e.g. trainer.max_epochs=20"),
     ("trainer.max_steps", lambda v: v is None or _int(-1)(v), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
-    ("model.arch", _one_of(ARCHS), "architecture", f"one of {', '.join(ARCHS)} (model=mlp or model=conv)"),
-    ("model.latent_dim", _int(1), "latent dimension K", "an integer >= 1, e.g. model.latent_dim=16"),
-    ("model.hidden_dims", _ints, "list of layer widths", "one or more integers >= 1, e.g. model.hidden_dims=[512,256]"),
-    ("model.activation", _one_of([*ACTIVATIONS, GATED]), "activation", f"one of {', '.join(ACTIVATIONS)}, or {GATED} for model=mlp"),
-    ("model.likelihood", _one_of(LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}"),
-    ("model.logvar_range", _range, "range", "null, or [lo, hi] with lo < hi, e.g. model.logvar_range=[-6,2]"),
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
     ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
     ("optim.normalize_grads", _bool, "switch", "true or false"),
-    ("objective.beta", _number(lambda v: v >= 0), "KL weight", "a number >= 0 (1 is the ELBO)"),
-    ("objective.warmup_steps", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
-    ("objective.warmup_epochs", _int(0), "warm-up length", "an integer >= 0 (0 turns warm-up off)"),
-    ("objective.free_bits", _number(lambda v: v >= 0), "free-bits floor", "a number >= 0 of nats per latent dimension (0 turns it off)"),
-    ("objective.kl_estimator", _one_of(KL_ESTIMATORS), "KL estimator", f"one of {', '.join(KL_ESTIMATORS)}"),
-    ("objective.iw_samples", _int(1), "number of importance samples", "an integer >= 1 (1: the ELBO; e.g. 5)"),
-    ("objective.gradient", _one_of(GRADIENTS), "gradient estimator", f"one of {', '.join(GRADIENTS)}"),
     ("data.batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.batch_size=128"),
     ("data.eval_batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.eval_batch_size=1000"),
     ("data.image_size", _image_size, "image size", "an integer >= 1 or a pair [height, width], e.g. data.image_size=[32,32]"),
@@ -72,8 +53,6 @@ TRAIN_RULES = [
      "or last (the training set's last val_size examples, in file order)"),
     ("data.eval_binarize_numpy_seed", lambda v: v is None or _int(0)(v), "seed",
      "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code"),
-    ("callbacks.ema.decay", _number(lambda v: 0 <= v < 1), "decay", "a number in [0, 1): e.g. callbacks.ema.decay=0.999 for an "
-     "average over about the last 1,000 steps, or 0 to train without one"),
 ]
 EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
@@ -109,34 +88,32 @@ def check_values(cfg: DictConfig, rules) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     check_values(cfg, TRAIN_RULES)
-    objective, model = cfg.objective, cfg.model
-    if objective.get("warmup_steps") and objective.get("warmup_epochs"):
-        raise UserError(f"objective.warmup_steps={objective.warmup_steps} and objective.warmup_epochs="
-                        f"{objective.warmup_epochs} are both set; set one of them, the other to 0.")
-    k, gradient = objective.get("iw_samples", 1), objective.get("gradient", "reparam")
-    if gradient == "stl" and k > 1:
-        raise UserError(f"objective.gradient=stl with objective.iw_samples={k}: sticking the landing is unbiased for "
-                        "one sample only; use objective.gradient=dreg, its unbiased form for k > 1 (Tucker et al. 2019).")
-    if objective.get("free_bits") and (k > 1 or gradient != "reparam"):
-        raise UserError(f"objective.free_bits={objective.free_bits} applies to the ELBO with its KL in closed form; with "
-                        f"objective.iw_samples={k} and objective.gradient={gradient} the KL is inside the sampled "
-                        "bound. Set objective.free_bits=0, or train the ELBO (iw_samples=1, gradient=reparam).")
-    if model.get("activation") == GATED and model.get("arch") != "mlp":
-        raise UserError(f"model.activation={GATED} is a layer of the MLP; with model={model.get('arch')} use one of "
-                        f"{', '.join(ACTIVATIONS)}.")
-    floor = LIKELIHOODS[model.likelihood].std_floor
-    std = model.get("gaussian_std")
-    if floor is not None and not _number(lambda v: v > floor)(std):
-        bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
-        raise UserError(f"model.gaussian_std={std!r} is not a valid standard deviation for model.likelihood="
-                        f"{model.likelihood}; use {bound}, e.g. model.gaussian_std=0.1.")
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if model.pop("_target_", None) == f"{VAE.__module__}.{VAE.__name__}":  # a user's own class checks itself when built
+        defaults = {k: p.default for k, p in inspect.signature(VAE).parameters.items() if p.default is not p.empty}
+        named("model", VAE.check, **{**defaults, **model})
+    named("objective", Objective, **OmegaConf.to_container(cfg.objective, resolve=True))
+
+
+def named(group: str, build, *args, **kwargs):
+    """build(*args, **kwargs), the constructor of an object the config group `group` describes; an argument it
+    refuses (BadArgument) becomes the user's error naming the config key, group.<argument>."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return build(*args, **kwargs)
+    except (BadArgument, InstantiationException) as e:
+        refusal = e.__cause__ if isinstance(e, InstantiationException) else e  # instantiate wraps what it calls
+        if not isinstance(refusal, BadArgument):
+            raise
+        raise UserError(refusal.named(lambda name: f"{group}.{name}")) from None
 
 
 def optimizer_and_schedule(cfg: DictConfig):
     """The run's optimizer and learning-rate schedule from their configs (optimizer=, scheduler=): callables that
     the module gives its parameters, and the optimizer (None: a constant rate). Each is tried once on a stand-in
     parameter, so arguments its class refuses stop the run here, named with the group's keys, before Lightning is
-    imported. optim.lr_decay other than 1 with scheduler=none is an exponential decay, as before the groups."""
+    imported. optim.lr_decay other than 1 with scheduler=none is an exponential decay (the scheduler=exponential)."""
     import torch
 
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)

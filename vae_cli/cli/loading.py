@@ -6,9 +6,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-# A data config's keys that are settings of the run, not of the datamodule: the dataset's default p(x|z),
-# which model.likelihood reads.
-CONFIG_ONLY_DATA_KEYS = ("likelihood",)
 # Where vae-train writes run directories (hydra.run.dir and hydra.sweep.dir in configs/train.yaml), from the
 # directory it is started in: outputs/<date>/<time>/ and outputs/multirun/<date>/<time>/.
 OUTPUTS = Path("outputs")
@@ -86,7 +83,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     """The checkpoint's contents, in today's layout whichever version wrote it."""
     import torch  # here, not at the top: `vae-train --help` should not pay for importing torch
 
-    from ..training.checkpointing import upgrade_checkpoint
+    from ..training.compat import upgrade_checkpoint
 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -104,8 +101,6 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
 def load_vae(path: Path, map_location="cpu"):
     """The trained network (a core VAE, in eval mode) and the data config it was trained on (None for
     checkpoints without one)."""
-    from ..training.module import build_vae
-
     ckpt = read_checkpoint(path, map_location)
     vae = build_vae(ckpt["hyper_parameters"]["model"])
     vae.load_state_dict({name[len("vae."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")})
@@ -146,5 +141,14 @@ def make_datamodule(data_config: dict | None, **overrides):
 
     if not data_config:
         raise UserError("the checkpoint holds no data config (it was not written by vae-train), so its data is unknown.")
-    args = {k: v for k, v in data_config.items() if k not in CONFIG_ONLY_DATA_KEYS}
-    return instantiate({**args, **overrides})
+    return instantiate({**data_config, **overrides})
+
+
+def build_vae(model: dict):
+    """The network a model config describes (data_shape included): its `_target_` class called with the other
+    keys; an argument the class refuses is named with its key, model.<name>."""
+    from hydra.utils import instantiate
+
+    from .checks import named
+
+    return named("model", instantiate, model, _convert_="all")

@@ -95,7 +95,7 @@ def record_failure(run_dir: Path, error: Exception) -> None:
     """Write error.json in the run directory: the exception's type and message, the traceback of a bug (not of
     a UserError, a message for the user), the invocation's overrides and the time. Not for an invocation that
     was refused and withdrew its record (forget_refused_record): that one leaves the directory as it was."""
-    from ..training.checkpointing import write_json
+    from ..training.files import write_json
     from .errors import own_message
 
     hydra = HydraConfig.get()

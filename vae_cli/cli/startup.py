@@ -1,6 +1,7 @@
 """What vae-train checks on its command line before Hydra starts, so that each of these mistakes is one line
 naming the fix, not a lookup error or a traceback: a sweeper, launcher or logger whose package is not installed,
-SLURM's sbatch missing, and a YAML file of the user's own that does not parse. Standard library and PyYAML only:
+SLURM's sbatch missing, a callback's setting without the callback chosen, and a YAML file of the user's own that
+does not parse. Standard library and PyYAML only:
 it runs in a blink."""
 import importlib.util
 import shutil
@@ -48,6 +49,24 @@ def check_optional_parts(argv: list[str]) -> None:
         raise UserError("hydra/launcher=slurm submits each job of the sweep to SLURM with sbatch, which is not on this "
                         "machine's PATH. Start the sweep on a SLURM login node, or run it here: without a launcher "
                         "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
+
+
+# Callbacks that are choices of the callbacks group, not members of callbacks=default.
+CALLBACK_CHOICES = ("ema", "early_stopping")
+
+
+def check_callback_choices(argv: list[str]) -> None:
+    """A setting of a callback that is a choice (callbacks.ema.decay=0.999) typed without choosing it: named with the
+    choice to add, where Hydra would say only that the key is not in the config. An experiment or a config of the
+    user's own may choose it, so the check is left to Hydra where the command line names one."""
+    if any(a.startswith(("experiment=", "--config-dir", "-cd", "--config-name", "-cn")) for a in argv):
+        return
+    chosen = next((a.partition("=")[2] for a in argv if a.startswith("callbacks=")), "default")
+    for name in CALLBACK_CHOICES:
+        typed = next((a for a in argv if a.startswith(f"callbacks.{name}.")), None)
+        if typed is not None and name not in chosen:
+            raise UserError(f"{typed}: {name} is a choice of the callbacks group, not part of callbacks={chosen}; choose "
+                            f"it too: 'callbacks=[{chosen.strip('[]')},{name}]' {typed}")
 
 
 def _config_dirs(argv: list[str]) -> list[Path]:

@@ -20,7 +20,7 @@ from . import hparams, run_files, slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
 from .run_dir import claim, forget_refused_record, outside_fault, record_failure, record_stop, release
-from .startup import check_config_files, check_logger_packages, check_optional_parts
+from .startup import check_callback_choices, check_config_files, check_logger_packages, check_optional_parts
 
 log = logging.getLogger("vae_cli")
 
@@ -58,7 +58,7 @@ def _route_lightning_logs() -> None:
 def setup(cfg: DictConfig):
     """The run's datamodule, module and trainer, and the checkpoint it resumes from (or None): everything
     that can refuse the run, checked before anything is written."""
-    from .checks import binarizes, check_fits_data, check_train_config, optimizer_and_schedule
+    from .checks import binarizes, check_fits_data, check_train_config, named, optimizer_and_schedule
 
     check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
     optimizer, scheduler = optimizer_and_schedule(cfg)
@@ -75,7 +75,8 @@ def setup(cfg: DictConfig):
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.interruption import Interruption
     from ..training.module import VAEModule
-    from .loading import check_compatible, make_datamodule, newest_state, read_checkpoint
+    from ..training.objective import Objective
+    from .loading import build_vae, check_compatible, make_datamodule, newest_state, read_checkpoint
 
     _route_lightning_logs()
     slurm.follow_cpus_per_task()
@@ -93,29 +94,27 @@ def setup(cfg: DictConfig):
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
     check_fits_data(LIKELIHOODS[cfg.model.likelihood], datamodule.head("train", 1000)[0], binarize)
-    model = settings("model")
-    init_output_bias = model.pop("init_output_bias", False)  # an action at start-up, not a setting of the network
-    module = VAEModule(model={**model, "data_shape": list(datamodule.shape)}, objective=settings("objective"),
-                       optimizer=optimizer, scheduler=scheduler, normalize_grads=cfg.optim.normalize_grads,
-                       monitor=_monitor(cfg) or "val/elbo")
-    if ckpt_path is not None:
-        # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
-        # checkpoint stops the run with the parameter named, before anything is written.
-        check_compatible(module, read_checkpoint(Path(ckpt_path)), ckpt_path)
-    elif init_output_bias:
-        module.vae.init_output_bias(datamodule.train_pixel_mean())
     # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
     data_config = {**settings("data"), "binarize": binarize}
     for key in ("data_dir", "path"):  # absolute, so the checkpoint finds its data from any directory
         if isinstance(data_config.get(key), str):
             data_config[key] = str(Path(data_config[key]).expanduser().resolve())
-    module.data_config = data_config
+    model = {**settings("model"), "data_shape": list(datamodule.shape)}
+    module = VAEModule(build_vae(model), model, Objective(**settings("objective")), optimizer=optimizer,
+                       scheduler=scheduler, normalize_grads=cfg.optim.normalize_grads,
+                       monitor=_monitor(cfg) or "val/elbo", data_config=data_config)
+    if ckpt_path is not None:
+        # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
+        # checkpoint stops the run with the parameter named, before anything is written.
+        check_compatible(module, read_checkpoint(Path(ckpt_path)), ckpt_path)
+    elif getattr(module.vae, "starts_at_data_mean", False):  # model.init_output_bias (a user's network may lack it)
+        module.vae.init_output_bias(datamodule.train_pixel_mean())
     if cfg.compile:
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         module.vae.encoder.compile()
         module.vae.decoder.compile()
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [cb for cb in (instantiate(c) for c in cfg.callbacks.values()) if getattr(cb, "active", True)]
+    callbacks = [named(f"callbacks.{name}", instantiate, c) for name, c in cfg.callbacks.items()]
     if not any(isinstance(lg, TensorBoardLogger) for lg in loggers):
         skipped = [cb for cb in callbacks if isinstance(cb, TENSORBOARD_ONLY)]
         if skipped:
@@ -247,7 +246,7 @@ def _monitor(cfg: DictConfig) -> str | None:
 
 def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -> dict:
     """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
-    from ..training.checkpointing import write_json
+    from ..training.files import write_json
 
     monitor = _monitor(cfg) or "val/elbo"
     record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,
@@ -290,6 +289,7 @@ def main() -> None:
     try:
         run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
         run_or_exit("vae-train", check_config_files, sys.argv[1:])
+        run_or_exit("vae-train", check_callback_choices, sys.argv[1:])
         train()
     except Interrupted as stop:  # before a run began (composing the config), or between the jobs of a sweep
         print(f"vae-train: stopped by {stop.name}", file=sys.stderr)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BadArgument, number, one_of, require
+
 # Floor of the learned Gaussian std. A continuous density on quantised data grows without bound
 # as sigma -> 0 on pixels the decoder reproduces exactly (blank backgrounds); 1e-3 is about the
 # std of 8-bit rounding noise, 1/(255 sqrt 12), below which sigma would model the rounding.
@@ -78,9 +80,13 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
-def _check_std(std: float, floor: float) -> None:
-    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > floor:
-        raise ValueError(f"std={std!r} must be a number above {floor:g}")
+def check_std(family: type[Likelihood], gaussian_std) -> None:
+    """The std a family with a std option starts from must lie above its floor (ignored by the others)."""
+    floor = family.std_floor
+    if floor is not None and not (number(gaussian_std) and gaussian_std > floor):
+        bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
+        raise BadArgument(f"{{gaussian_std}}={gaussian_std!r} is not a valid standard deviation for "
+                          f"{{likelihood}}={family.name}; use {bound}, e.g. 0.1.")
 
 
 def _logit_of_mean(mean: torch.Tensor) -> torch.Tensor:
@@ -115,7 +121,7 @@ class Gaussian(Likelihood):
 
     def __init__(self, std: float):
         super().__init__()
-        _check_std(std, self.std_floor)
+        check_std(type(self), std)
         self.std = float(std)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -137,7 +143,7 @@ class GaussianGlobalVar(Likelihood):
 
     def __init__(self, std: float):
         super().__init__()
-        _check_std(std, self.std_floor)
+        check_std(type(self), std)
         self.raw_log_std = nn.Parameter(torch.tensor(math.log(std - STD_MIN)))
 
     def log_std(self) -> torch.Tensor:
@@ -269,6 +275,5 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (
 def make_likelihood(name: str, gaussian_std: float = 0.1) -> Likelihood:
     """The family registered as `name`; gaussian_std is the fixed std of "gaussian" and the starting
     std of "gaussian_global_var"."""
-    if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {name!r}; known: {', '.join(LIKELIHOODS)}")
+    require("likelihood", name, one_of(name, LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}")
     return LIKELIHOODS[name].build(gaussian_std)

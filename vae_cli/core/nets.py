@@ -9,15 +9,23 @@ import math
 import torch
 from torch import nn
 
+from ..errors import BadArgument, integer, one_of, require
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 GATED = "gated"  # the MLPs' gated linear layers, in place of an activation
 ARCHS = ("mlp", "conv")
 
 
-def _activation(name: str) -> type[nn.Module]:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)} (and {GATED} for an MLP)")
-    return ACTIVATIONS[name]
+def check(arch: str, hidden_dims, activation: str) -> None:
+    """Refuse settings no network of these can be built from (BadArgument, naming them)."""
+    require("arch", arch, one_of(arch, ARCHS), "architecture", f"one of {', '.join(ARCHS)}")
+    require("hidden_dims", hidden_dims, isinstance(hidden_dims, (list, tuple)) and len(hidden_dims) > 0
+            and all(integer(h, 1) for h in hidden_dims), "list of layer widths", "one or more integers >= 1, e.g. [512,256]")
+    if activation == GATED and arch != "mlp":
+        raise BadArgument(f"{{activation}}={GATED} is a layer of the MLP; with {{arch}}={arch} use one of "
+                          f"{', '.join(ACTIVATIONS)}.")
+    require("activation", activation, one_of(activation, [*ACTIVATIONS, GATED]), "activation",
+            f"one of {', '.join(ACTIVATIONS)}, or {GATED} for an MLP")
 
 
 class GatedLinear(nn.Module):
@@ -35,7 +43,7 @@ class GatedLinear(nn.Module):
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """Hidden layers with the activation (or gated layers, activation=gated), a linear output layer."""
-    act = None if activation == GATED else _activation(activation)
+    act = None if activation == GATED else ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         hidden = i < len(sizes) - 2
@@ -87,7 +95,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str):
         super().__init__()
-        act = _activation(activation)
+        act = ACTIVATIONS[activation]
         c, h, w = data_shape
         layers: list[nn.Module] = []
         for c_in, c_out in zip([c, *hidden_dims[:-1]], hidden_dims):
@@ -107,7 +115,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str, params_per_dim: int = 1):
         super().__init__()
-        act = _activation(activation)
+        act = ACTIVATIONS[activation]
         c, h, w = data_shape
         sizes = _halvings((h, w), len(hidden_dims))  # input size first, smallest last
         self.start = (hidden_dims[-1], *sizes[-1])
@@ -134,6 +142,7 @@ class ConvDecoder(nn.Module):
 def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
                   params_per_dim: int) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) of the architecture `arch`."""
+    check(arch, hidden_dims, activation)
     if arch == "mlp":
         return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation),
                 MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
@@ -142,4 +151,3 @@ def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int
             raise ValueError(f"a conv network needs image data shaped (C, H, W), not {tuple(data_shape)}")
         return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation),
                 ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
-    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")

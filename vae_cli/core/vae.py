@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .elbo import elbo, iwae_bound, kl_analytic, log_importance_weights, reparameterize
-from .likelihoods import make_likelihood
+from ..errors import integer, number, one_of, require
+from .likelihoods import LIKELIHOODS, check_std, make_likelihood
+from .nets import check as check_networks
 from .nets import make_networks
 
 
@@ -55,24 +57,39 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 class VAE(nn.Module):
     """q(z|x) = N(mu(x), diag(exp(logvar(x)))) by the encoder, p(x|z) by the decoder and the likelihood
     family, p(z) = N(0, I). logvar_range: bounds [lo, hi] clipping the encoder's log-variance (a hardtanh,
-    as in the VampPrior / Exemplar VAE models), or None."""
+    as in the VampPrior / Exemplar VAE models), or None. init_output_bias: whether training starts the
+    decoder's output at the data's mean image (init_output_bias(mean), by the trainer, which has the data)."""
 
     def __init__(self, data_shape, latent_dim: int = 16, hidden_dims=(512, 256), arch: str = "mlp",
                  activation: str = "relu", likelihood: str = "bernoulli", gaussian_std: float = 0.1,
-                 logvar_range=None):
+                 logvar_range=None, init_output_bias: bool = False):
         super().__init__()
-        if not latent_dim >= 1 or not hidden_dims or min(hidden_dims) < 1:
-            raise ValueError(f"latent_dim={latent_dim!r} and hidden_dims={hidden_dims!r} must be >= 1")
-        if logvar_range is not None and not logvar_range[0] < logvar_range[1]:
-            raise ValueError(f"logvar_range={logvar_range!r} must be [lo, hi] with lo < hi")
+        self.check(latent_dim=latent_dim, hidden_dims=hidden_dims, arch=arch, activation=activation,
+                   likelihood=likelihood, gaussian_std=gaussian_std, logvar_range=logvar_range,
+                   init_output_bias=init_output_bias)
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
         self.logvar_range = None if logvar_range is None else tuple(logvar_range)
         self.n_dims = math.prod(self.data_shape)  # D
-        # The likelihood first: the parameter order, which optimiser states follow, of every checkpoint so far.
+        # Whether training starts p(x|z) at the data's mean image (init_output_bias(), called by who has the data).
+        self.starts_at_data_mean = init_output_bias
+        # The likelihood first: optimiser states in checkpoints follow this parameter order.
         self.likelihood = make_likelihood(likelihood, gaussian_std)
         self.encoder, self.decoder = make_networks(arch, self.data_shape, list(hidden_dims), latent_dim, activation,
                                                    self.likelihood.params_per_dim)
+
+    @staticmethod
+    def check(*, latent_dim, hidden_dims, arch, activation, likelihood, gaussian_std, logvar_range,
+              init_output_bias) -> None:
+        """Refuse settings a VAE cannot be built from (BadArgument, naming them), before the data's shape is known."""
+        require("latent_dim", latent_dim, integer(latent_dim, 1), "latent dimension K", "an integer >= 1, e.g. 16")
+        check_networks(arch, hidden_dims, activation)
+        require("likelihood", likelihood, one_of(likelihood, LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}")
+        check_std(LIKELIHOODS[likelihood], gaussian_std)
+        range_ok = isinstance(logvar_range, (list, tuple)) and len(logvar_range) == 2 and all(map(number, logvar_range))
+        require("logvar_range", logvar_range, logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
+                "range", "null, or [lo, hi] with lo < hi, e.g. [-6,2]")
+        require("init_output_bias", init_output_bias, isinstance(init_output_bias, bool), "switch", "true or false")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x)."""

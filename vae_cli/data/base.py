@@ -23,8 +23,9 @@ class BaseDataModule(pl.LightningDataModule, ABC):
     name = "dataset"
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int | float = 0.1,
-                 binarize: bool | None = True, split_seed: int = 0, seed: int = 0):
+                 binarize: bool | None = True, split_seed: int = 0, seed: int = 0, likelihood: str = "bernoulli"):
         super().__init__()
+        self.likelihood = likelihood  # the family of p(x|z) this data is modelled with unless model.likelihood says
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size

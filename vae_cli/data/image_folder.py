@@ -118,9 +118,10 @@ class ImageFolder(BaseDataModule):
         seed: int = 0,
         data_dir: str | None = None,  # where the images are now, when they have moved: replaces path
         skip_unreadable: bool = False,  # train without files that do not open as images, instead of stopping
+        likelihood: str = "discretized_logistic",
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-                         binarize=binarize, split_seed=split_seed, seed=seed)
+                         binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
         # vae-eval and vae-sample pass data_dir= for data that has moved since training; for a folder
         # of images that is the folder itself.
         path = data_dir if data_dir is not None else path

@@ -32,9 +32,10 @@ class InMemoryDataModule(BaseDataModule):
         on_device: bool = True,
         val_split: str = "random",
         eval_binarize_numpy_seed: int | None = None,
+        likelihood: str = "bernoulli",
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-                         binarize=binarize, split_seed=split_seed, seed=seed)
+                         binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
         if val_split not in VAL_SPLITS:
             raise ValueError(f"val_split={val_split!r} must be one of {VAL_SPLITS}")
         self.data_dir = Path(os.path.expanduser(str(data_dir)))

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ..core.elbo import kl_analytic
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
-from ..errors import UserError
+from ..errors import UserError, number, require
 from . import figures, images
 
 log = logging.getLogger("vae_cli")
@@ -362,21 +362,17 @@ class EMA(WeightAveraging):
     """An exponential moving average of the weights, theta_ema <- decay * theta_ema + (1 - decay) * theta
     after every optimiser step (Polyak averaging with a horizon of about 1 / (1 - decay) steps): it
     smooths out the optimiser's noise around the end of training, which is what the test log-likelihood
-    sees. Off (not added to the trainer) while decay is 0.
+    sees.
 
     Validation (so early stopping and best.ckpt), the test after training, vae-eval and vae-sample all
     use the average: it is the `state_dict` of every checkpoint. The raw weights travel beside it
     (`current_model_state`) so a resumed run continues the same optimisation."""
 
-    def __init__(self, decay: float = 0.0):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay={decay!r} must be in [0, 1)")
+    def __init__(self, decay: float = 0.999):
+        require("decay", decay, number(decay) and 0 < decay < 1, "decay", "a number in (0, 1): e.g. 0.999 for an "
+                "average over about the last 1,000 steps")
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.decay = decay
-
-    @property
-    def active(self) -> bool:
-        return self.decay > 0
 
     def on_fit_start(self, trainer, pl_module):
         # Lightning builds the average in setup(), before the module moves to its device; keep the

@@ -1,11 +1,10 @@
-"""Checkpoint files: Lightning's writer made atomic (files.py), and the shim that reads checkpoints
-written by earlier versions."""
+"""Checkpoint files: Lightning's writer made atomic (files.py); reading earlier versions' checkpoints is compat.py's."""
 from pathlib import Path
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .files import atomic_write, cannot_write, write_json  # noqa: F401 (write_json: the name callers know here)
+from .files import atomic_write, cannot_write
 
 
 def write_tensors(path: Path, obj: dict) -> None:
@@ -26,23 +25,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as e:
             raise cannot_write(folder, e) from e
         atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)
-
-
-# Checkpoints written before the VAE moved into its own module had flat hyperparameters and the
-# networks' parameters on the LightningModule itself (encoder.*, not vae.encoder.*).
-_GROUPS = {"model": ("data_shape", "arch", "latent_dim", "hidden_dims", "activation", "likelihood", "gaussian_std"),
-           "objective": ("beta", "warmup_steps", "warmup_epochs", "free_bits", "kl_estimator"),
-           "optim": ("lr", "lr_decay")}
-
-
-def upgrade_checkpoint(ckpt: dict) -> dict:
-    """An earlier version's checkpoint in today's layout, in place: the same weights, today's names."""
-    hp = ckpt.get("hyper_parameters")
-    if not isinstance(hp, dict) or "model" in hp:
-        return ckpt
-    ckpt["hyper_parameters"] = {group: {k: hp[k] for k in keys if k in hp} for group, keys in _GROUPS.items()}
-    ckpt["hyper_parameters"]["model"]["_target_"] = "vae_cli.core.vae.VAE"  # the only network there was
-    for key in ("state_dict", "current_model_state"):  # the raw weights beside a weight average
-        if key in ckpt:
-            ckpt[key] = {f"vae.{name}": value for name, value in ckpt[key].items()}
-    return ckpt

@@ -1,7 +1,7 @@
 """The VAE under Lightning: a thin layer that asks the core VAE for the ELBO's terms, the objective
 for the loss, and logs every metric of core.metrics by name, once per split and epoch (and every
 trainer.log_every_n_steps training steps)."""
-import importlib
+from dataclasses import asdict
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -11,18 +11,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from ..core.metrics import batch_metrics
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD
-from .checkpointing import upgrade_checkpoint
+from .compat import upgrade_checkpoint
 from .objective import Objective
-
-DEFAULT_MODEL = "vae_cli.core.vae.VAE"
-
-
-def build_vae(config: dict) -> torch.nn.Module:
-    """The network a model config describes: its `_target_` class (the core VAE unless a user names
-    their own) called with the other keys."""
-    config = dict(config)
-    module, _, name = config.pop("_target_", DEFAULT_MODEL).rpartition(".")
-    return getattr(importlib.import_module(module), name)(**config)
 
 
 class StepMetrics(NamedTuple):
@@ -33,27 +23,29 @@ class StepMetrics(NamedTuple):
 
 
 class VAEModule(pl.LightningModule):
-    """optimizer(parameters) -> a torch optimizer; scheduler(optimizer) -> its learning-rate schedule, stepped once
-    per epoch (None: constant), a ReduceLROnPlateau on `monitor`. normalize_grads: each parameter tensor's
-    gradient divided by its L2 norm before the optimizer's step."""
+    """vae: the network (a core VAE, or a user's own with its methods), built from `model`, its config, which
+    checkpoints keep so vae-eval and vae-sample can build it again. optimizer(parameters) -> a torch optimizer;
+    scheduler(optimizer) -> its learning-rate schedule, stepped once per epoch (None: constant), a
+    ReduceLROnPlateau on `monitor`. normalize_grads: each parameter tensor's gradient divided by its L2 norm
+    before the optimizer's step. data_config: the data it is trained on, kept in checkpoints."""
 
-    def __init__(self, model: dict, objective: dict | None = None,
+    def __init__(self, vae: torch.nn.Module, model: dict | None = None, objective: Objective = Objective(),
                  optimizer: Callable = partial(torch.optim.Adam, lr=1e-3, fused=True),
-                 scheduler: Callable | None = None, normalize_grads: bool = False, monitor: str = "val/elbo"):
+                 scheduler: Callable | None = None, normalize_grads: bool = False, monitor: str = "val/elbo",
+                 data_config: dict | None = None):
         super().__init__()
-        # Kept in checkpoints, so vae-eval and vae-sample rebuild the network from the file alone; the optimizer
-        # and its schedule are the run's config's, built again whenever it trains.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.vae = build_vae(model)
-        self.objective = Objective(**(objective or {}))
+        # The optimizer and its schedule are the run's config's, built again whenever it trains.
+        self.save_hyperparameters({"model": model, "objective": asdict(objective), "normalize_grads": normalize_grads,
+                                   "monitor": monitor}, logger=False)
+        self.vae, self.objective = vae, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.normalize_grads, self.monitor = normalize_grads, monitor
+        self.data_config = data_config
         self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
         self._resumed_sums: dict | None = None  # the training epoch's sums from a checkpoint saved mid-epoch
         self._mu_sums: tuple | None = None  # validation: (sums of E_q[z] and of its square per dimension, count)
-        self.data_config: dict | None = None  # the data it is trained on, kept in checkpoints
 
     def _metrics(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The batch's metrics, and its posterior means E_q[z|x]."""

@@ -1,6 +1,6 @@
 """A sweep's jobs as vae-train left them in <sweep>/<job number>/: .hydra/overrides.yaml (the job's command-line
 overrides), metrics.json (written only when the job finished), timing.json, interrupted.json, pruned.json,
-error.json (why a job failed; train.log in directories written before it) and vae-eval's
+error.json (why a job failed; in directories written before it, its train.log: training/compat.py) and vae-eval's
 eval_<split>_k<k>_<checkpoint>.json. Nothing here imports torch or Hydra, so reading a sweep is instant."""
 import json
 import re
@@ -10,11 +10,10 @@ from pathlib import Path
 import yaml
 
 from ...errors import UserError
+from ...training.compat import error_of
 from .. import run_files
 
 NO_ERROR = "no metrics.json and no error recorded"
-# A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
-LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")
 # vae-eval's report: eval_<split>_k<k>_<checkpoint>.json (eval_<split>_k<k>.json from earlier versions: best.ckpt)
 EVAL_FILE = re.compile(r"eval_([a-z]+)_k(\d+)(?:_(.+))?\.json")
 
@@ -39,33 +38,6 @@ class Job:
         if key in self.overrides:
             return self.overrides[key]
         return self.metrics.get(key)
-
-
-def exception_line(lines: list[str]) -> str | None:
-    """The "Type: message" line that ends the last traceback in `lines` (with chained exceptions
-    the last traceback is the one that was finally raised)."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
-    if not starts:
-        return None
-    # Frames and source lines are indented; the exception line is the first one that is not.
-    return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
-
-
-def error_of(log_file: Path) -> str | None:
-    """Why the job failed, from its train.log: the first ERROR record's message (with the exception
-    when a traceback follows it, as after log.exception("the run failed")), else the end of a
-    traceback anywhere in the file; None when the log records no error."""
-    if not log_file.is_file():
-        return None
-    lines = log_file.read_text(errors="replace").splitlines()
-    for i, line in enumerate(lines):
-        record = LOG_RECORD.match(line)
-        if record and record.group(1) in ("ERROR", "CRITICAL"):
-            # The record goes on until the next record starts; a traceback, if any, is in there.
-            end = next((k for k in range(i + 1, len(lines)) if LOG_RECORD.match(lines[k])), len(lines))
-            exc = exception_line(lines[i + 1:end])
-            return f"{record.group(2)}: {exc}" if exc else record.group(2)
-    return exception_line(lines)
 
 
 def read_job(job_dir: Path) -> Job:
