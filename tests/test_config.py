@@ -151,6 +151,7 @@ def test_every_key_named_in_the_readme_exists_in_the_config():
     assert {"model.latent_dim", "model.hidden_dims", "objective.beta", "optim.lr", "data.batch_size",
             "callbacks.ema.decay", "optimizer.weight_decay", "scheduler.eta_min"} <= keys
     configs = [compose("train"), compose("train", *FOLDER), compose("train", "experiment=fashion_mnist_vae"),
+               compose("train", "callbacks=[default,early_stopping,ema]"),
                *(compose("train", f"optimizer={o}", f"scheduler={s}") for o, s in (("adamw", "cosine"), ("sgd", "plateau")))]
     missing = [k for k in sorted(keys) if all(OmegaConf.select(c, k, default="<absent>") == "<absent>" for c in configs)]
     assert not missing, f"README names keys the config does not have: {missing}"
