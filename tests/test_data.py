@@ -31,17 +31,19 @@ def test_val_and_test_binarisation_is_fixed_and_independent_of_the_run_seed():
 
 
 def test_training_batches_are_binarised_afresh_each_step():
+    import types
+
+    from vae_cli.data.lightning import LightningData
+
     dm = Digits(binarize=True)
-
-    class _Trainer:
-        training = True
-
-    dm.trainer = _Trainer()
     x = dm.split("train")[0][:256]
-    b1, b2 = dm.on_after_batch_transfer([x], 0)[0], dm.on_after_batch_transfer([x], 0)[0]
+    lightning = LightningData(dm)
+    lightning.trainer = types.SimpleNamespace(training=True)
+    b1, b2 = lightning.on_after_batch_transfer([x], 0)[0], lightning.on_after_batch_transfer([x], 0)[0]
     assert set(b1.unique().tolist()) == {0.0, 1.0} and not torch.equal(b1, b2)
-    _Trainer.training = False
-    assert torch.equal(dm.on_after_batch_transfer([x], 0)[0], x)
+    lightning.trainer.training = False  # validation and test: their fixed bits, as loaded
+    assert torch.equal(lightning.on_after_batch_transfer([x], 0)[0], x)
+    assert torch.equal(Digits(binarize=False).train_batch([x])[0], x)
 
 
 def test_loader_yields_whole_batches_of_aligned_rows():

@@ -31,8 +31,9 @@ def test_overfit_trains_on_the_same_few_batches(tmp_path):
     import pytorch_lightning as pl
 
     from vae_cli.data import Digits
+    from vae_cli.data.lightning import LightningData
 
-    dm = Digits()
+    dm = LightningData(Digits())
     dm.trainer = pl.Trainer(overfit_batches=3, logger=False, enable_progress_bar=False, enable_model_summary=False)
     assert dm.train_dataloader().shuffle is False  # in order: the same 3 batches every epoch
     dm.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)

@@ -3,6 +3,8 @@ whose log p(x) and true posterior are known in closed form; then vae-eval on a t
 import json
 import math
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,3 +228,20 @@ def test_a_limit_scores_the_first_images_as_the_whole_split_does(trained_digits_
     err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "limit=0",
                    f"out={tmp_path / 'z.json'}", cwd=tmp_path, capsys=capsys)
     assert "limit" in err and "integer >= 1" in err and not (tmp_path / "z.json").exists()
+
+
+def test_vae_eval_and_vae_sample_never_import_lightning(trained_digits_run, tmp_path):
+    # Scoring and sampling need torch, the core and the data; importing Lightning was most of their start-up.
+    script = f"""
+import sys
+from vae_cli.cli import evaluate, sample
+for main, argv in ((evaluate.main, ["vae-eval", "ckpt_path={trained_digits_run}", "iw_samples=2", "out=e.json"]),
+                   (sample.main, ["vae-sample", "ckpt_path={trained_digits_run}", "out=png", "n=4"])):
+    sys.argv = argv
+    main()
+print(sorted(m for m in sys.modules if m.startswith(("pytorch_lightning", "lightning_fabric"))))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "e.json").is_file() and (tmp_path / "png" / "prior_samples.png").is_file()

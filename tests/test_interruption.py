@@ -62,7 +62,8 @@ def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tm
     assert _curves(run) == _curves(uninterrupted)
     if step is not None:  # timing.json counts the training time of both starts
         before = torch.load(saved, weights_only=True)["callbacks"]["Timer"]["time_elapsed"]["train"]
-        assert json.loads((run / "timing.json").read_text())["train_seconds"] > before > 0
+        # (>=: a stop after the last step leaves the second start nothing to train; timing.json keeps 3 decimals)
+        assert json.loads((run / "timing.json").read_text())["train_seconds"] >= round(before, 3) > 0
 
 
 def test_a_signal_while_the_finished_process_shuts_down_is_ignored(tmp_path):

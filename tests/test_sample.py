@@ -83,3 +83,24 @@ def test_training_writes_images_histograms_iw_nll_projector_and_hparams(k2_run):
             if data.HasField("experiment"):
                 assert {m.name.tag for m in data.experiment.metric_infos} >= {"hp/test_elbo", "hp/best_val_elbo"}
     assert found
+
+
+@pytest.mark.parametrize("shape, nrow", [((16, 1, 8, 8), 4), ((7, 3, 5, 6), 3), ((1, 1, 4, 4), 8), ((10, 3, 8, 8), 10),
+                                         ((5, 1, 3, 3), 2)])
+def test_grids_and_pngs_are_torchvisions_pixel_for_pixel(shape, nrow):
+    # Our own grid keeps torchvision out of vae-sample's start-up; torchvision's make_grid and save_image are
+    # the reference.
+    import io
+
+    import torch
+    from torchvision.utils import make_grid, save_image
+
+    from vae_cli.training.images import make_grid as our_grid
+    from vae_cli.training.images import png
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ours, theirs = our_grid(x, nrow), make_grid(x, nrow=nrow, padding=2, pad_value=0.5)
+    assert torch.equal(ours, theirs)
+    written = io.BytesIO()
+    save_image(theirs, written, format="png")
+    assert png(ours) == written.getvalue()

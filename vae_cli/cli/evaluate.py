@@ -77,8 +77,7 @@ def run_eval(cfg: DictConfig) -> dict:
     import torch
 
     from ..core.scoring import fingerprint, paired_difference, score, summarize
-    from ..training.checkpointing import write_tensors
-    from ..training.files import make_folder, write_json
+    from ..training.files import make_folder, write_json, write_tensors
     from .checks import EVAL_RULES, check_values
     from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
     from .progress import Progress

@@ -10,7 +10,6 @@ from .errors import run_or_exit
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
     import torch
-    from torchvision.utils import save_image
 
     from ..training import images
     from ..training.files import atomic_write, make_folder
@@ -40,7 +39,7 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     written = {}
     for name, grid in grids.items():
         written[name] = out / f"{name}.png"
-        atomic_write(written[name], lambda f, grid=grid: save_image(grid, f, format="png"))
+        atomic_write(written[name], lambda f, grid=grid: f.write(images.png(grid)))
     print(f"vae-sample: {', '.join(p.name for p in written.values())} written to {out}")
     return written
 

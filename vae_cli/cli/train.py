@@ -71,6 +71,7 @@ def setup(cfg: DictConfig):
     from pytorch_lightning.callbacks import Timer
 
     from ..core.likelihoods import LIKELIHOODS
+    from ..data.lightning import LightningData
     from ..training.callbacks import EMA, TENSORBOARD_ONLY, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.interruption import Interruption
@@ -141,7 +142,7 @@ def setup(cfg: DictConfig):
     if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
-    return datamodule, module, trainer, ckpt_path
+    return LightningData(datamodule), module, trainer, ckpt_path
 
 
 def fit(cfg: DictConfig) -> dict:

@@ -1,20 +1,36 @@
 """The contract every datamodule keeps, in memory or not: what the trainer, the callbacks, vae-eval
 and vae-sample read from it. A new dataset is a subclass (of InMemoryDataModule when it fits in
-memory) and a config file in configs/data/."""
+memory) and a config file in configs/data/. Torch only: Lightning sees a datamodule through lightning.py."""
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
 
-import pytorch_lightning as pl
 import torch
 
 from ..errors import UserError
 from .batching import binarize
 
 
-class BaseDataModule(pl.LightningDataModule, ABC):
-    """A Lightning datamodule of images (x, label) with x in [0, 1], shaped (N, C, H, W).
+@dataclass(frozen=True)
+class Feed:
+    """What the run that asks for a loader tells the data: where batches go, the epoch, how many of this epoch's
+    batches training has taken (so a run resumed mid-epoch goes on at the next one), which process of how many
+    this is, and whether every epoch takes the same batches in order (debug=overfit). The default: one process
+    on the CPU, epoch 0 (vae-eval, vae-sample, tests)."""
 
-    Besides Lightning's setup() and three loaders, a subclass sets `shape` (C, H, W), known from the
+    device: torch.device = torch.device("cpu")
+    epoch: Callable[[], int] = lambda: 0
+    progress: Callable[[], int] | None = None
+    rank: int = 0
+    world_size: int = 1
+    in_order: bool = False
+
+
+class BaseDataModule(ABC):
+    """A datamodule of images (x, label) with x in [0, 1], shaped (N, C, H, W).
+
+    Besides setup() and three loaders (made for a Feed), a subclass sets `shape` (C, H, W), known from the
     config before any data is read, and `name`, and provides the three ways the rest of vae-cli reads
     data: head(), eval_batches() and train_pixel_mean(). Shared here: split sizes given as a count or
     a fraction, and dynamic binarisation of training batches."""
@@ -24,7 +40,6 @@ class BaseDataModule(pl.LightningDataModule, ABC):
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int | float = 0.1,
                  binarize: bool | None = True, split_seed: int = 0, seed: int = 0, likelihood: str = "bernoulli"):
-        super().__init__()
         self.likelihood = likelihood  # the family of p(x|z) this data is modelled with unless model.likelihood says
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -32,6 +47,25 @@ class BaseDataModule(pl.LightningDataModule, ABC):
         self.binarize = bool(binarize)
         self.split_seed = split_seed  # which examples are validation (and test) examples
         self.seed = seed  # the run's seed: the order of training batches
+
+    def prepare_data(self) -> None:
+        """Download or check the files (once, before setup); nothing by default."""
+
+    @abstractmethod
+    def setup(self, stage: str | None = None) -> None:
+        """Read and split the data (once: later calls return at once)."""
+
+    @abstractmethod
+    def train_dataloader(self, feed: Feed = Feed()):
+        """The training batches [x, y] of one epoch, in the order of (seed, epoch)."""
+
+    @abstractmethod
+    def val_dataloader(self, feed: Feed = Feed()):
+        """The validation split in order (this process's share of it)."""
+
+    @abstractmethod
+    def test_dataloader(self, feed: Feed = Feed()):
+        """The test split in order (this process's share of it)."""
 
     @abstractmethod
     def head(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +97,7 @@ class BaseDataModule(pl.LightningDataModule, ABC):
     def _n_val(self, n: int) -> int:
         return self._count("val_size", self.val_size, n, "validation", f"the {self.name} training set")
 
-    def _overfitting(self) -> bool:
-        """trainer.overfit_batches (debug=overfit): the same few training batches every epoch, so in file order."""
-        return self.trainer is not None and self.trainer.overfit_batches > 0
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # Dynamic binarisation: a fresh Bernoulli draw of each training batch, on its device.
-        if self.binarize and self.trainer is not None and self.trainer.training:
-            batch = [binarize(batch[0]), *batch[1:]]
-        return batch
+    def train_batch(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A training batch on its device as the model sees it: with dynamic binarisation, a fresh Bernoulli
+        draw of its pixels at every step."""
+        return [binarize(batch[0]), *batch[1:]] if self.binarize else batch

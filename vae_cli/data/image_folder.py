@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .base import BaseDataModule
+from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, binarize
 
 log = logging.getLogger(__name__)
@@ -197,48 +197,46 @@ class ImageFolder(BaseDataModule):
         self.setup()
         return self._datasets[split]
 
-    def _loader(self, dataset, batch_size: int, sampler=None, persistent: bool = False):
+    def _loader(self, dataset, batch_size: int, sampler=None, persistent: bool = False, feed: Feed = Feed()):
         from torch.utils.data import DataLoader
 
         # No more workers than batches: a handful of images is read faster than a process starts.
         workers = min(self.num_workers, -(-len(dataset) // batch_size))
-        trainer = self.trainer
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
             persistent_workers=persistent and workers > 0,  # no new processes every epoch
-            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            pin_memory=feed.device.type == "cuda",
             # A private generator for the workers' base seed: building a loader leaves the global
             # RNG (weight init, reparameterisation noise) untouched.
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self):
+    def train_dataloader(self, feed: Feed = Feed()):
         from torch.utils.data import DistributedSampler
 
-        trainer = self.trainer
-        if self._overfitting():  # in order (a DataLoader's default sampler), as Lightning requires for overfitting
-            return self._loader(self.dataset("train"), self.batch_size, persistent=True)
+        if feed.in_order:  # in order (a DataLoader's default sampler), as Lightning requires for overfitting
+            return self._loader(self.dataset("train"), self.batch_size, persistent=True, feed=feed)
         # DistributedSampler even in one process: a permutation that depends only on (seed, epoch),
         # advanced by Lightning's set_epoch (so a resumed run replays the same order), and sharded
         # by rank in multi-process runs, where Lightning then leaves it as it is.
         sampler = DistributedSampler(
             self.dataset("train"), shuffle=True, seed=self.seed * 100_003,  # seed s, epoch e: no overlap with s+1
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
+            num_replicas=feed.world_size, rank=feed.rank,
         )
-        return self._loader(self.dataset("train"), self.batch_size, sampler=sampler, persistent=True)
+        return self._loader(self.dataset("train"), self.batch_size, sampler=sampler, persistent=True, feed=feed)
 
-    def _eval_sampler(self, split: str):
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
+    def _eval_sampler(self, split: str, feed: Feed):
+        if feed.world_size == 1:
             return None
-        return _Shard(self.dataset(split), num_replicas=trainer.world_size, rank=trainer.global_rank)
+        return _Shard(self.dataset(split), num_replicas=feed.world_size, rank=feed.rank)
 
-    def val_dataloader(self):
-        return self._loader(self.dataset("val"), self.eval_batch_size, sampler=self._eval_sampler("val"), persistent=True)
+    def val_dataloader(self, feed: Feed = Feed()):
+        return self._loader(self.dataset("val"), self.eval_batch_size, sampler=self._eval_sampler("val", feed),
+                            persistent=True, feed=feed)
 
-    def test_dataloader(self):
-        return self._loader(self.dataset("test"), self.eval_batch_size, sampler=self._eval_sampler("test"))
+    def test_dataloader(self, feed: Feed = Feed()):
+        return self._loader(self.dataset("test"), self.eval_batch_size, sampler=self._eval_sampler("test", feed),
+                            feed=feed)
 
     def eval_batches(self, split: str):
         """The whole split in order, as [x, y] batches of eval_batch_size."""

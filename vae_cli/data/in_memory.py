@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .base import BaseDataModule
+from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize, binarize_numpy
 
 log = logging.getLogger(__name__)
@@ -88,39 +88,26 @@ class InMemoryDataModule(BaseDataModule):
     def train_pixel_mean(self) -> torch.Tensor:
         return self.split("train")[0].mean(0)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, feed: Feed) -> TensorBatches:
         tensors = list(self.split(split))
-        trainer = self.trainer
-        if trainer is not None and self.on_device:
+        if self.on_device and feed.device.type != "cpu":
             # The whole split lives on the training device: batches are gathered there, no copies.
-            device = trainer.strategy.root_device
             cached = self._on_device.get(split)
-            if cached is None or cached[0].device != device:
-                self._on_device[split] = cached = [t.to(device) for t in tensors]
+            if cached is None or cached[0].device != feed.device:
+                self._on_device[split] = cached = [t.to(feed.device) for t in tensors]
             tensors = cached
-        progress = None
-        if trainer is not None and split == "train":
-            def progress():
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return TensorBatches(tensors, batch_size, shuffle, seed=self.seed,
-                             epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
-                             rank=trainer.global_rank if trainer is not None else 0,
-                             world_size=trainer.world_size if trainer is not None else 1, progress=progress)
+        return TensorBatches(tensors, batch_size, shuffle, seed=self.seed, epoch=feed.epoch, rank=feed.rank,
+                             world_size=feed.world_size, progress=feed.progress if split == "train" else None)
 
-    def train_dataloader(self) -> TensorBatches:
-        return self._loader("train", self.batch_size, shuffle=not self._overfitting())
+    def train_dataloader(self, feed: Feed = Feed()) -> TensorBatches:
+        # debug=overfit: the same few batches every epoch, so in file order.
+        return self._loader("train", self.batch_size, shuffle=not feed.in_order, feed=feed)
 
-    def val_dataloader(self) -> TensorBatches:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+    def val_dataloader(self, feed: Feed = Feed()) -> TensorBatches:
+        return self._loader("val", self.eval_batch_size, shuffle=False, feed=feed)
 
-    def test_dataloader(self) -> TensorBatches:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        # Device-resident splits arrive where they belong; skip Lightning's generic per-step walk.
-        if all(t.device == device for t in batch):
-            return batch
-        return [t.to(device, non_blocking=True) for t in batch]
+    def test_dataloader(self, feed: Feed = Feed()) -> TensorBatches:
+        return self._loader("test", self.eval_batch_size, shuffle=False, feed=feed)
 
 
 class Digits(InMemoryDataModule):

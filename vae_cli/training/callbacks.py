@@ -3,7 +3,7 @@ dimension, the importance-weighted NLL on the validation set, the test set's lat
 projector), guards (a non-finite loss stops the run before it reaches a checkpoint; the random
 generators travel in checkpoints), checkpointing, and the weight average.
 
-The diagnostics read data through the datamodule's head() and eval_batches() and write through the
+The diagnostics read data through the datamodule's data (head() and eval_batches()) and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
 loses that state when an older run resumes."""
 import logging
@@ -66,14 +66,14 @@ class ImageGrids(pl.Callback):
             return
         vae, step = pl_module.vae, trainer.global_step
         self._written_at = step
-        x = trainer.datamodule.head("val", self.n)[0].to(pl_module.device)
+        x = trainer.datamodule.data.head("val", self.n)[0].to(pl_module.device)
         was_training = vae.training
         vae.eval()
         with _own_random_stream(pl_module):
             tb.add_image("val/reconstructions", images.reconstructions(vae, x), step)
             tb.add_image("samples/prior_mean", images.prior_samples(vae, self.n), step)
         with torch.no_grad():
-            x = trainer.datamodule.head("val", 2000)[0].to(pl_module.device)
+            x = trainer.datamodule.data.head("val", 2000)[0].to(pl_module.device)
             mu, logvar = vae.encode(x)
             kl = kl_analytic(mu, logvar).mean(0)
         # One value per latent dimension: how many dimensions carry how much information, and in the bars which.
@@ -110,7 +110,7 @@ class ImportanceWeightedNLL(pl.Callback):
         if self.iw_samples < 1 or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         with _own_random_stream(pl_module):
-            log_px = score(pl_module.vae, trainer.datamodule.eval_batches("val"), self.iw_samples, self.iw_batch,
+            log_px = score(pl_module.vae, trainer.datamodule.data.eval_batches("val"), self.iw_samples, self.iw_batch,
                            pl_module.device).log_px
         pl_module.log("val/nll_iw", -log_px.mean(), on_epoch=True, sync_dist=True)
 
@@ -128,7 +128,7 @@ class LatentProjector(pl.Callback):
             return
         xs, ys, mus = [], [], []
         with torch.no_grad():
-            for x, y in trainer.datamodule.eval_batches("test"):
+            for x, y in trainer.datamodule.data.eval_batches("test"):
                 x, y = x[: self.max_points - sum(map(len, xs))], y[: self.max_points - sum(map(len, xs))]
                 mus.append(pl_module.vae.encode(x.to(pl_module.device))[0].cpu())
                 xs.append(x.cpu())

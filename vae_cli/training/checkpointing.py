@@ -7,10 +7,6 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from .files import atomic_write, cannot_write
 
 
-def write_tensors(path: Path, obj: dict) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic on the local disk and flushed before the rename, so a
     kill mid-write leaves the previous last.ckpt in place (Lightning's own temporary file may live on

@@ -75,3 +75,9 @@ def make_folder(path: Path) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_tensors(path: Path, obj: dict) -> None:
+    import torch  # here: files.py serves vae-report too, which never needs torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))

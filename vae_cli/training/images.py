@@ -1,14 +1,42 @@
-"""Image grids of what a VAE (core.vae.VAE) has learned, as (C, H, W) tensors in [0, 1] made with
-torchvision's make_grid: shared by vae-sample (PNG files) and the TensorBoard image callback."""
+"""Image grids of what a VAE (core.vae.VAE) has learned, as (C, H, W) tensors in [0, 1]: shared by vae-sample
+(PNG files) and the TensorBoard image callback. Torch only (importing torchvision would double vae-sample's
+start-up); the grids are torchvision's make_grid's, pixel for pixel (a test compares them)."""
+import io
 import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
 
 from ..core.elbo import kl_analytic
 
 MIN_SIDE = 28  # upscale tiny images (8x8 digits) so a grid is readable
+
+
+def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 0.5) -> torch.Tensor:
+    """(B, C, H, W) images tiled nrow to a row, `padding` pixels of pad_value around each (one image alone: itself,
+    unpadded); grey images as RGB."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    b, c, h, w = images.shape
+    if b == 1:
+        return images[0]
+    cols = min(nrow, b)
+    rows = math.ceil(b / cols)
+    grid = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i, image in enumerate(images):
+        top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = image
+    return grid
+
+
+def png(grid: torch.Tensor) -> bytes:
+    """A (C, H, W) grid in [0, 1] as PNG bytes, each value rounded to the nearest of 256 levels."""
+    from PIL import Image
+
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    return buffer.getvalue()
 
 
 def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""The fixed cost of the commands: whole processes timed from the shell's side, medians of interleaved repeats,
+beside the floor every command pays, `python -c "import torch"`.
+
+    python benchmarks/startup.py --repeats 5 [--fashion-mnist] [--bin .venv/bin]
+
+A digits checkpoint is trained first (one epoch, in a temporary folder); then each round runs, in turn:
+  floor        python -c "import torch"
+  vae-sample   vae-sample ckpt_path=<digits run> n=16
+  vae-eval     vae-eval ckpt_path=<digits run> iw_samples=5
+  train-1      vae-train, digits, one training step (trainer.max_epochs=1 ++trainer.limit_train_batches=1)
+  fm-train-1   (--fashion-mnist) the same on Fashion-MNIST with the 784-400-20 model
+so machine noise hits all of them alike. Prints one JSON object: the median seconds of each, and each one's
+ratio to the floor.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUIET = ["trainer.enable_progress_bar=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+ONE_STEP = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", *QUIET]
+
+
+def _seconds(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fashion-mnist", action="store_true", help="also time a one-step Fashion-MNIST run")
+    parser.add_argument("--bin", default=str(Path(sys.executable).parent), help="where vae-train and the rest live")
+    args = parser.parse_args()
+    tool = lambda name: str(Path(args.bin) / name)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run = tmp / "digits"
+        subprocess.run([tool("vae-train"), "trainer.max_epochs=1", f"hydra.run.dir={run}", *QUIET], cwd=tmp,
+                       check=True, stdout=subprocess.DEVNULL)
+        commands = {
+            "floor": [sys.executable, "-c", "import torch"],
+            "vae-sample": [tool("vae-sample"), f"ckpt_path={run}", f"out={tmp / 'png'}", "n=16",
+                           "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+            "vae-eval": [tool("vae-eval"), f"ckpt_path={run}", "iw_samples=5", f"out={tmp / 'eval.json'}",
+                         "figures=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+            "train-1": [tool("vae-train"), *ONE_STEP, f"hydra.run.dir={tmp / 'one'}"],
+        }
+        if args.fashion_mnist:
+            commands["fm-train-1"] = [tool("vae-train"), "data=fashion_mnist", "model.hidden_dims=[400]",
+                                      "model.latent_dim=20", *ONE_STEP, f"hydra.run.dir={tmp / 'fm'}"]
+        times = {name: [] for name in commands}
+        for _ in range(args.repeats):
+            for name, cmd in commands.items():
+                times[name].append(_seconds(cmd, tmp))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    floor = medians["floor"]
+    print(json.dumps({"repeats": args.repeats, "median_s": {k: round(v, 2) for k, v in medians.items()},
+                      "x_floor": {k: round(v / floor, 2) for k, v in medians.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
