@@ -1,6 +1,7 @@
 """Datasets held in memory: each split is one tensor of pixel values in [0, 1] shaped (N, C, H, W),
 on the training device by default, batched by index with no per-example Python work. Digits, the
 embedded default, lives here; the torchvision sets in torchvision_sets.py."""
+import importlib.util
 import logging
 import os
 from abc import abstractmethod
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from . import cache
 from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize, binarize_numpy
 
@@ -51,9 +53,39 @@ class InMemoryDataModule(BaseDataModule):
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train_x, train_y, test_x, test_y), x as floats in [0, 1] shaped (N, C, H, W)."""
 
+    def sources(self) -> list[Path]:
+        """The files load() reads, which fingerprint the prepared splits kept beside the data (cache.py); none
+        (the default): nothing is kept, the data is prepared at every start."""
+        return []
+
+    def cache_settings(self) -> dict:
+        """Every setting the splits depend on."""
+        return {"class": type(self).__qualname__, "val_size": self.val_size, "val_split": self.val_split,
+                "split_seed": self.split_seed, "binarize": self.binarize,
+                "eval_binarize_numpy_seed": self.eval_binarize_numpy_seed}
+
+    def cache_file(self) -> Path | None:
+        """Where the prepared splits are kept; None while a source is missing (nothing prepared yet)."""
+        sources = self.sources()
+        if not sources or not all(p.is_file() for p in sources):
+            return None
+        return cache.path(self.data_dir, self.name, self.cache_settings(), sources)
+
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
+        kept = self.cache_file()
+        self._splits = cache.read(kept) if kept else None
+        if self._splits is None:
+            self._splits = self._prepare()
+            if kept:
+                cache.write(kept, self._splits)
+        n = {s: len(x) for s, (x, _) in self._splits.items()}
+        log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, n["train"], n["val"], n["test"],
+                 tuple(self.shape), ", binarised" if self.binarize else "")
+
+    def _prepare(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The splits from the sources: read, split, and the evaluation splits binarised with their seeds."""
         train_x, train_y, test_x, test_y = self.load()
         n_val = self._n_val(len(train_x))
         if self.val_split == "last":
@@ -66,13 +98,11 @@ class InMemoryDataModule(BaseDataModule):
             val_x, test_x = binarize_numpy([val_x, test_x], self.eval_binarize_numpy_seed)
         elif self.binarize:
             val_x, test_x = binarize(val_x, VAL_BINARIZE_SEED), binarize(test_x, TEST_BINARIZE_SEED)
-        self._splits = {
+        return {
             "train": (train_x[train_idx], train_y[train_idx]),
             "val": (val_x, train_y[val_idx]),
             "test": (test_x, test_y),
         }
-        log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, len(train_idx), n_val,
-                 len(test_x), tuple(self.shape), ", binarised" if self.binarize else "")
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         self.setup()
@@ -123,6 +153,15 @@ class Digits(InMemoryDataModule):
     def __init__(self, test_size: int = 297, **kwargs):
         super().__init__(**kwargs)
         self.test_size = test_size
+
+    def sources(self) -> list[Path]:
+        # scikit-learn's copy of the digits, found without importing scikit-learn (which takes seconds)
+        spec = importlib.util.find_spec("sklearn")
+        folders = spec.submodule_search_locations if spec else None
+        return [Path(folders[0]) / "datasets" / "data" / "digits.csv.gz"] if folders else []
+
+    def cache_settings(self) -> dict:
+        return {**super().cache_settings(), "test_size": self.test_size}
 
     def load(self):
         from sklearn.datasets import load_digits

@@ -52,7 +52,8 @@ class _Torchvision(InMemoryDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        if self._splits is not None:  # already loaded: Lightning calls this again at fit and at test
+        kept = self.cache_file()
+        if self._splits is not None or kept is not None and kept.is_file():  # loaded, or prepared by an earlier run
             return
         self._open(train=True)
         self._open(train=False)
@@ -83,7 +84,7 @@ class _TorchvisionIDX(_Torchvision):
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
     def _raw_dir(self) -> Path:
-        return self.data_dir / self.dataset_class.__name__ / "raw"
+        return self.data_dir / self.folder / "raw"
 
     def _extra_sources(self) -> list[Path]:
         """Other folders holding the gzipped IDX files (e.g. a distribution's package)."""
@@ -117,6 +118,9 @@ class _TorchvisionIDX(_Torchvision):
         self._copy_from_extra_sources()
         return super()._open(train)
 
+    def sources(self) -> list[Path]:
+        return [self._raw_dir() / f for f in self.files]
+
     def load(self):
         train, test = self._open(train=True), self._open(train=False)
         def x(ds):
@@ -126,6 +130,7 @@ class _TorchvisionIDX(_Torchvision):
 
 class MNIST(_TorchvisionIDX):
     name = "mnist"
+    folder = "MNIST"  # torchvision's folder under data_dir
 
     @property
     def dataset_class(self):
@@ -141,6 +146,7 @@ class FashionMNIST(_TorchvisionIDX):
     Debian package dataset-fashion-mnist, which are unpacked into `data_dir` on first use."""
 
     name = "fashion_mnist"
+    folder = "FashionMNIST"
     install_hint = " On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` provides them."
 
     @property
@@ -158,6 +164,8 @@ class CIFAR10(_Torchvision):
 
     shape = (3, 32, 32)
     name = "cifar10"
+    folder = "cifar-10-batches-py"  # torchvision's, as extracted from its archive
+    files = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 
     @property
     def dataset_class(self):
@@ -165,7 +173,10 @@ class CIFAR10(_Torchvision):
         return cls
 
     def _looked_in(self) -> list[Path]:
-        return [self.data_dir / self.dataset_class.base_folder]
+        return [self.data_dir / self.folder]
+
+    def sources(self) -> list[Path]:
+        return [self.data_dir / self.folder / f for f in self.files]
 
     def _how_to_copy(self) -> str:
         return (f"extracting cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into "

@@ -119,7 +119,7 @@ class LatentProjector(pl.Callback):
     """After testing: the test set's posterior means in TensorBoard's embedding projector, labelled
     by class, with each image as its thumbnail."""
 
-    def __init__(self, max_points: int = 10_000):
+    def __init__(self, max_points: int = 2_000):
         self.max_points = max_points
 
     def on_test_end(self, trainer, pl_module):
