@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-QUIET = ["trainer.enable_progress_bar=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 ONE_STEP = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", *QUIET]
 
 
@@ -45,10 +45,9 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL)
         commands = {
             "floor": [sys.executable, "-c", "import torch"],
-            "vae-sample": [tool("vae-sample"), f"ckpt_path={run}", f"out={tmp / 'png'}", "n=16",
-                           "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+            "vae-sample": [tool("vae-sample"), f"ckpt_path={run}", f"out={tmp / 'png'}", "n=16"],
             "vae-eval": [tool("vae-eval"), f"ckpt_path={run}", "iw_samples=5", f"out={tmp / 'eval.json'}",
-                         "figures=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+                         "figures=false"],
             "train-1": [tool("vae-train"), *ONE_STEP, f"hydra.run.dir={tmp / 'one'}"],
         }
         if args.fashion_mnist:
