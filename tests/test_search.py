@@ -62,6 +62,25 @@ def test_the_search_space_is_read_from_hydras_sweep_syntax():
     assert fixed == ["trainer.max_epochs=3"]
 
 
+def test_optuna_sweep_writes_its_best_parameters(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_vae_train("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1",
+                         f"hydra.sweep.dir={sweep}", *QUIET, cwd=tmp_path)
+    assert "alembic" not in proc.stdout  # no plugin set-up chatter
+    assert f"vae-train: sweep done: vae-report {sweep}" in proc.stdout
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optim.lr", "model.latent_dim", "objective.beta", "model.hidden_dims"}
+    jobs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(3)]
+    assert best["best_value"] == pytest.approx(max(j["best_val_elbo"] for j in jobs))
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_vae_train("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=2,4",
+                  "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *QUIET, cwd=tmp_path)
+    assert all((sweep / str(i) / "metrics.json").is_file() for i in (0, 1))
+
+
 def test_a_search_stopped_by_a_signal_resumes_to_n_trials_with_each_trial_once(tmp_path):
     sweep = tmp_path / "search"
     command = [*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none", "trainer.max_epochs=10",
