@@ -1,5 +1,7 @@
-"""hparams_search=optuna: a study in a real database (SQLite, and PostgreSQL where installed), driven by real
-vae-train processes: stopped by a signal and resumed, shared by two workers, pruned."""
+"""Sweeps (vae-train --multirun): the joblib launcher's parallel jobs, and hparams_search=optuna, a study in a real
+database (SQLite, and PostgreSQL where installed) driven by real vae-train processes: its search space, its best
+parameters, stopped by a signal and resumed, shared by two workers, pruned. The SLURM launcher is in test_slurm.py,
+a sweep that outlives a failing job in test_faults.py."""
 import json
 import os
 import shutil
