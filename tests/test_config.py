@@ -160,6 +160,7 @@ def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_is_a_ch
     assert list(chosen.callbacks)[:-1] == list(default)
 
 
+@pytest.mark.slow
 def test_a_run_without_callbacks_writes_its_metrics_and_no_checkpoint(tmp_path):
     from conftest import train
 

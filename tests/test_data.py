@@ -127,6 +127,7 @@ def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
     assert sorted(shards[0] + shards[1]) == list(range(10)) and len(shards[0]) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_path):
     """The jobs of a sweep starting together on a data_dir that holds nothing yet."""

@@ -7,6 +7,8 @@ import torch
 
 from conftest import QUIET, read_scalars, run_here, run_vae_train
 
+pytestmark = pytest.mark.slow  # each test trains in two vae-train processes
+
 
 def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     from vae_cli.cli.loading import load_vae, make_datamodule

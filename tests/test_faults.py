@@ -33,6 +33,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_kill_then_resume_finishes_the_same(helpers, tmp_path):
     args = ("trainer.max_epochs=4", "seed=5")
     train(tmp_path, "a", *args)
@@ -50,6 +51,7 @@ def test_same_seed_same_metrics_and_kill_then_resume_finishes_the_same(helpers, 
     assert resumed == uninterrupted
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_naming_the_term_and_keeps_the_last_good_checkpoint(helpers, tmp_path, capsys):
     run_dir = tmp_path / "run"
     err = refused("vae-train", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}", *QUIET,
@@ -92,6 +94,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_checkpoints_load_without_running_code_from_them(trained_digits_run, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
@@ -104,6 +107,7 @@ def test_checkpoints_load_without_running_code_from_them(trained_digits_run, tmp
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_for_resuming_are_named(trained_digits_run, tmp_path, capsys):
     last = trained_digits_run / "checkpoints" / "last.ckpt"
     err = refused("vae-train", f"ckpt_path={last}", "model.latent_dim=8", f"hydra.run.dir={tmp_path / 'r'}", *QUIET,
@@ -116,6 +120,7 @@ def test_bad_checkpoints_for_resuming_are_named(trained_digits_run, tmp_path, ca
     assert "cannot be loaded as a checkpoint" in err
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     proc = run_vae_train("--multirun", "model.latent_dim=0,2", "trainer.max_epochs=1",
                          f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUIET, cwd=tmp_path, check=False)
@@ -130,6 +135,7 @@ def test_unknown_choices_and_misspelt_keys_fail_without_a_traceback(tmp_path):
         assert proc.returncode != 0 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 138)])
 def test_a_signal_saves_the_exact_state_and_exits_with_128_plus_its_number(helpers, tmp_path, signum, code):
     args = ("trainer.max_epochs=4", "seed=5", *QUIET)
@@ -156,6 +162,7 @@ def test_a_signal_saves_the_exact_state_and_exits_with_128_plus_its_number(helpe
     assert means[0] == means[1]
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_directory_a_live_run_writes_is_refused(tmp_path):
     import signal
     import sys
@@ -182,6 +189,7 @@ def test_a_second_run_in_a_directory_a_live_run_writes_is_refused(tmp_path):
 
 # --- File systems that refuse to be written ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_nothing(helpers, tmp_path,
                                                                                       small_filesystem):
     run = small_filesystem / "run"
@@ -199,6 +207,7 @@ def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_noth
     assert _metrics(run)["global_step"] == 33
 
 
+@pytest.mark.slow
 def test_tensorboard_on_a_full_disk_stops_the_run_cleanly_and_it_resumes_once_there_is_space(helpers, tmp_path,
                                                                                            small_filesystem):
     run = small_filesystem / "run"
@@ -221,6 +230,7 @@ def test_tensorboard_on_a_full_disk_stops_the_run_cleanly_and_it_resumes_once_th
     assert _metrics(run)["global_step"] == 33
 
 
+@pytest.mark.slow
 def test_a_run_directory_remounted_read_only_mid_run_stops_the_run_cleanly(helpers, tmp_path, small_filesystem):
     run = small_filesystem / "run"
     # The log file elsewhere: a file open for writing keeps a file system from being remounted read-only.
@@ -235,6 +245,7 @@ def test_a_run_directory_remounted_read_only_mid_run_stops_the_run_cleanly(helpe
     assert _metrics(run)["global_step"] == 33
 
 
+@pytest.mark.slow
 def test_every_command_refuses_a_read_only_file_system_cleanly_and_changes_nothing(tmp_path, small_filesystem,
                                                                                   capsys):
     run, sweep = small_filesystem / "run", small_filesystem / "sweep"
@@ -260,6 +271,7 @@ def test_every_command_refuses_a_read_only_file_system_cleanly_and_changes_nothi
     assert _files(small_filesystem) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", [
     ["+callbacks.rm._target_=fault_helpers.RemoveAtStep", "+callbacks.rm.step=15"],  # TensorBoard's next write
     ["+callbacks.rm._target_=fault_helpers.RemoveBeforeCheckpoints"]], ids=["mid-epoch", "before-checkpoints"])

@@ -64,6 +64,7 @@ def test_the_search_space_is_read_from_hydras_sweep_syntax():
     assert fixed == ["trainer.max_epochs=3"]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_writes_its_best_parameters(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_vae_train("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1",
@@ -76,6 +77,7 @@ def test_optuna_sweep_writes_its_best_parameters(tmp_path):
     assert best["best_value"] == pytest.approx(max(j["best_val_elbo"] for j in jobs))
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     run_vae_train("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=2,4",
@@ -83,6 +85,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert all((sweep / str(i) / "metrics.json").is_file() for i in (0, 1))
 
 
+@pytest.mark.slow
 def test_a_search_stopped_by_a_signal_resumes_to_n_trials_with_each_trial_once(tmp_path):
     sweep = tmp_path / "search"
     command = [*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none", "trainer.max_epochs=10",
@@ -118,6 +121,7 @@ def test_a_search_stopped_by_a_signal_resumes_to_n_trials_with_each_trial_once(t
     assert best["best_trial"] == s.best_trial.number and best["trials"] == {"complete": 4, "fail": 1}
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicates(tmp_path):
     sweep = tmp_path / "search"
     command = [*SEARCH, "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none", "trainer.max_epochs=1",
@@ -137,6 +141,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
                for name in ("optimization_history", "param_importances") for ext in ("png", "svg"))
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_early_and_says_so(tmp_path):
     sweep = tmp_path / "search"
     # A pruner that prunes at the first report: every ELBO is below 0.
@@ -155,6 +160,7 @@ def test_a_pruned_trial_stops_early_and_says_so(tmp_path):
     assert "2 pruned" in report.stdout
 
 
+@pytest.mark.slow
 def test_an_unreachable_database_is_named_with_the_fix(tmp_path):
     proc = run_vae_train(*SEARCH, "hydra.sweeper.storage=postgresql+psycopg2://nobody@127.0.0.1:9/none",
                          f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, check=False)
@@ -196,6 +202,7 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_study_in_postgresql(tmp_path, postgres):
     sweep = tmp_path / "search"
     run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", f"hydra.sweeper.storage={postgres}",
