@@ -210,6 +210,7 @@ def test_a_callbacks_setting_without_its_choice_names_the_choice(argv, refused):
         startup.check_callback_choices(argv)
 
 
+@pytest.mark.slow
 def test_a_run_without_callbacks_writes_its_metrics_and_no_checkpoint(tmp_path):
     from conftest import train
 

@@ -1,10 +1,38 @@
-"""Data modules: splits, binarisation, the Debian Fashion-MNIST files and the offline message."""
+"""The data modules: the digits' splits and binarisation, MNIST's offline message, Fashion-MNIST from the Debian
+package, the tensor batches' shuffling and sharding, CIFAR-10 (offline message, a tiny fake copy on disk) and the
+image-folder datamodule, which reads a user's own files batch by batch. Every folder of images is built here on the
+fly."""
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from vae_cli.data import DEBIAN_FASHION_MNIST, MNIST, Digits, FashionMNIST
+from conftest import train
+from vae_cli.data import CIFAR10, DEBIAN_FASHION_MNIST, MNIST, Digits, FashionMNIST, ImageFolder
 from vae_cli.errors import UserError
 
+CLASSES = ("cat", "dog", "owl")
+
+
+def offline(monkeypatch):
+    # A proxy that refuses connections: the same failure as a machine without network.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+def on_grid(x: torch.Tensor) -> bool:
+    """Every value is k/255 for an integer k in 0..255, as ToTensor makes of 8-bit pixels."""
+    return bool(0 <= x.min() and x.max() <= 1 and torch.equal(x, (x * 255).round() / 255))
+
+
+# --- Digits, MNIST and Fashion-MNIST (held in memory) --------------------------------------------
 
 def test_digits_splits_are_disjoint_and_sized_as_configured():
     dm = Digits(val_size=150, test_size=297, binarize=False)
@@ -61,12 +89,7 @@ def test_bad_val_size_is_a_user_error(val_size):
 
 
 def test_missing_dataset_offline_gives_a_clear_message(tmp_path, monkeypatch):
-    # Route the real torchvision download through a proxy that refuses connections: the same
-    # failure as a machine without network, whether or not this one has it.
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
+    offline(monkeypatch)  # the real torchvision download, refused, whether or not this machine has a network
     with pytest.raises(UserError) as e:
         MNIST(data_dir=str(tmp_path)).prepare_data()
     msg = str(e.value)
@@ -106,6 +129,7 @@ def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
     assert sorted(shards[0] + shards[1]) == list(range(10)) and len(shards[0]) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_path):
     """The jobs of a sweep starting together on a data_dir that holds nothing yet."""
@@ -122,3 +146,252 @@ def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_pat
     raw = tmp_path / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == sorted(FashionMNIST.files)
     assert not list(raw.glob("*.part")) and not list(raw.glob(".*.part"))
+
+
+# --- CIFAR-10 ------------------------------------------------------------------------------------
+
+def test_cifar10_offline_says_where_it_looked_and_how_to_supply_the_files(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    with pytest.raises(UserError) as e:
+        CIFAR10(data_dir=str(tmp_path)).prepare_data()
+    msg = str(e.value)
+    assert "could not be downloaded" in msg and str(tmp_path / "cifar-10-batches-py") in msg
+    assert "cifar-10-python.tar.gz" in msg and "data.data_dir" in msg and "network" in msg
+
+
+def test_cifar10_reads_the_pickled_batches_as_chw_images_on_the_255_grid(tmp_path, monkeypatch):
+    # torchvision checks each file's MD5 against the real release even with download=False, which
+    # a fake copy cannot match: accept any file here (the check lives in torchvision.datasets.cifar).
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    offline(monkeypatch)  # should the patch ever stop working: fail fast instead of downloading 170 MB
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        # The release's layout: rows of 3072 bytes, all red values, then green, then blue, row-major.
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=4).tolist()
+        written[name] = (data, labels)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+    dm = CIFAR10(data_dir=str(tmp_path), val_size=5, binarize=False)
+    dm.prepare_data()
+    (tr, ytr), (va, _), (te, yte) = dm.split("train"), dm.split("val"), dm.split("test")
+    assert (len(tr), len(va), len(te)) == (15, 5, 4)
+    assert tr.shape[1:] == dm.shape == (3, 32, 32) and tr.dtype == torch.float32 and ytr.dtype == torch.long
+    assert all(on_grid(x) for x in (tr, va, te))
+    data, labels = written["test_batch"]
+    expected = torch.from_numpy(data).view(4, 3, 32, 32).float() / 255  # channel, row, column
+    assert torch.equal(te, expected) and yte.tolist() == labels
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+def make_images(folder: Path, n: int, seed: int, start: int = 0) -> None:
+    """n uniformly coloured images of random sizes; the colour is in the file name, so a test can
+    check the decoded pixels. PNGs (some grey, some upper-case .PNG) and JPEGs (.jpg and .JPEG)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
+        w, h = (int(v) for v in rng.integers(6, 40, size=2))
+        kind = i % 4
+        if kind == 0:  # grey PNG: r = g = b
+            Image.new("L", (w, h), r).save(folder / f"im{i:03d}_{r}_{r}_{r}.png")
+        elif kind == 1:
+            Image.new("RGB", (w, h), (r, g, b)).save(folder / f"im{i:03d}_{r}_{g}_{b}.PNG")
+        else:
+            ext = ".jpg" if kind == 2 else ".JPEG"
+            Image.new("RGB", (w, h), (r, g, b)).save(folder / f"im{i:03d}_{r}_{g}_{b}{ext}", quality=95)
+
+
+def colour(path: str) -> torch.Tensor:
+    return torch.tensor([int(v) for v in Path(path).stem.split("_")[1:]], dtype=torch.float32)
+
+
+@pytest.fixture
+def classes_folder(tmp_path) -> Path:
+    """30 images in three class sub-folders, plus files that are not images and must be ignored."""
+    root = tmp_path / "pictures"
+    for k, name in enumerate(CLASSES):
+        make_images(root / name, 10, seed=k, start=10 * k)
+    (root / "README.txt").write_text("not an image")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "dog" / "._im999_0_0_0.jpg").write_bytes(b"macOS resource fork, not a JPEG")
+    return root
+
+
+def all_batches(batches) -> tuple[torch.Tensor, torch.Tensor]:
+    batches = list(batches)
+    assert all(isinstance(b, list) and len(b) == 2 for b in batches)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_image_folder_splits_labels_shapes_and_pixel_values(classes_folder):
+    dm = ImageFolder(path=str(classes_folder), image_size=[12, 10], channels=3, val_size=6, test_size=0.2,
+                     eval_batch_size=4, num_workers=0)
+    assert dm.shape == (3, 12, 10) and dm._datasets is None  # known from the config, before reading
+    dm.setup()
+    files = {s: dm.dataset(s).files for s in ("train", "val", "test")}
+    assert [len(files[s]) for s in ("train", "val", "test")] == [18, 6, 6]
+    assert len(set().union(*files.values())) == 30  # disjoint, and the non-images were skipped
+    seen = Counter()
+    for split in ("train", "val", "test"):
+        x, y = all_batches(dm.eval_batches(split))
+        assert x.shape == (len(files[split]), 3, 12, 10) and y.dtype == torch.long and on_grid(x)
+        for path, xi, yi in zip(files[split], x, y):
+            assert CLASSES[yi] == Path(path).parent.name  # label = index of the sorted sub-folder
+            # A uniform image stays uniform through the resize: PNG exactly, JPEG within its loss.
+            tol = 0 if path.lower().endswith(".png") else 3
+            assert (xi * 255 - colour(path)[:, None, None]).abs().max() <= tol + 1e-3, path
+            seen[yi.item()] += 1
+    assert seen == {0: 10, 1: 10, 2: 10}
+
+
+def test_image_folder_grey_and_square_size(classes_folder):
+    dm = ImageFolder(path=str(classes_folder), image_size=9, channels=1, num_workers=0)
+    x, _ = dm.head("train", 8)
+    assert x.shape == (8, 1, 9, 9) == (8, *dm.shape) and on_grid(x)
+    for path, xi in zip(dm.dataset("train").files, x):
+        if path.endswith(".png"):  # grey PNGs: the stored grey level, exactly
+            assert torch.all(xi * 255 == colour(path)[0])
+
+
+def test_flat_folder_gets_label_zero_and_loose_images_beside_classes_get_the_next_label(tmp_path):
+    make_images(tmp_path / "flat", 12, seed=5)
+    dm = ImageFolder(path=str(tmp_path / "flat"), image_size=8, val_size=2, test_size=2, num_workers=0)
+    assert all(y == 0 for s in ("train", "val", "test") for y in dm.dataset(s).labels)
+    assert sum(len(dm.dataset(s)) for s in ("train", "val", "test")) == 12
+    # vae-eval and vae-sample pass data_dir= when the data has moved: for an image folder, the folder.
+    moved = ImageFolder(path=str(tmp_path / "gone"), data_dir=str(tmp_path / "flat"), image_size=8, val_size=2,
+                        test_size=2, num_workers=0)
+    assert moved.dataset("val").files == dm.dataset("val").files
+
+    mixed = tmp_path / "mixed"
+    make_images(mixed / "a", 4, seed=6)
+    make_images(mixed / "b" / "deeper", 4, seed=7)  # images below a class folder belong to it
+    (mixed / "empty").mkdir()  # a sub-folder without images is no class
+    make_images(mixed, 4, seed=8, start=100)
+    dm = ImageFolder(path=str(mixed), image_size=8, val_size=1, test_size=1, num_workers=0)
+    labels = {Path(f).relative_to(mixed).parts[0]: y for s in ("train", "val", "test")
+              for f, y in zip(dm.dataset(s).files, dm.dataset(s).labels)}
+    assert {k if k in ("a", "b") else "loose": v for k, v in labels.items()} == {"a": 0, "b": 1, "loose": 2}
+
+
+def test_head_and_eval_batches_match_the_loaders(classes_folder):
+    dm = ImageFolder(path=str(classes_folder), image_size=8, val_size=7, test_size=5, eval_batch_size=3,
+                     num_workers=0)
+    val = all_batches(dm.val_dataloader())
+    head = dm.head("val", 4)
+    assert torch.equal(head[0], val[0][:4]) and torch.equal(head[1], val[1][:4])
+    assert len(dm.head("val", 100)[0]) == 7
+    for a, b in zip(all_batches(dm.eval_batches("test")), all_batches(dm.test_dataloader())):
+        assert torch.equal(a, b) and len(a) == 5
+    train = all_batches(dm.eval_batches("train"))
+    assert torch.allclose(dm.train_pixel_mean(), train[0].mean(0), atol=1e-6)
+
+
+def test_worker_processes_give_the_same_batches(classes_folder):
+    kwargs = dict(path=str(classes_folder), image_size=8, eval_batch_size=4)
+    one = all_batches(ImageFolder(**kwargs, num_workers=0).eval_batches("train"))
+    two = all_batches(ImageFolder(**kwargs, num_workers=2).eval_batches("train"))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_training_order_is_shuffled_reproducibly_by_seed_and_epoch(classes_folder):
+    def order(seed, epoch=0):
+        dm = ImageFolder(path=str(classes_folder), image_size=4, batch_size=5, seed=seed, num_workers=0)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # what Lightning does at the start of each epoch
+        x, _ = all_batches(loader)
+        return x.flatten(1), dm
+
+    a, dm = order(seed=3)
+    fixed = all_batches(dm.eval_batches("train"))[0].flatten(1)
+    # The same examples, in another order.
+    assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, fixed.tolist())) and not torch.equal(a, fixed)
+    assert torch.equal(a, order(seed=3)[0])
+    assert not torch.equal(a, order(seed=4)[0]) and not torch.equal(a, order(seed=3, epoch=1)[0])
+
+
+def test_val_and_test_bits_are_fixed_per_image_whatever_the_batching(classes_folder):
+    torch.manual_seed(0)
+    a = ImageFolder(path=str(classes_folder), image_size=8, binarize=True, eval_batch_size=2, num_workers=0)
+    torch.manual_seed(99)
+    b = ImageFolder(path=str(classes_folder), image_size=8, binarize=True, eval_batch_size=5, num_workers=0)
+    for split in ("val", "test"):
+        xa, xb = all_batches(a.eval_batches(split))[0], all_batches(b.eval_batches(split))[0]
+        assert set(xa.unique().tolist()) == {0.0, 1.0} and torch.equal(xa, xb)
+        assert torch.equal(a.head(split, 3)[0], xa[:3])
+    assert not torch.equal(all_batches(a.eval_batches("val"))[0][:3], a.head("test", 3)[0])
+    # Training images stay grey in the loader and are binarised afresh on each training step.
+    x = all_batches(a.eval_batches("train"))[0]
+    assert len(x.unique()) > 2
+
+    class _Trainer:
+        training = True
+
+    a.trainer = _Trainer()
+    b1, b2 = a.on_after_batch_transfer([x], 0)[0], a.on_after_batch_transfer([x], 0)[0]
+    assert set(b1.unique().tolist()) == {0.0, 1.0} and not torch.equal(b1, b2)
+
+
+def test_bad_folders_and_sizes_are_user_errors_naming_the_key(tmp_path, classes_folder):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    for path in (tmp_path / "missing", tmp_path / "empty", tmp_path / "texts"):
+        with pytest.raises(UserError, match="data.path") as e:
+            ImageFolder(path=str(path), num_workers=0).setup()
+        assert str(path) in str(e.value) and ".png" in str(e.value) and ".jpeg" in str(e.value)
+    with pytest.raises(ValueError, match="path=None"):
+        ImageFolder(path=None)
+    with pytest.raises(UserError, match="leaving none to train on"):
+        ImageFolder(path=str(classes_folder), val_size=15, test_size=15).setup()
+    with pytest.raises(UserError, match="data.test_size"):
+        ImageFolder(path=str(classes_folder), test_size=0).setup()
+    # data.channels, data.image_size, data.num_workers and data.batch_size are checked with the other
+    # settings, before any data is read (test_config.py).
+
+
+def test_vae_train_on_an_image_folder_end_to_end(tmp_path, classes_folder):
+    run = train(tmp_path, "run", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[16,16]",
+                "data.channels=1", "model.likelihood=bernoulli", "model.hidden_dims=[32]", "trainer.max_epochs=1",
+                "callbacks.image_grids.every_n_epochs=1")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["global_step"] == 1  # 24 training images, one batch of 128
+    assert np.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
+
+
+def test_unreadable_files_are_listed_before_training_or_skipped_on_request(tmp_path, classes_folder, caplog):
+    (classes_folder / "cat" / "notes.png").write_text("not an image, whatever its name says")
+    (classes_folder / "dog" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        ImageFolder(path=str(classes_folder), num_workers=0).setup()
+    msg = str(e.value)
+    assert "2 of its 32 image files cannot be read" in msg and "notes.png" in msg and "empty.jpg" in msg
+    assert "data.skip_unreadable=true" in msg
+    dm = ImageFolder(path=str(classes_folder), num_workers=0, skip_unreadable=True)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert sum(len(dm.dataset(s)) for s in ("train", "val", "test")) == 30
+    assert "skipping 2 unreadable image files of 32" in caplog.text
+
+
+def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message(tmp_path, classes_folder, capsys):
+    from conftest import run_here
+
+    noise = np.random.default_rng(1).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.png")
+    (classes_folder / "owl" / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])  # header, few pixels
+    with pytest.raises(SystemExit) as e:
+        run_here("vae-train", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[8,8]",
+                 "data.num_workers=1", "model.hidden_dims=[16]", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("vae-train: error: data.path: cannot read the image")
+    assert "cut.png" in err and "Traceback" not in err and "worker process" not in err

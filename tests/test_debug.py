@@ -25,6 +25,7 @@ def test_a_fast_dev_run_writes_no_checkpoint_and_stays_out_of_latest(tmp_path, m
         resolve_checkpoint("latest")  # `vae-train ckpt_path=latest` there resumes no debug run
 
 
+@pytest.mark.slow
 def test_overfit_trains_on_the_same_few_batches(tmp_path):
     run = train(tmp_path, "overfit", "debug=overfit", "trainer.max_epochs=2")
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 2 * 3

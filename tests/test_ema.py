@@ -73,6 +73,7 @@ def _eval_kl(ckpt, tmp_path, name):
     return json.loads(out.read_text())["kl"]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_the_test_and_vae_eval_score_the_average(tmp_path):
     run = train(tmp_path, "run", "trainer.max_epochs=10", EMA_ON, "callbacks.ema.decay=0.95")
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
@@ -88,6 +89,7 @@ def test_best_checkpoint_the_test_and_vae_eval_score_the_average(tmp_path):
     assert test_kl == pytest.approx(kl_average, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_average_exactly(tmp_path):
     args = (EMA_ON, "callbacks.ema.decay=0.9", "seed=3")
     train(tmp_path, "a", "trainer.max_epochs=4", *args)
@@ -102,6 +104,7 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_resumed_without_the_average_continues_the_raw_weights(tmp_path):
     # The average never feeds back into the optimisation, so epoch 3 of an averaged run and epoch 3 of
     # the same run resumed at epoch 2 without the average (callbacks=default) start from, and reach, the same weights.

@@ -43,6 +43,7 @@ def test_elbo_equals_log_px_when_q_is_the_true_posterior():
                                    rtol=1e-10, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_iwae_estimate_rises_towards_log_px_and_stays_below_it():
     model = LinearGaussian()
     x0 = _data(model, 1)
@@ -94,6 +95,7 @@ def _refused(tool, *args, cwd, capsys) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_vae_eval_on_a_trained_checkpoint(trained_digits_run, tmp_path):
     results = {k: _eval(trained_digits_run, k, tmp_path) for k in (1, 10, 100, 1000)}
     r1 = results[1]
@@ -112,6 +114,7 @@ def test_vae_eval_on_a_trained_checkpoint(trained_digits_run, tmp_path):
     assert val["n_examples"] == 150
 
 
+@pytest.mark.slow
 def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp_path, capsys):
     run_here("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=5", cwd=tmp_path)
     out = capsys.readouterr().out
@@ -123,6 +126,7 @@ def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp
     assert best["checkpoint"].endswith("best.ckpt") and last["checkpoint"].endswith("last.ckpt")
 
 
+@pytest.mark.slow
 def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):
     assert "no checkpoint at" in _refused("vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, capsys=capsys)
     bad = tmp_path / "bad.ckpt"
@@ -132,6 +136,7 @@ def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):
     assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, tmp_path, capsys):
     (tmp_path / "a").mkdir()
     a = _eval(trained_digits_run, 10, tmp_path / "a")
@@ -206,6 +211,7 @@ def test_progress_elsewhere_is_a_log_line_now_and_then_with_the_time_left(caplog
         "600/1000 test images (60%), 0:02:11 so far, about 0:01:27 left"]
 
 
+@pytest.mark.slow
 def test_a_limit_scores_the_first_images_as_the_whole_split_does(trained_digits_run, tmp_path, capsys):
     from vae_cli.cli.evaluate import report_path
 

@@ -197,6 +197,7 @@ def run(tmp_path_factory) -> Path:
                  "model.hidden_dims=[64]", "optim.lr=1e-2", "callbacks.image_grids.every_n_epochs=1")
 
 
+@pytest.mark.slow
 def test_vae_eval_writes_its_figure_beside_its_report(run, tmp_path, capsys):
     run_here("vae-eval", f"ckpt_path={run}", "iw_samples=10", cwd=tmp_path)
     out = capsys.readouterr().out
@@ -213,6 +214,7 @@ def test_vae_eval_writes_its_figure_beside_its_report(run, tmp_path, capsys):
     assert hist.get_xlabel() == "log p(x) estimate - ELBO  [nats]"
 
 
+@pytest.mark.slow
 def test_tensorboard_has_active_units_every_validation_and_the_sorted_kl_bars(run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 

@@ -9,6 +9,8 @@ import torch
 
 from conftest import QUIET, read_scalars, run_vae_train, train
 
+pytestmark = pytest.mark.slow  # each test trains, is stopped by a signal and resumes in vae-train processes
+
 SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "trainer.max_epochs=3", "seed=4")  # 11 steps per epoch
 
 

@@ -71,6 +71,7 @@ def test_at_the_true_posterior_stl_and_dreg_have_no_encoder_gradient_in_any_draw
     assert z.abs().max() < 4.5, z
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, gradient, beta", [(1, "stl", 1.0), (5, "dreg", 1.0), (5, "dreg", 0.5), (1, "stl", 0.3)])
 def test_stl_and_dreg_are_unbiased_for_the_standard_gradient(k, gradient, beta):
     # A wrong q, so that every estimator has a non-zero mean; beta != 1 tempers the weights (a KL warm-up).
@@ -117,6 +118,7 @@ def test_one_sample_with_the_standard_gradient_is_todays_elbo():
     assert step.iwae is None
 
 
+@pytest.mark.slow
 def test_training_on_the_bound_from_the_command_line(tmp_path):
     run = train(tmp_path, "run", "objective.iw_samples=5", "objective.gradient=dreg", "trainer.max_epochs=3",
                 "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.monitor=val/iwae")

@@ -81,6 +81,7 @@ def test_logged_kl_is_analytic_whatever_is_optimised():
         assert not torch.isclose(m["loss"], -m["elbo"]), options  # each option changes what is optimised
 
 
+@pytest.mark.slow
 def test_warmup_in_epochs_becomes_steps(tmp_path):
     # 2 epochs of 11 steps: the KL weight reaches 1 at step 22; loss = recon + w * kl in between.
     run = train(tmp_path, "run", "objective.warmup_epochs=2", "trainer.max_epochs=1", "trainer.log_every_n_steps=1")
@@ -103,6 +104,7 @@ def test_likelihood_must_fit_the_data():
     check_fits_data(LIKELIHOODS["gaussian"], grey * 2, binarize=False)  # real-valued: anything goes
 
 
+@pytest.mark.slow
 def test_conv_model_with_a_learned_variance_trains_from_the_command_line(tmp_path):
     run = train(tmp_path, "run", "model=conv", "model.hidden_dims=[16,32]", "model.likelihood=gaussian_pixel_var",
                 "trainer.max_epochs=2")
@@ -110,6 +112,7 @@ def test_conv_model_with_a_learned_variance_trains_from_the_command_line(tmp_pat
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon_loss"] + metrics["test/kl"]), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_discretized_logistic_on_8bit_fashion_mnist_reports_bits_per_dim(tmp_path):
     run = train(tmp_path, "run", "data=fashion_mnist", f"data.data_dir={tmp_path / 'data'}",
@@ -133,6 +136,7 @@ def test_gated_mlp_layers_gate_a_linear_map_with_a_sigmoid():
     assert [type(m).__name__ for m in model.encoder.net] == ["GatedLinear", "GatedLinear", "Linear"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_experiment_runs_end_to_end_on_the_real_files(tmp_path):
     """The reference protocol, cut to a few hundred steps: the real files, the 50,000 / 10,000 split,

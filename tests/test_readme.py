@@ -66,6 +66,7 @@ def _serves_the_runs(command: str, cwd: Path, env: dict) -> None:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_walkthrough_runs_as_written(walked):
     runs = [d for d in (walked / "outputs").glob("20*/*")]
     assert len(runs) == 1
@@ -82,6 +83,7 @@ def _pattern(entry: str) -> re.Pattern:
     return re.compile(regex.replace("\0S", r"\d+"))
 
 
+@pytest.mark.slow
 def test_the_run_directory_listing_is_what_a_run_writes(walked):
     (run,) = list((walked / "outputs").glob("20*/*"))
     listed = [p.strip() for line in block("run-directory") for p in line.split("  ")[0].split(",")]

@@ -233,6 +233,7 @@ def test_bad_input_exits_2_with_one_line(sweep, tmp_path, case):
     assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_real_sweep_with_failing_jobs(tmp_path):
     """A real 2 x 2 sweep in which latent_dim=0 fails at start-up: the report shows both sides."""
     proc = run_vae_train("--multirun", "model.latent_dim=0,2", "seed=0,1", "trainer.max_epochs=1",
@@ -330,6 +331,7 @@ def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):
     assert dict(zip(header, rows["7"]))["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     """With a job log format of the user's own, which the report cannot parse: error.json says why."""
     proc = run_vae_train("--multirun", "model.latent_dim=0", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 's'}",

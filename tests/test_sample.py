@@ -5,6 +5,8 @@ from PIL import Image
 
 from conftest import read_scalars, run_here, train
 
+pytestmark = pytest.mark.slow  # each test trains a model first
+
 CELL = 8 * 4 + 2  # an 8x8 digit upscaled x4 to reach 28+ pixels, plus the grid's 2-pixel padding
 
 

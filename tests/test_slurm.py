@@ -14,6 +14,8 @@ import pytest
 from conftest import QUIET
 from slurm_cluster import REQUEUE_DELAY_S, Cluster, missing
 
+pytestmark = pytest.mark.slow  # real SLURM daemons and vae-train jobs
+
 VAE_TRAIN = str(Path(sys.executable).parent / "vae-train")
 SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "seed=2", *QUIET)
 CPU_JOBS = ("trainer.accelerator=cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")

@@ -1,15 +1,70 @@
-"""Sweeps and scale-out: the Optuna sweeper, the joblib launcher, and DDP with two CPU processes."""
+"""Sweeps (vae-train --multirun): the joblib launcher's parallel jobs, and hparams_search=optuna, a study in a real
+database (SQLite, and PostgreSQL where installed) driven by real vae-train processes: its search space, its best
+parameters, stopped by a signal and resumed, shared by two workers, pruned. The SLURM launcher is in test_slurm.py,
+a sweep that outlives a failing job in test_faults.py."""
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from conftest import QUIET, read_scalars, run_here, run_vae_train
+from conftest import QUIET, run_tool, run_vae_train
 
-pytest.importorskip("optuna", reason="install the test extra: pip install -e '.[test]'")
+optuna = pytest.importorskip("optuna", reason="install the test extra: pip install -e '.[test]'")
+from optuna.trial import TrialState  # noqa: E402
+
+SEARCH = ["--multirun", "hparams_search=optuna", "hydra.sweeper.sampler.seed=0", *QUIET]
 
 
+def study(sweep: Path, name: str = "vae", url: str | None = None):
+    return optuna.load_study(study_name=name, storage=url or f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def states(s) -> dict[int, str]:
+    return {t.number: t.state.name for t in s.get_trials(deepcopy=False)}
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    exe = Path(sys.executable).parent / "vae-train"
+    return subprocess.Popen([str(exe), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for(predicate, timeout: float = 600, what: str = ""):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_search_space_is_read_from_hydras_sweep_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.vae_cli_search._impl import search_space
+
+    space, fixed = search_space({"optim.lr": "tag(log, interval(1e-4, 3e-3))", "objective.beta": "interval(0.5, 2.0)"},
+                                ["model.latent_dim=choice(8,16)", "data.batch_size=range(32,129,32)",
+                                 "objective.free_bits=interval(0, 1)", "trainer.max_epochs=3"])
+    assert space == {"optim.lr": FloatDistribution(1e-4, 3e-3, log=True),
+                     "objective.beta": FloatDistribution(0.5, 2.0),
+                     "model.latent_dim": CategoricalDistribution([8, 16]),
+                     "data.batch_size": IntDistribution(32, 128, step=32),
+                     "objective.free_bits": FloatDistribution(0.0, 1.0)}
+    assert fixed == ["trainer.max_epochs=3"]
+
+
+@pytest.mark.slow
 def test_optuna_sweep_writes_its_best_parameters(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_vae_train("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1",
@@ -22,6 +77,7 @@ def test_optuna_sweep_writes_its_best_parameters(tmp_path):
     assert best["best_value"] == pytest.approx(max(j["best_val_elbo"] for j in jobs))
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     run_vae_train("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=2,4",
@@ -29,70 +85,128 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert all((sweep / str(i) / "metrics.json").is_file() for i in (0, 1))
 
 
-def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
-    from vae_cli.cli.loading import load_vae, make_datamodule
-    from vae_cli.core.elbo import kl_analytic
-    from vae_cli.core.scoring import ACTIVE_UNIT_THRESHOLD
+@pytest.mark.slow
+def test_a_search_stopped_by_a_signal_resumes_to_n_trials_with_each_trial_once(tmp_path):
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none", "trainer.max_epochs=10",
+               f"hydra.sweep.dir={sweep}"]
+    first = start(*command, cwd=tmp_path)
+    try:
+        # Stop it while its third trial trains (two trials finished, the third's first epoch done).
+        wait_for(lambda: (sweep / "2" / "checkpoints" / "last.ckpt").is_file(), what="the third trial's first epoch")
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, out
+    assert "Heartbeat" not in out and "Warning" not in out
+    s = study(sweep)
+    assert states(s) == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "WAITING"}  # 3: trial 2's settings, queued
+    interrupted = s.trials[2].params
 
-    run_dir = tmp_path / "run"
-    # 151 validation examples: the processes hold 76 and 75, so a mean of per-process means would be off.
-    proc = run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
-                         "data.val_size=151", f"hydra.run.dir={run_dir}", *QUIET, cwd=tmp_path, timeout=600)
-    assert "sync_dist" not in proc.stderr  # the epoch means are reduced exactly; nothing to recommend
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["global_step"] == 2 * 6  # 1,349 training examples split over 2 processes: 6 batches of 128 each
-
-    # The analytic KL has no sampling noise: the reduced val/kl of the last epoch must equal the mean over
-    # all 151 validation examples, computed here in one process with the weights of that epoch.
-    vae, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
-    x = make_datamodule(data_config).split("val")[0]
-    assert len(x) == 151
-    with torch.no_grad():
-        mu, logvar = vae.encode(x)
-        kl = kl_analytic(mu, logvar).sum(-1).mean().item()
-    logged = read_scalars(run_dir)["val/kl"][-1][1]
-    assert logged == pytest.approx(kl, rel=1e-5, abs=1e-6)
-    # So are the sums behind val/active_units: the count over all 151 posterior means.
-    active = (mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum().item()
-    assert read_scalars(run_dir)["val/active_units"][-1][1] == active
-
-    # The test metrics agree with a single-process evaluation of the same checkpoint (vae-eval, k = 1):
-    # the KL exactly, the ELBO within the estimator's noise.
-    out = tmp_path / "eval.json"
-    run_here("vae-eval", f"ckpt_path={run_dir / metrics['best_checkpoint']}", "iw_samples=1", f"out={out}", cwd=tmp_path)
-    single = json.loads(out.read_text())
-    assert metrics["test/kl"] == pytest.approx(single["kl"], rel=1e-5)
-    assert abs(metrics["test/elbo"] - single["elbo"]) < 4 * single["elbo_se"]
+    proc = run_vae_train(*command, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    s = study(sweep)
+    assert sorted(states(s).values()) == ["COMPLETE"] * 4 + ["FAIL"]
+    assert s.trials[3].params == interrupted  # the interrupted trial's settings ran again
+    complete = [t.number for t in s.trials if t.state == TrialState.COMPLETE]
+    assert all((sweep / str(n) / "metrics.json").is_file() for n in complete)
+    # Each trial once: its run directory's recorded overrides name it, and only it.
+    for n in complete:
+        overrides = yaml.safe_load((sweep / str(n) / ".hydra" / "overrides.yaml").read_text())
+        assert f"search.trial={n}" in overrides
+    assert s.best_value == pytest.approx(max(json.loads((sweep / str(n) / "metrics.json").read_text())["best_val_elbo"]
+                                             for n in complete))
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_trial"] == s.best_trial.number and best["trials"] == {"complete": 4, "fail": 1}
 
 
-def test_ddp_scores_an_image_folder_split_exactly_once(tmp_path):
-    """Image folders go through DataLoaders; under DDP each validation image must be scored by exactly one
-    process (Lightning's default sampler pads the shards by repeating images, which skews the mean)."""
-    import numpy as np
-    from PIL import Image
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(tmp_path):
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none", "trainer.max_epochs=1",
+               "hydra.sweeper.sampler.seed=null", f"hydra.sweep.dir={sweep}"]
+    workers = [start(*command, cwd=tmp_path) for _ in range(2)]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    s = study(sweep)
+    complete = sorted(t.number for t in s.trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == 5
+    # Who ran what, from each worker's own log: every complete trial by exactly one worker, and both worked.
+    ran = [{n for n in complete if f"trial {n}: " in out} for out in outs]
+    assert ran[0] | ran[1] == set(complete) and not ran[0] & ran[1] and ran[0] and ran[1], outs
+    assert all(t.user_attrs.get("surplus") for t in s.trials if t.state == TrialState.FAIL)
+    # Optuna's own figures of the study, beside its results.
+    assert all((sweep / f"{name}.{ext}").stat().st_size > 1000
+               for name in ("optimization_history", "param_importances") for ext in ("png", "svg"))
 
-    from vae_cli.cli.loading import load_vae, make_datamodule
-    from vae_cli.core.elbo import kl_analytic
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "pictures"
-    folder.mkdir()
-    for i in range(30):
-        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
-    run_dir = tmp_path / "run"
-    # 7 validation images: the processes hold 4 and 3; a padded sampler would score one of them twice.
-    run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-                  "data=image_folder", f"data.path={folder}", "data.image_size=[8,8]", "data.channels=1",
-                  "data.val_size=7", "data.test_size=5", "data.num_workers=0", "model.hidden_dims=[16]",
-                  "callbacks.latent_projector.max_points=0", f"hydra.run.dir={run_dir}", *QUIET,
-                  cwd=tmp_path, timeout=600)
-    vae, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
-    dm = make_datamodule(data_config)
-    with torch.no_grad():
-        kl = {split: torch.cat([kl_analytic(*vae.encode(x)).sum(-1) for x, _ in dm.eval_batches(split)])
-              for split in ("val", "test")}
-    assert [len(kl["val"]), len(kl["test"])] == [7, 5]
-    assert read_scalars(run_dir)["val/kl"][-1][1] == pytest.approx(kl["val"].mean().item(), rel=1e-5, abs=1e-6)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["best_checkpoint"].endswith("best.ckpt")  # one epoch: best and last hold the same weights
-    assert metrics["test/kl"] == pytest.approx(kl["test"].mean().item(), rel=1e-5, abs=1e-6)
+@pytest.mark.slow
+def test_a_pruned_trial_stops_early_and_says_so(tmp_path):
+    sweep = tmp_path / "search"
+    # A pruner that prunes at the first report: every ELBO is below 0.
+    run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=5",
+                  "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.0}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    s = study(sweep)
+    assert states(s) == {0: "PRUNED", 1: "PRUNED"}
+    for n in (0, 1):
+        record = json.loads((sweep / str(n) / "pruned.json").read_text())
+        assert record["epoch"] == 0 and record["trial"] == n
+        assert s.trials[n].intermediate_values == {0: pytest.approx(record["value"])}
+        assert not (sweep / str(n) / "metrics.json").exists()
+        assert "pruned by the search after epoch 0" in (sweep / str(n) / "train.log").read_text()
+    report = run_tool("vae-report", str(sweep), cwd=tmp_path)
+    assert "2 pruned" in report.stdout
+
+
+@pytest.mark.slow
+def test_an_unreachable_database_is_named_with_the_fix(tmp_path):
+    proc = run_vae_train(*SEARCH, "hydra.sweeper.storage=postgresql+psycopg2://nobody@127.0.0.1:9/none",
+                         f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Optuna cannot open this database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of its own in a temporary directory, as the postgres user (it refuses root)."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted(bindir.glob("*/bin/initdb"))
+    if not versions or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg2", reason="install the test extra: pip install -e '.[test]'")
+    bin_ = versions[-1].parent
+    data = Path(tempfile.mkdtemp(prefix="vae-pg-"))  # not below pytest's own folder, which only root may enter
+    shutil.chown(data, "postgres")
+    port = free_port()
+
+    def as_postgres(*cmd):
+        done = subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd[0]}: {done.stdout}{done.stderr}"
+
+    as_postgres(bin_ / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
+    as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "-o",
+                f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    try:
+        as_postgres(bin_ / "createdb", "-h", "127.0.0.1", "-p", port, "search")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/search"
+    finally:
+        as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_study_in_postgresql(tmp_path, postgres):
+    sweep = tmp_path / "search"
+    run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", f"hydra.sweeper.storage={postgres}",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    s = study(sweep, url=postgres)
+    assert states(s) == {0: "COMPLETE", 1: "COMPLETE"}
+    assert not (sweep / "optuna.db").exists()

@@ -19,6 +19,7 @@ def short_run(tmp_path_factory):
     return train(tmp_path_factory.mktemp("short"), "run", "trainer.max_epochs=2", "trainer.log_every_n_steps=2")
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_checkpoints_events_and_metrics(short_run):
     assert (short_run / ".hydra" / "config.yaml").is_file()
     assert (short_run / "checkpoints" / "best.ckpt").is_file()
@@ -33,6 +34,7 @@ def test_run_directory_holds_config_checkpoints_events_and_metrics(short_run):
     assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (64 * torch.log(torch.tensor(2.0)).item()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_event_file_has_each_term_as_its_own_scalar(short_run):
     scalars = read_scalars(short_run)
     for t in TERMS:
@@ -46,6 +48,7 @@ def test_event_file_has_each_term_as_its_own_scalar(short_run):
     assert all(k > 0 for _, k in scalars["train/kl"])
 
 
+@pytest.mark.slow
 def test_resume_from_last_checkpoint_continues_the_step_count(short_run, tmp_path):
     train(tmp_path, "resumed", f"ckpt_path={short_run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4")
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
@@ -57,6 +60,7 @@ def test_resume_from_last_checkpoint_continues_the_step_count(short_run, tmp_pat
     assert json.loads((tmp_path / "resumed2" / "metrics.json").read_text())["global_step"] == 3 * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_run_directory_per_job(tmp_path):
     run_vae_train("--multirun", "model.latent_dim=2,4", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                   *QUIET, cwd=tmp_path)
@@ -74,6 +78,7 @@ def test_help_and_cfg_show_the_composed_config(tmp_path):
     assert "latent_dim: 7" in cfg and "vae_cli.data.FashionMNIST" in cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -100,6 +105,7 @@ def test_a_broken_yaml_file_of_the_users_own_is_named_with_its_line_and_column(t
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_learning_beats_initialisation_and_the_best_factorised_model(trained_digits_run):
     """After a short CPU budget the test ELBO must clearly beat (a) the untrained model and (b) the best
     model that ignores z (independent Bernoulli pixels at the training means), which a VAE whose encoder
@@ -120,6 +126,7 @@ def test_learning_beats_initialisation_and_the_best_factorised_model(trained_dig
     assert trained > factorised + 2.0, (trained, factorised)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_run_reads_the_real_files(tmp_path):
     train(tmp_path, "run", "data=fashion_mnist", f"data.data_dir={tmp_path / 'data'}", "trainer.max_steps=30",
@@ -130,6 +137,7 @@ def test_fashion_mnist_run_reads_the_real_files(tmp_path):
     assert "fashion_mnist: 50000 train, 10000 val, 10000 test" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_resume_in_a_moved_run_directory_keeps_its_best_checkpoint(short_run, tmp_path):
     # A run copied elsewhere (another disk, the GPU machine) and resumed there in place.
     moved = tmp_path / "moved"
@@ -148,6 +156,7 @@ def _files(run_dir):
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_refused_resume_leaves_the_run_directory_as_it_was(short_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(short_run, run)
@@ -159,6 +168,7 @@ def test_a_refused_resume_leaves_the_run_directory_as_it_was(short_run, tmp_path
     assert _files(run) == before  # no record, no log line, nothing
 
 
+@pytest.mark.slow
 def test_a_resume_adds_its_own_record_and_keeps_the_first(short_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(short_run, run)
@@ -186,6 +196,7 @@ def test_a_resume_adds_its_own_record_and_keeps_the_first(short_run, tmp_path):
     assert [v for _, v in read_scalars(records[0])["hp/test_elbo"]][-1] == pytest.approx(final)
 
 
+@pytest.mark.slow
 def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_path):
     for name in ("2026-01-02/09-00-00", "2026-01-01/23-00-00"):
         shutil.copytree(short_run, tmp_path / "outputs" / name)
@@ -198,6 +209,7 @@ def test_latest_is_the_newest_run_below_the_working_directory(short_run, tmp_pat
     assert (newest / "eval_test_k2_best.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_default_run_prints_no_warning_and_says_where_it_writes(tmp_path):
     proc = run_vae_train("trainer.max_epochs=1", cwd=tmp_path)  # as the README's main command, one epoch
     assert proc.stderr == "", proc.stderr
@@ -211,6 +223,7 @@ def test_a_default_run_prints_no_warning_and_says_where_it_writes(tmp_path):
     assert "\r" not in proc.stdout and "\x1b[" not in proc.stdout  # no bar redraws, no escape codes
 
 
+@pytest.mark.slow
 def test_images_are_written_at_the_end_whatever_the_epoch_count(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -223,6 +236,7 @@ def test_images_are_written_at_the_end_whatever_the_epoch_count(short_run):
     assert steps == [2 * STEPS_PER_EPOCH]  # 2 epochs, grids every 10: once, at the end
 
 
+@pytest.mark.slow
 def test_diagnostics_do_not_change_what_training_draws(tmp_path):
     args = ("trainer.max_epochs=3", "seed=4")
     quiet = train(tmp_path, "quiet", *args)
@@ -231,6 +245,7 @@ def test_diagnostics_do_not_change_what_training_draws(tmp_path):
     assert (quiet / "metrics.json").read_text() == (busy / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_in_a_terminal_the_bar_shows_the_running_means_and_the_time_left(tmp_path):
     import fcntl
     import os
