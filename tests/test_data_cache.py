@@ -75,6 +75,7 @@ def test_a_folder_that_cannot_be_written_costs_only_time(small_filesystem):
     assert not list((small_filesystem / cache.FOLDER).iterdir())  # no half-written file left behind
 
 
+@pytest.mark.slow
 def test_jobs_starting_together_each_leave_a_whole_file(tmp_path):
     script = ("import sys; from vae_cli.data import Digits; "
               "Digits(data_dir=sys.argv[1]).setup(); print(Digits(data_dir=sys.argv[1]).cache_file())")

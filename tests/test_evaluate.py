@@ -236,6 +236,7 @@ def test_a_limit_scores_the_first_images_as_the_whole_split_does(trained_digits_
     assert "limit" in err and "integer >= 1" in err and not (tmp_path / "z.json").exists()
 
 
+@pytest.mark.slow
 def test_vae_eval_and_vae_sample_never_import_lightning(trained_digits_run, tmp_path):
     # Scoring and sampling need torch, the core and the data; importing Lightning was most of their start-up.
     script = f"""
