@@ -58,7 +58,7 @@ def _reference(tmp_path: Path, *args: str) -> subprocess.Popen:
 def test_a_sweep_runs_its_jobs_as_slurm_jobs_and_ends(cluster, tmp_path):
     proc = _sweep(cluster, tmp_path, "model.latent_dim=2,3", "trainer.max_epochs=2", *QUIET)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"sweep done: vae-report {tmp_path / 'sweep'}" in proc.stdout
+    assert f"sweep done: {tmp_path / 'sweep'}" in proc.stdout and "2 jobs: 2 ok" in proc.stdout  # the report
     for job in ("0", "1"):
         assert _metrics(tmp_path / "sweep" / job)["epochs"] == 2
         log = (tmp_path / "sweep" / job / "train.log").read_text()

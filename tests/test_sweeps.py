@@ -70,11 +70,15 @@ def test_optuna_sweep_writes_its_best_parameters(tmp_path):
     proc = run_vae_train("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1",
                          f"hydra.sweep.dir={sweep}", *QUIET, cwd=tmp_path)
     assert "alembic" not in proc.stdout  # no plugin set-up chatter
-    assert f"vae-train: sweep done: vae-report {sweep}" in proc.stdout
+    assert f"vae-train: sweep done: {sweep}" in proc.stdout
+    assert "3 jobs: 3 ok" in proc.stdout and "Optimizer's best (optimization_results.yaml): trial" in proc.stdout
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"optim.lr", "model.latent_dim", "objective.beta", "model.hidden_dims"}
     jobs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(3)]
     assert best["best_value"] == pytest.approx(max(j["best_val_elbo"] for j in jobs))
+    best_job = json.loads((Path(best["best_run_dir"]) / "metrics.json").read_text())
+    assert best_job["best_val_elbo"] == pytest.approx(best["best_value"])
+    assert Path(best["best_run_dir"]).parent == sweep.resolve()
 
 
 @pytest.mark.slow
@@ -174,6 +178,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PASSWORD = "S3cretPW"
+
+
 @pytest.fixture
 def postgres():
     """A PostgreSQL server of its own in a temporary directory, as the postgres user (it refuses root)."""
@@ -191,22 +198,28 @@ def postgres():
         done = subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, text=True)
         assert done.returncode == 0, f"{cmd[0]}: {done.stdout}{done.stderr}"
 
-    as_postgres(bin_ / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
+    # Over TCP, as the study is opened, the server asks for the password; over its socket, as set up here, not.
+    as_postgres(bin_ / "initdb", "-D", data / "db", "--auth-local=trust", "--auth-host=scram-sha-256", "-U", "postgres")
     as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "-o",
                 f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
     try:
-        as_postgres(bin_ / "createdb", "-h", "127.0.0.1", "-p", port, "search")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/search"
+        as_postgres(bin_ / "psql", "-h", data, "-p", port, "-c", f"ALTER USER postgres PASSWORD '{PASSWORD}'")
+        as_postgres(bin_ / "createdb", "-h", data, "-p", port, "search")
+        yield f"postgresql+psycopg2://postgres:{PASSWORD}@127.0.0.1:{port}/search"
     finally:
         as_postgres(bin_ / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop")
         shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_a_study_in_postgresql(tmp_path, postgres):
+def test_a_study_in_postgresql_with_its_password_never_written_or_shown(tmp_path, postgres):
     sweep = tmp_path / "search"
-    run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", f"hydra.sweeper.storage={postgres}",
-                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
+                         f"hydra.sweeper.storage={postgres}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     s = study(sweep, url=postgres)
-    assert states(s) == {0: "COMPLETE", 1: "COMPLETE"}
+    assert states(s) == {0: "COMPLETE", 1: "COMPLETE"}  # the jobs opened the study with the password
     assert not (sweep / "optuna.db").exists()
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert postgres.replace(PASSWORD, "***") in (sweep / "0" / ".hydra" / "hydra.yaml").read_text()
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    assert written == []

@@ -21,6 +21,7 @@ from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.cli.errors import run_or_exit
+from vae_cli.cli.secrets import mask
 from vae_cli.cli.study import (Pruned, SearchConfig, built, make_pruner, open_storage, quiet_experimental, storage_url,
                                trial_id)
 from vae_cli.errors import UserError
@@ -108,7 +109,7 @@ class Search:
         storage = open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retry)
         study = optuna.create_study(study_name=s.study_name, storage=storage, direction=s.direction,
                                     sampler=built(s.sampler), pruner=make_pruner(s.pruner), load_if_exists=True)
-        log.info("study %s in %s: %d of %d trials finished", s.study_name, url, len(finished(study)), s.n_trials)
+        log.info("study %s in %s: %d of %d trials finished", s.study_name, mask(url), len(finished(study)), s.n_trials)
         failed = []
         while len(finished(study)) < s.n_trials:
             with quiet_experimental():
@@ -157,6 +158,7 @@ class Search:
         self.job_idx += len(batch)
         failed = []
         for t, ret in zip(batch, returns):
+            t.set_user_attr("run_dir", str(Path(ret.hydra_cfg.hydra.runtime.output_dir).resolve()))  # the trial's folder
             try:
                 value = ret.return_value  # the job's result; Hydra writes the overrides of a failed one to stderr
             except Exception as error:
@@ -181,8 +183,10 @@ class Search:
         results = {"name": study.study_name, "trials": dict(counts)}
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
-            results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
-            log.info("best trial: %d, %.4f (%s)", best.number, best.value, sweep_dir / RESULTS_FILE)
+            results.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                           best_run_dir=best.user_attrs.get("run_dir"))
+            log.info("best trial: %d, %.4f in %s (%s)", best.number, best.value, best.user_attrs.get("run_dir"),
+                     sweep_dir / RESULTS_FILE)
         atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(OmegaConf.to_yaml(results).encode()))
         plot_study(study, sweep_dir, f"best {self.config.callbacks.model_checkpoint.monitor} (nats)")
 

@@ -5,6 +5,7 @@ import threading
 from typing import NoReturn
 
 from ..errors import UserError
+from .secrets import mask
 
 log = logging.getLogger("vae_cli")
 
@@ -43,7 +44,7 @@ def _quiet_writer_threads(args) -> None:
 
 def fail(tool: str, message: str) -> NoReturn:
     """`<tool>: error: <message>` on stderr, exit status 2."""
-    print(f"{tool}: error: {message}", file=sys.stderr)
+    print(f"{tool}: error: {mask(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -63,7 +64,7 @@ def run_or_exit(tool: str, body, *args, job: bool = True):
         message = own_message(e)
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
         if job and "hydra" in sys.modules and _in_multirun():
-            print(f"{tool}: error: {message}", file=sys.stderr)
+            print(f"{tool}: error: {mask(message)}", file=sys.stderr)
             raise
         fail(tool, message)
     except Exception:

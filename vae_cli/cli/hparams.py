@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.metrics import run_summary
 from .run_dir import RECORD
+from .secrets import mask
 
 
 # Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS (so
@@ -28,23 +29,48 @@ def hparams_of(cfg: DictConfig) -> dict:
                 walk(f"{name}.", value)
             elif (not key.startswith("_") and name not in WHERE and not name.startswith("logger.")
                   and not name.endswith(("dirpath", "save_dir"))):
-                flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+                flat[name] = value if isinstance(value, (int, float, bool)) else mask(str(value))
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
     return flat
 
 
-def loggers_of(trainer, cfg: DictConfig, monitor: str | None) -> list:
-    """Log the run's settings; returns the loggers that take its final metrics as HPARAMS columns.
+def best_tag(monitor: str | None) -> str:
+    """TensorBoard's tag for the best validation value, the one number a run of a sweep is selected on:
+    val/elbo_best beside the val/elbo curve."""
+    return f"{monitor or 'val/elbo'}_best"
+
+
+def tensorboard_metrics(monitor: str | None) -> list[str]:
+    """The HPARAMS tab's metric columns: the test stage's own scalars (no curves of their own), and the best
+    validation value."""
+    return [*(m for m in run_summary(monitor) if m.startswith("test/")), best_tag(monitor)]
+
+
+def declare(logger, settings: dict, metrics: list[str]) -> None:
+    """One HPARAMS session in a TensorBoard run: its settings, and the tags of the scalars that hold its metrics.
+    Lightning's own log_hyperparams would log each declared metric as a NaN at step 0, a card of its own."""
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, start, end = hparams(settings, dict.fromkeys(metrics, 0.0))  # only the metrics' names are written
+    writer = logger.experiment._get_file_writer()  # as Lightning's TensorBoardLogger writes the same summaries
+    for summary in (experiment, start, end):
+        writer.add_summary(summary)
+    logger.hparams.update(settings)  # Lightning's logger writes them to hparams.yaml beside the event files
+
+
+def loggers_of(trainer, cfg: DictConfig, monitor: str | None, provenance: dict | None = None) -> list:
+    """Log the run's settings (with the versions and commits of its provenance record, so that a sweep across
+    versions is a column); returns the loggers that take its final metrics (log_final).
 
     TensorBoard shows the first HPARAMS session a run directory holds, so a later invocation (a resume)
     writes its own in its record folder, .hydra/<date>_<time>/: a row of its own with its settings and
-    its final metrics, beside the first part's row. The HPARAMS tab lists a metric only when it is
-    declared with the settings, before it is logged; hp/ tags keep that placeholder out of the curves."""
+    its final metrics, beside the first part's row."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    settings = hparams_of(cfg)
-    declared = {f"hp/{m.replace('/', '_')}": float("nan") for m in run_summary(monitor)}
+    from .provenance import settings as provenance_settings
+
+    settings = {**hparams_of(cfg), **(provenance_settings(provenance) if provenance else {})}
     hydra = HydraConfig.get()
     later = hydra.output_subdir not in (None, RECORD)
     out = []
@@ -52,12 +78,29 @@ def loggers_of(trainer, cfg: DictConfig, monitor: str | None) -> list:
         if not isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(settings)
             out.append(lg)
-        elif later:
-            own = TensorBoardLogger(save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir, name="", version="",
-                                    default_hp_metric=False)
-            own.log_hyperparams(settings, declared)
-            out.append(own)
-        else:
-            lg.log_hyperparams(settings, declared)
-            out.append(lg)
+            continue
+        if later:
+            lg = TensorBoardLogger(save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir, name="", version="",
+                                   default_hp_metric=False)
+        declare(lg, settings, tensorboard_metrics(monitor))
+        out.append(lg)
     return out
+
+
+def log_final(loggers: list, trainer, metrics: dict, monitor: str | None) -> None:
+    """A run's final metrics in the loggers of loggers_of: in TensorBoard under the tags HPARAMS declared (the
+    run's own test/ scalars are already there, except in a resume's own record folder), elsewhere as hp/ settings'
+    results."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    summary = [m for m in run_summary(monitor) if metrics.get(m) is not None]
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            own = lg not in trainer.loggers  # a resume's record folder holds no test scalars of its own
+            best = metrics.get(run_summary(monitor)[-1])
+            values = {m: metrics[m] for m in summary if own and m.startswith("test/")}
+            if best is not None:
+                values[best_tag(monitor)] = best
+            lg.log_metrics(values, step=trainer.global_step)
+        else:
+            lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in summary}, step=trainer.global_step)

@@ -22,6 +22,7 @@ from ..training.files import cannot_write
 from . import run_files
 from .errors import fail
 from .loading import LATEST, latest
+from .secrets import mask, mask_folder
 
 log = logging.getLogger("vae_cli")
 
@@ -107,9 +108,9 @@ def record_failure(run_dir: Path, error: Exception) -> None:
     with contextlib.suppress(OSError, UserError):
         write_json(run_dir / run_files.ERROR, {
             "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
-            "message": own_message(error) if user else str(error),
-            "traceback": None if user else "".join(traceback.format_exception(error)),
-            "overrides": list(hydra.overrides.task),
+            "message": mask(own_message(error) if user else str(error)),
+            "traceback": None if user else mask("".join(traceback.format_exception(error))),
+            "overrides": [mask(o) for o in hydra.overrides.task],
             "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         })
 
@@ -156,7 +157,7 @@ def resume_command(ckpt: Path | None) -> str:
                "settings again as a new trial"
     keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
     where = f"ckpt_path={shlex.quote(str(ckpt))}" if ckpt else f"hydra.run.dir={shlex.quote(hydra.runtime.output_dir)}"
-    return " ".join(["vae-train", where, *map(shlex.quote, keep)])
+    return mask(" ".join(["vae-train", where, *map(shlex.quote, keep)]))
 
 
 LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
@@ -252,3 +253,19 @@ def _try_writing(folder: Path) -> None:
                 break
         fail("vae-train", str(cannot_write(folder, e)))
     probe.unlink()
+
+
+class Masked(Callback):
+    """Hydra's record of a job (.hydra/hydra.yaml lists the overrides, a database URL among them) and of a sweep
+    (multirun.yaml, written by the launcher as it starts the jobs), masked once Hydra has written them. The
+    configuration in memory keeps the URL: the jobs of a search open the study with it."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        hydra = config.hydra
+        if hydra.output_subdir is not None:
+            mask_folder(Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        if hydra.mode is not None and str(hydra.mode).endswith("MULTIRUN"):
+            mask_folder(Path(hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        mask_folder(Path(config.hydra.sweep.dir))

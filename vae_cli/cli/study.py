@@ -14,6 +14,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from .secrets import mask
 
 log = logging.getLogger("vae_cli")
 
@@ -111,8 +112,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             # Workers started together race to create a new database's tables: the losers try again.
             time.sleep(1 + attempt)
     reason = str(error).splitlines()[0] if str(error) else ""
-    raise UserError(f"hydra.sweeper.storage={url}: Optuna cannot open this database ({type(error).__name__}: "
-                    f"{reason}). Check the URL (SQLAlchemy's form, e.g. sqlite:///path/study.db or "
+    raise UserError(f"hydra.sweeper.storage={mask(url)}: Optuna cannot open this database ({type(error).__name__}: "
+                    f"{mask(reason)}). Check the URL (SQLAlchemy's form, e.g. sqlite:///path/study.db or "
                     "postgresql+psycopg2://user@host/db), that the server is running and that its driver is "
                     "installed (for PostgreSQL: pip install psycopg2-binary).")
 

@@ -1,4 +1,5 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,8 @@ from ..training.signals import Interrupted
 from . import hparams, run_files, slurm
 from .errors import run_or_exit
 from .loading import resolve_checkpoint
-from .run_dir import claim, forget_refused_record, outside_fault, record_failure, record_stop, release
+from .secrets import mask_log_lines
+from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
 from .startup import check_callback_choices, check_config_files, check_logger_packages, check_optional_parts
 
 log = logging.getLogger("vae_cli")
@@ -148,6 +150,7 @@ def setup(cfg: DictConfig):
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
     run_dir = Path(cfg.run_dir)
+    mask_log_lines()  # again: a job of a sweep may run in a process of its own (joblib, SLURM)
     signals.reset()
     signals.catch()
     try:
@@ -156,10 +159,18 @@ def fit(cfg: DictConfig) -> dict:
         forget_refused_record()
         raise
     try:
-        metrics = _fit(cfg, run_dir)
+        record = _provenance(run_dir)
+    except BaseException:
+        release(lock)
+        raise
+    outcome = "failed"
+    try:
+        metrics = _fit(cfg, run_dir, record)
         signals.finished()
+        outcome = "pruned" if "pruned" in metrics else "finished"
         return metrics
     except Interrupted as stop:
+        outcome = f"stopped by {stop.name}"
         record_stop(cfg, run_dir, stop)
         raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     except Exception as error:  # a UserError or a bug; a signal's stop is not a failure
@@ -169,10 +180,28 @@ def fit(cfg: DictConfig) -> dict:
             raise
         raise fault from error
     finally:
+        if record is not None and record.path.parent.is_dir():  # not for an invocation refused (its record withdrawn)
+            with contextlib.suppress(OSError):  # a full disk: the error that ended the run still reaches the user
+                record.end(outcome)
         release(lock)
 
 
-def _fit(cfg: DictConfig, run_dir: Path) -> dict:
+def _provenance(run_dir: Path):
+    """This invocation's provenance record, beside Hydra's record of its config (none in the processes after the
+    first of a data-parallel run, which keep no record)."""
+    from .provenance import Provenance
+
+    hydra = HydraConfig.get()
+    if hydra.output_subdir is None or not first_process():
+        return None
+    folder = run_dir / hydra.output_subdir
+    try:
+        return Provenance(folder, cwd=Path(hydra.runtime.cwd))
+    except OSError as e:
+        raise outside_fault(e, run_dir) from e
+
+
+def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint, Timer
     from pytorch_lightning.loggers import WandbLogger
 
@@ -183,6 +212,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     except UserError:
         forget_refused_record()
         raise
+    if record is not None:
+        record.device(str(trainer.strategy.root_device))
     if trainer.strategy.root_device.type == "cpu":
         # Lightning asks torch to test for CUDA through NVML (fork safety); without a GPU that test
         # is not cached and costs a library load on every optimiser step. Nothing forks CUDA here.
@@ -194,7 +225,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("run directory: %s   (curves: tensorboard --logdir %s)", shown, curves)
     if ckpt_path is not None:
         log.info("resuming %s", ckpt_path)
-    hparams_loggers = hparams.loggers_of(trainer, cfg, _monitor(cfg))
+    hparams_loggers = hparams.loggers_of(trainer, cfg, _monitor(cfg), record.record if record else None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Interrupted as stop:
@@ -224,9 +255,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
         "global_step": trainer.global_step,
         "seed": cfg.seed,
     }
-    for lg in hparams_loggers:
-        lg.log_metrics({f"hp/{m.replace('/', '_')}": metrics[m] for m in summary if metrics[m] is not None},
-                       step=trainer.global_step)
+    hparams.log_final(hparams_loggers, trainer, metrics, _monitor(cfg))
     for lg in [*trainer.loggers, *(lg for lg in hparams_loggers if lg not in trainer.loggers)]:
         lg.finalize("success")
         if isinstance(lg, WandbLogger):
@@ -262,14 +291,24 @@ def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -
 
 
 class SweepSummary(Callback):
-    """Says where a sweep goes when it starts, and how to read it when it ends."""
+    """Says where a sweep goes when it starts; when it ends, prints its table (vae-report's, which also writes
+    report.md, report.csv and the figures into the sweep directory) and where to see its curves."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         print(f"vae-train: sweep directory {config.hydra.sweep.dir} (one run directory per job)", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import importlib.util
+
+        from . import report
+
         sweep = config.hydra.sweep.dir
-        print(f"vae-train: sweep done: vae-report {sweep}   (curves: tensorboard --logdir {sweep})", flush=True)
+        print(f"vae-train: sweep done: {sweep}   (curves: tensorboard --logdir {sweep})", flush=True)
+        figures = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
+        try:
+            report.report(report.parse_args([sweep, *figures]))
+        except (UserError, OSError) as e:  # the sweep itself is done and recorded: say why there is no table
+            print(f"vae-train: no report of the sweep ({e}); run vae-report {sweep} once that is fixed", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")
@@ -287,6 +326,7 @@ def train(cfg: DictConfig) -> float:
 
 def main() -> None:
     signals.catch()  # before Hydra and the imports: a signal from the start ends the command cleanly
+    mask_log_lines()
     try:
         run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
         run_or_exit("vae-train", check_config_files, sys.argv[1:])

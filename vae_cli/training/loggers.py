@@ -2,7 +2,17 @@
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger without the `epoch` scalar Lightning adds to every logged step: a straight
+    line that would be the first card of TensorBoard's TIME SERIES, above the ELBO's terms. The step axis is the
+    optimiser's step, and each epoch's end has its val/ point."""
+
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 class MLFlowLogger(LightningMLFlowLogger):

@@ -1,17 +1,18 @@
 """A sweep's jobs as vae-train left them in <sweep>/<job number>/: .hydra/overrides.yaml (the job's command-line
 overrides), metrics.json (written only when the job finished), timing.json, interrupted.json, pruned.json,
 error.json (why a job failed; in directories written before it, its train.log: training/compat.py) and vae-eval's
-eval_<split>_k<k>_<checkpoint>.json. Nothing here imports torch or Hydra, so reading a sweep is instant."""
+eval_<split>_k<k>_<checkpoint>.json, and each invocation's provenance.yaml. Nothing here imports torch or Hydra,
+so reading a sweep is instant."""
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ...errors import UserError
 from ...training.compat import error_of
-from .. import run_files
+from .. import provenance, run_files
 
 NO_ERROR = "no metrics.json and no error recorded"
 # vae-eval's report: eval_<split>_k<k>_<checkpoint>.json (eval_<split>_k<k>.json from earlier versions: best.ckpt)
@@ -27,6 +28,7 @@ class Job:
     status: str               # ok, failed, interrupted (a signal; resumable), requeued (SLURM restarts it), pruned
                               # (by a search), or incomplete
     error: str | None
+    provenance: dict = field(default_factory=dict)  # what made it (provenance.comparable), over its invocations
 
     def value(self, key: str):
         if key == "job":
@@ -100,8 +102,14 @@ def read_job(job_dir: Path) -> Job:
             timing = json.loads((job_dir / run_files.TIMING).read_text())
         except json.JSONDecodeError:
             pass
+    made = {}
+    for record in provenance.read(job_dir):  # each invocation: a resume may run elsewhere, or on other versions
+        for key, value in provenance.comparable(record).items():
+            if made.get(key, value).rpartition(", then ")[2] != value:
+                value = f"{made[key]}, then {value}"
+            made[key] = value
     return Job(job_dir.name, overrides, metrics, timing.get("train_seconds"), status,
-               (error or NO_ERROR) if status != "ok" else None)
+               (error or NO_ERROR) if status != "ok" else None, made)
 
 
 def read_sweep(sweep: Path) -> list[Job]:

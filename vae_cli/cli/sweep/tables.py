@@ -79,6 +79,25 @@ class Report:
     failed: list[tuple[str, str, str, str]]  # the jobs that did not finish: (job, overrides, status, why)
 
 
+def made_differently(jobs: list[Job]) -> list[str]:
+    """A note for each part of the code, libraries or machine that differs between the jobs (from their
+    provenance records; nothing when the jobs agree): torch 2.14.1 (jobs 0, 1), 2.13.0 (job 2)."""
+    recorded = [j for j in jobs if j.provenance]
+    if len(recorded) < 2:
+        return []
+    notes = []
+    for key in dict.fromkeys(k for j in recorded for k in j.provenance):
+        groups: dict[str, list[str]] = {}
+        for j in recorded:
+            groups.setdefault(j.provenance.get(key, "not recorded"), []).append(j.num)
+        if len(groups) > 1:
+            notes.append(f"{key} differs: " + ", ".join(
+                f"{value} ({'jobs' if len(nums) > 1 else 'job'} {', '.join(nums)})" for value, nums in groups.items()))
+    if notes:
+        notes.insert(0, "Made differently (each job's .hydra/provenance.yaml):")
+    return notes
+
+
 def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) -> Report:
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))  # in command-line order
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
@@ -89,6 +108,7 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
     if constant:
         notes.append("Same in every job: " + " ".join(constant))
     notes += optuna_note(sweep)
+    notes += made_differently(jobs)
     notes.append("Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
                  "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
                  "requeued = the same, and SLURM starts it again; "
@@ -129,7 +149,8 @@ def optuna_note(sweep: Path) -> list[str]:
     if "best_params" not in res:
         return [f"Optimizer results: see {f.name}"]
     params = " ".join(f"{k}={v}" for k, v in res["best_params"].items())
-    return [f"Optimizer's best ({f.name}): {res.get('best_value')} at {params}"]
+    trial = f"trial {res['best_trial']} ({res.get('best_run_dir')}), " if "best_trial" in res else ""
+    return [f"Optimizer's best ({f.name}): {trial}{res.get('best_value')} at {params}"]
 
 
 SEED_HEADING = "Mean ± sample std over seeds (n = finished runs)"
