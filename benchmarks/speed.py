@@ -11,6 +11,7 @@ three alike. Also times the start-up of `vae-train --help` and of a one-step run
 one epoch of the Fashion-MNIST protocol (experiment=fashion_mnist_vae).
 
     python benchmarks/speed.py --steps 2000 --repeats 3 [--device cuda] [--batch 128] [--epochs 4] [--data-dir data]
+    python benchmarks/speed.py --whole-process 5 --repeats 2    # whole processes, A B B A
 """
 import argparse
 import json
@@ -134,6 +135,43 @@ def protocol_epoch(data_dir: str, device: str, epochs: int) -> dict[str, float]:
     return {"protocol_first_epoch_s": round(first, 2), "protocol_epoch_s": round((total - first) / (epochs - 1), 2)}
 
 
+def hand_loop_process(data_dir: str, epochs: int, device: str) -> None:
+    """The hand-written tensor-resident loop as a whole program: read the training images, train `epochs` epochs
+    over the 50,000 that vae-train trains on (it holds the last 10,000 out for validation), and exit."""
+    from torchvision import datasets
+
+    x_all = (datasets.FashionMNIST(data_dir, train=True, download=False).data[:50_000].float() / 255).to(device)
+
+    def batches():
+        perm = torch.randperm(len(x_all), device=device)
+        return (x_all[perm[i:i + BATCH]] for i in range(0, len(x_all), BATCH))
+
+    _train_steps(batches, epochs * -(-len(x_all) // BATCH), device)
+
+
+def whole_processes(data_dir: str, epochs: int, device: str, repeats: int) -> dict:
+    """Wall time of whole processes, as a user waits for them, A B B A ...: (A) vae-train for `epochs` epochs
+    without validation, test and all; (B) the hand-written loop's program for the same epochs."""
+    def vae(run_dir):
+        return [str(Path(sys.executable).parent / "vae-train"), "data=fashion_mnist", f"data.data_dir={data_dir}",
+                "model.hidden_dims=[400]", f"model.latent_dim={K}", f"data.batch_size={BATCH}", f"optim.lr={LR}",
+                f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+                f"trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", f"hydra.run.dir={run_dir}"]
+
+    hand = [sys.executable, __file__, "--hand-loop", str(epochs), "--data-dir", data_dir, "--device", device,
+            "--batch", str(BATCH)]
+    seconds = {"a_vae_train": [], "b_hand_loop": []}
+    order = ["a_vae_train", "b_hand_loop", "b_hand_loop", "a_vae_train"] * ((repeats + 1) // 2)
+    for name in order:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            subprocess.run(vae(Path(tmp) / "run") if name == "a_vae_train" else hand, check=True, capture_output=True)
+            seconds[name].append(round(time.perf_counter() - t, 2))
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    return {"whole_process_epochs": epochs, "whole_process_s": seconds,
+            "whole_process_median_s": med, "whole_process_a/b": round(med["a_vae_train"] / med["b_hand_loop"], 3)}
+
+
 def main() -> None:
     global BATCH  # --batch sets it for all three loops
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,8 +183,19 @@ def main() -> None:
                    help="also time one epoch of experiment=fashion_mnist_vae, from runs of 1 and this many epochs")
     p.add_argument("--batch", type=int, default=BATCH, help="batch size of all three (128: the classic example)")
     p.add_argument("--extra", nargs="*", default=[], help="extra vae-train overrides for (a)")
+    p.add_argument("--whole-process", type=int, default=0, metavar="EPOCHS",
+                   help="only time whole processes A B B A: vae-train for EPOCHS epochs (no validation) against the "
+                        "hand-written tensor loop's program for the same epochs")
+    p.add_argument("--hand-loop", type=int, default=0, help=argparse.SUPPRESS)  # the program (B) above
     args = p.parse_args()
     BATCH = args.batch
+    if args.hand_loop:
+        return hand_loop_process(args.data_dir, args.hand_loop, args.device)
+    if args.whole_process:
+        result = {"device": f"cpu ({os.cpu_count()} cores)" if args.device == "cpu" else torch.cuda.get_device_name(),
+                  "threads": torch.get_num_threads(), "batch": BATCH, "torch": torch.__version__,
+                  **whole_processes(args.data_dir, args.whole_process, args.device, args.repeats)}
+        return print(json.dumps(result, indent=2))
 
     # Unpack the data once (vae-train finds it in data_dir, from the Debian package or a download).
     subprocess.run(vae_train_cmd(args.data_dir, Path(tempfile.mkdtemp()) / "warm", 1, args.device, []),

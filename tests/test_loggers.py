@@ -71,6 +71,10 @@ def test_mlflow_holds_the_metrics_params_and_checkpoints(all_loggers, tmp_path):
     assert params["model.latent_dim"] == "16" and params["optim.lr_decay"] == str(DECAY)
     assert params["logger"] == "tensorboard,csv,mlflow,wandb"
     assert not any(k.startswith("logger.") for k in params)  # where it writes is not how it was made
+    import torch
+
+    assert params["version/torch"] == torch.__version__  # a sweep across versions is a column
+    assert params["version/vae_cli"] == __import__("vae_cli").__version__ and params["machine/host"]
     listed = {f.path for folder in ("best", "last") for f in client.list_artifacts(rid, folder)}
     assert {"best/best.ckpt", "last/last.ckpt"} <= listed
     for name in ("best", "last"):
