@@ -13,6 +13,7 @@ from vae_cli.cli.checks import EVAL_RULES, SAMPLE_RULES, TRAIN_RULES, check_trai
 from vae_cli.core.vae import VAE
 from vae_cli.errors import BadArgument, UserError
 from vae_cli.training.callbacks import EMA
+from vae_cli.data import Digits, ImageFolder
 from vae_cli.training.objective import Objective
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -80,7 +81,7 @@ def test_every_checked_key_has_a_bad_value_above():
 def test_each_rule_is_written_once():
     # The model's, the objective's and the callbacks' arguments are refused by their constructors, which
     # check_train_config and named() call; the table holds only keys no constructor checks before Lightning.
-    assert not [key for key, *_ in TRAIN_RULES if key.split(".")[0] in ("model", "objective", "callbacks")]
+    assert not [key for key, *_ in TRAIN_RULES if key.split(".")[0] in ("model", "objective", "callbacks", "data")]
 
 
 @pytest.mark.parametrize("build, message", [
@@ -90,6 +91,10 @@ def test_each_rule_is_written_once():
      "for likelihood=gaussian"),
     (lambda: Objective(warmup_steps=3, warmup_epochs=1), "warmup_steps=3 and warmup_epochs=1 are both set"),
     (lambda: EMA(decay=1.0), "decay=1.0 is not a valid decay"),
+    (lambda: Digits(batch_size=0), "batch_size=0 is not a valid batch size"),
+    (lambda: Digits(val_split="first"), "val_split='first' is not a valid validation split; use random (val_size "
+     "examples drawn with split_seed)"),
+    (lambda: ImageFolder(path="/pictures", image_size=[0, 4]), "image_size=[0, 4] is not a valid image size"),
 ])
 def test_constructors_refuse_their_own_arguments_by_name(build, message):
     # In Python the bare argument names; at the command line named() puts the config key in their place.

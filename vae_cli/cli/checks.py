@@ -1,7 +1,7 @@
 """Every value a user types, checked at start-up with a message that names the key, its value and what it
 accepts. The objects the config builds refuse their own arguments (BadArgument, naming them); named() turns
 that into the user's error with the config key. The rules below are for keys no constructor of vae-cli
-checks before Lightning is imported (the seed, the trainer's limits, the data). What only the data can tell
+checks before Lightning is imported (the seed, the trainer's limits, the optimiser's settings). What only the data can tell
 (a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
 import inspect
 
@@ -11,6 +11,7 @@ from ..core.likelihoods import LIKELIHOODS, Likelihood
 from ..core.vae import VAE
 from ..errors import BadArgument, UserError, integer, number, one_of
 from ..training.objective import Objective
+from .loading import make_datamodule
 
 
 def _int(lo: int):
@@ -29,12 +30,7 @@ def _bool(v) -> bool:
     return isinstance(v, bool)
 
 
-def _image_size(v) -> bool:
-    return _int(1)(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_int(1)(h) for h in v))
-
-
-# key, test, what the value is, what to use instead. A key the config does not have is not checked
-# (data.channels exists only for image folders).
+# key, test, what the value is, what to use instead. A key the config does not have is not checked.
 TRAIN_RULES = [
     ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
     ("requeue", _bool, "switch", "true or false"),
@@ -43,16 +39,6 @@ TRAIN_RULES = [
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
     ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
     ("optim.normalize_grads", _bool, "switch", "true or false"),
-    ("data.batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.batch_size=128"),
-    ("data.eval_batch_size", _int(1), "batch size", "an integer >= 1, e.g. data.eval_batch_size=1000"),
-    ("data.image_size", _image_size, "image size", "an integer >= 1 or a pair [height, width], e.g. data.image_size=[32,32]"),
-    ("data.channels", _one_of((1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
-    ("data.num_workers", _int(0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
-    ("data.skip_unreadable", _bool, "switch", "true or false"),
-    ("data.val_split", _one_of(("random", "last")), "validation split", "random (val_size examples drawn with data.split_seed) "
-     "or last (the training set's last val_size examples, in file order)"),
-    ("data.eval_binarize_numpy_seed", lambda v: v is None or _int(0)(v), "seed",
-     "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code"),
 ]
 EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
@@ -93,6 +79,7 @@ def check_train_config(cfg: DictConfig) -> None:
         defaults = {k: p.default for k, p in inspect.signature(VAE).parameters.items() if p.default is not p.empty}
         named("model", VAE.check, **{**defaults, **model})
     named("objective", Objective, **OmegaConf.to_container(cfg.objective, resolve=True))
+    named("data", make_datamodule, OmegaConf.to_container(cfg.data, resolve=True))  # builds nothing yet: reads no file
 
 
 def named(group: str, build, *args, **kwargs):

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..errors import UserError
-from .errors import run_or_exit
+from .errors import exit_without_collecting, run_or_exit
 
 
 def report_path(ckpt: Path, split: str, iw_samples: int, limit: int | None = None) -> Path:
@@ -132,6 +132,7 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    exit_without_collecting()
     evaluate()
 
 

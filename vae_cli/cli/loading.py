@@ -141,7 +141,7 @@ def make_datamodule(data_config: dict | None, **overrides):
 
     if not data_config:
         raise UserError("the checkpoint holds no data config (it was not written by vae-train), so its data is unknown.")
-    return instantiate({**data_config, **overrides})
+    return instantiate({**data_config, **overrides}, _convert_="all")  # lists as lists, as from Python
 
 
 def build_vae(model: dict):

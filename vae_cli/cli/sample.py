@@ -5,7 +5,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .errors import run_or_exit
+from .errors import exit_without_collecting, run_or_exit
 
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
@@ -50,6 +50,7 @@ def sample(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    exit_without_collecting()
     sample()
 
 

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
 from . import hparams, run_files, slurm
-from .errors import run_or_exit
+from .errors import exit_without_collecting, run_or_exit
 from .loading import resolve_checkpoint
 from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
@@ -327,6 +327,7 @@ def train(cfg: DictConfig) -> float:
 def main() -> None:
     signals.catch()  # before Hydra and the imports: a signal from the start ends the command cleanly
     mask_log_lines()
+    exit_without_collecting()
     try:
         run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
         run_or_exit("vae-train", check_config_files, sys.argv[1:])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, integer, one_of, require
 from . import cache
 from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize, binarize_numpy
@@ -38,8 +38,12 @@ class InMemoryDataModule(BaseDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
                          binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
-        if val_split not in VAL_SPLITS:
-            raise ValueError(f"val_split={val_split!r} must be one of {VAL_SPLITS}")
+        require("val_split", val_split, one_of(val_split, VAL_SPLITS), "validation split",
+                "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size examples, "
+                "in file order)")
+        require("eval_binarize_numpy_seed", eval_binarize_numpy_seed,
+                eval_binarize_numpy_seed is None or integer(eval_binarize_numpy_seed, 0), "seed",
+                "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code")
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
         self.on_device = bool(on_device)
         # "random": val_size examples drawn with split_seed; "last": the training file's last val_size examples.
