@@ -84,9 +84,15 @@ def test_optuna_sweep_writes_its_best_parameters(tmp_path):
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    run_vae_train("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=2,4",
-                  "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *QUIET, cwd=tmp_path)
+    proc = run_vae_train("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=2,4",
+                         "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *QUIET, cwd=tmp_path)
     assert all((sweep / str(i) / "metrics.json").is_file() for i in (0, 1))
+    # The sweep's table when it ends, as vae-report prints it and with its files, whichever launcher ran the jobs.
+    assert "2 jobs: 2 ok" in proc.stdout and "model.latent_dim" in proc.stdout
+    assert (sweep / "report.md").is_file() and (sweep / "report.csv").is_file()
+    # Each job in a process of its own recorded what made it, and the jobs agree: no note of a difference.
+    assert all((sweep / str(i) / ".hydra" / "provenance.yaml").is_file() for i in (0, 1))
+    assert "differs" not in proc.stdout
 
 
 @pytest.mark.slow
