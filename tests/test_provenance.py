@@ -57,6 +57,10 @@ def test_each_invocation_records_its_code_versions_machine_and_command(experimen
                              capture_output=True, text=True, check=True).stdout
     assert first["machine"]["torch_threads"] == int(threads)
     assert first["vae_cli"]["version"] == __import__("vae_cli").__version__
+    source = Path(__import__("vae_cli").__file__).resolve().parents[1]
+    if (source / ".git").exists():  # installed from a clone (editable, as in CI): its commit is recorded
+        assert first["vae_cli"]["commit"] == git(source, "rev-parse", "HEAD")
+        assert first["vae_cli"]["modified"] == bool(git(source, "status", "--porcelain", "--untracked-files=no"))
 
     # A resume after a tracked file changed: a record of its own, the first left as it was.
     before = (run / ".hydra" / provenance.FILE).read_bytes()
