@@ -54,6 +54,8 @@ def declare(logger, settings: dict, metrics: list[str]) -> None:
 
     experiment, start, end = hparams(settings, dict.fromkeys(metrics, 0.0))  # only the metrics' names are written
     writer = logger.experiment._get_file_writer()  # as Lightning's TensorBoardLogger writes the same summaries
+    if writer is None:  # a data-parallel process after the first: its logger writes nothing
+        return
     for summary in (experiment, start, end):
         writer.add_summary(summary)
     logger.hparams.update(settings)  # Lightning's logger writes them to hparams.yaml beside the event files

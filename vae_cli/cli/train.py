@@ -197,8 +197,9 @@ def _provenance(run_dir: Path):
     folder = run_dir / hydra.output_subdir
     try:
         return Provenance(folder, cwd=Path(hydra.runtime.cwd))
-    except OSError as e:
-        raise outside_fault(e, run_dir) from e
+    except OSError as e:  # a full disk, say: the run goes on, and stops where it must write what it cannot
+        log.warning("no provenance record: %s", e)
+        return None
 
 
 def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
