@@ -181,7 +181,7 @@ def fit(cfg: DictConfig) -> dict:
         raise fault from error
     finally:
         if record is not None and record.path.parent.is_dir():  # not for an invocation refused (its record withdrawn)
-            with contextlib.suppress(OSError):  # a full disk: the error that ended the run still reaches the user
+            with contextlib.suppress(OSError, UserError):  # a full disk: the error that ended the run still reaches the user
                 record.end(outcome)
         release(lock)
 
@@ -197,7 +197,7 @@ def _provenance(run_dir: Path):
     folder = run_dir / hydra.output_subdir
     try:
         return Provenance(folder, cwd=Path(hydra.runtime.cwd))
-    except OSError as e:  # a full disk, say: the run goes on, and stops where it must write what it cannot
+    except (OSError, UserError) as e:  # a full disk, say: the run goes on, and stops where it must write what it cannot
         log.warning("no provenance record: %s", e)
         return None
 
