@@ -211,13 +211,15 @@ def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_noth
 def test_tensorboard_on_a_full_disk_stops_the_run_cleanly_and_it_resumes_once_there_is_space(helpers, tmp_path,
                                                                                            small_filesystem):
     run = small_filesystem / "run"
-    args = (*SMALL, "trainer.log_every_n_steps=1")  # event records every step: TensorBoard meets the full disk first
+    # Event records every step, 43 steps an epoch: the event file outgrows the unused end of its last page (tmpfs
+    # counts whole pages) well before the epoch's checkpoints, so TensorBoard meets the full disk first.
+    args = (*SMALL, "trainer.log_every_n_steps=1", "data.batch_size=32")
     proc = run_vae_train(*args, f"hydra.run.dir={run}", "+callbacks.fill._target_=fault_helpers.FillDiskAtStep",
-                         "+callbacks.fill.step=13", f"+callbacks.fill.path={small_filesystem / 'filler'}",
+                         "+callbacks.fill.step=45", f"+callbacks.fill.path={small_filesystem / 'filler'}",
                          cwd=tmp_path, check=False)
     _clean_failure(proc, f"could not write in {run}: No space left on device")
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 11
-    assert [s for s, _ in read_scalars(run)["train/loss"]][:13] == list(range(13))  # what was written still reads
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 43
+    assert [s for s, _ in read_scalars(run)["train/loss"]][:45] == list(range(45))  # what was written still reads
 
     # Full from the start: refused before Hydra writes its record, and no directory is left behind.
     fresh = small_filesystem / "new" / "run"
@@ -227,7 +229,7 @@ def test_tensorboard_on_a_full_disk_stops_the_run_cleanly_and_it_resumes_once_th
 
     (small_filesystem / "filler").unlink()
     run_vae_train(*args, f"ckpt_path={run}", cwd=tmp_path)
-    assert _metrics(run)["global_step"] == 33
+    assert _metrics(run)["global_step"] == 129
 
 
 @pytest.mark.slow
