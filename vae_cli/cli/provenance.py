@@ -2,8 +2,8 @@
 .hydra/<date>_<time>/, beside Hydra's config of that invocation), naming the code (vae-cli's version, and its commit
 when installed from a git checkout; the commit of the working directory's repository, a user's experiment), the
 versions of the libraries that compute the numbers, the machine, the SLURM job, the command line and when it ran.
-Read without importing anything: versions from the installed packages' metadata, commits from git only where a
-.git is there."""
+Versions come from the imported modules (torch's names its build) or the installed packages' metadata; commits
+from one git call, only where a .git is there. Reading a record back (vae-report) needs only YAML."""
 import datetime
 import importlib.metadata
 import json
@@ -66,6 +66,13 @@ def _source_checkout() -> Path | None:
         return None
     url = direct.get("url", "")
     return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+def short_commit(state: dict | None, length: int = 40) -> str | None:
+    """A git_state's commit, marked +modified when tracked files differed from it."""
+    if not state or not state.get("commit"):
+        return None
+    return state["commit"][:length] + ("+modified" if state.get("modified") else "")
 
 
 def _cpu() -> str:
@@ -152,11 +159,9 @@ def settings(record: dict) -> dict:
     column): version/torch, code/vae_cli_commit, ..."""
     flat = {f"version/{k}": v for k, v in record["versions"].items() if v is not None}
     flat["version/vae_cli"] = record["vae_cli"]["version"]
-    if record["vae_cli"].get("commit"):
-        flat["code/vae_cli_commit"] = record["vae_cli"]["commit"] + ("+modified" if record["vae_cli"]["modified"] else "")
-    repo = record.get("experiment_repository")
-    if repo and repo.get("commit"):
-        flat["code/experiment_commit"] = repo["commit"] + ("+modified" if repo["modified"] else "")
+    for key, state in (("vae_cli", record["vae_cli"]), ("experiment", record.get("experiment_repository"))):
+        if commit := short_commit(state):
+            flat[f"code/{key}_commit"] = commit
     flat["machine/host"] = record["machine"]["host"]
     return flat
 
@@ -166,12 +171,8 @@ def comparable(record: dict) -> dict:
     machine = record.get("machine") or {}
     gpu = machine.get("gpu") or {}
     code = record.get("vae_cli") or {}
-    repo = record.get("experiment_repository") or {}
-
-    def commit(state: dict) -> str | None:
-        return state["commit"][:12] + ("+modified" if state.get("modified") else "") if state.get("commit") else None
-
-    out = {"vae-cli": code.get("version"), "vae-cli commit": commit(code), "experiment commit": commit(repo),
+    out = {"vae-cli": code.get("version"), "vae-cli commit": short_commit(code, 12),
+           "experiment commit": short_commit(record.get("experiment_repository"), 12),
            **(record.get("versions") or {}),
            "host": machine.get("host"), "cpu": machine.get("cpu"), "torch threads": machine.get("torch_threads"),
            "device": machine.get("device"), "gpu": gpu.get("name"), "cuda": gpu.get("cuda"), "cudnn": gpu.get("cudnn")}

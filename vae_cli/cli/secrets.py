@@ -3,9 +3,10 @@ in clear: every message, log line, record and tracker setting passes through `ma
 renders a URL (alice:***@host). Hydra writes its own record of a command (.hydra/*.yaml, a sweep's multirun.yaml)
 before vae-train's code runs: run_dir.Masked rewrites those files as soon as they exist. Standard library only."""
 import logging
-import os
 import re
 from pathlib import Path
+
+from ..training.files import atomic_write
 
 HIDDEN = "***"
 # scheme://user:password@ -- the user may be empty (://:password@), the password holds no @ or white space.
@@ -35,9 +36,7 @@ def mask_file(path: Path) -> None:
         return
     masked = mask(text)
     if masked != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(masked)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(masked.encode()))
 
 
 def mask_folder(folder: Path) -> None:
