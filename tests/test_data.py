@@ -33,6 +33,19 @@ def on_grid(x: torch.Tensor) -> bool:
 
 
 # --- Digits, MNIST and Fashion-MNIST (held in memory) --------------------------------------------
+def test_the_shipped_digits_are_scikit_learns_image_for_image_and_label_for_label():
+    sklearn = pytest.importorskip("sklearn.datasets")  # installed with the test extra (MLflow needs it)
+    reference = sklearn.load_digits()
+    x, y, x_test, y_test = Digits(binarize=False).load()
+    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(12345))  # the fixed test hold-out
+    images = torch.empty(1797, 1, 8, 8)
+    labels = torch.empty(1797, dtype=torch.long)
+    images[perm[:297]], images[perm[297:]] = x_test, x
+    labels[perm[:297]], labels[perm[297:]] = y_test, y
+    assert torch.equal(images * 16, torch.tensor(reference.images, dtype=torch.float32).unsqueeze(1))
+    assert torch.equal(labels, torch.tensor(reference.target))
+
+
 
 def test_digits_splits_are_disjoint_and_sized_as_configured():
     dm = Digits(val_size=150, test_size=297, binarize=False)

@@ -43,8 +43,8 @@ def test_the_name_changes_with_the_settings_and_the_sources(tmp_path, monkeypatc
                   {"eval_binarize_numpy_seed": 3}, {"val_split": "last"}):
         assert Digits(data_dir=str(tmp_path), **other).cache_file() != base, other
     assert Digits(data_dir=str(tmp_path), seed=5, batch_size=7).cache_file() == base  # the run's, not the splits'
-    # A source rewritten (another scikit-learn, an edited file): another name, so the old file is never read.
-    source = tmp_path / "digits.csv.gz"
+    # A source rewritten (another vae-cli's digits, an edited file): another name, so the old file is never read.
+    source = tmp_path / "digits.npz"
     source.write_bytes(Digits().sources()[0].read_bytes())
     monkeypatch.setattr(Digits, "sources", lambda self: [source])
     before = Digits(data_dir=str(tmp_path)).cache_file()

@@ -13,7 +13,7 @@ ALLOWED = {"core": {"core"}, "training": {"core", "training"}, "data": {"data"},
 # Third-party packages each layer may import (the standard library is open to all).
 THIRD_PARTY = {"core": {"torch"},
                "training": {"torch", "pytorch_lightning", "lightning_fabric", "matplotlib", "PIL"},
-               "data": {"torch", "numpy", "torchvision", "PIL", "sklearn"},
+               "data": {"torch", "numpy", "torchvision", "PIL"},
                "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib",
                        "optuna", "tqdm"}}
 

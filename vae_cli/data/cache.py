@@ -1,6 +1,6 @@
 """The prepared splits of an in-memory dataset, kept in one file beside its data so that later runs (and every job
 of a sweep) skip decoding, splitting and binarising: the same tensors, bit for bit, in a fraction of a second,
-without importing the libraries that read the sources (scikit-learn, torchvision).
+without reading the sources again or importing the libraries that read them (torchvision).
 
 The file's name holds a fingerprint of everything the splits depend on: the sources' paths, sizes and
 modification times, the split and binarisation settings, and the torch and numpy versions whose generators drew
