@@ -151,6 +151,18 @@ class SignalAt(pl.Callback):
     def on_test_batch_end(self, trainer, *args):
         self._send("test")
 
+class SlowAfterRequeue(pl.Callback):
+    """A machine too busy to record its stop before SLURM's SIGTERM arrives: the requeue (vae_cli.cli.slurm's,
+    real) is followed by `seconds` of waiting, inside which SLURM ends the job's processes with a SIGTERM."""
+    def __init__(self, seconds):
+        from vae_cli.cli import slurm
+        real = slurm.requeue
+        def requeue():
+            done = real()
+            time.sleep(seconds)
+            return done
+        slurm.requeue = requeue
+
 class FillDiskAtStep(AtStep):
     def __init__(self, step, path):
         super().__init__(step)

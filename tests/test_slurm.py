@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUIET
+from vae_cli.cli import provenance
 from slurm_cluster import REQUEUE_DELAY_S, Cluster, missing
 
 pytestmark = pytest.mark.slow  # real SLURM daemons and vae-train jobs
@@ -129,6 +130,30 @@ def test_a_data_parallel_job_that_one_task_is_signalled_in_saves_once_requeues_o
     assert stopped["stopped"] == "in epoch 2 at step 8" and stopped["requeued"] is True
     log = (tmp_path / "job.out").read_text()
     assert log.count("SLURM has requeued the job: waiting for SLURM to restart it") == 1
+    assert _metrics(run) == _metrics(tmp_path / "reference")
+
+
+def test_slurms_sigterm_after_the_requeue_does_not_cut_the_record_of_the_stop_short(cluster, tmp_path, helpers):
+    args = (*SMALL, "trainer.max_epochs=3")
+    reference = _reference(tmp_path, *args)
+    run = tmp_path / "run"
+    script = tmp_path / "job.sh"
+    script.write_text("\n".join([
+        "#!/bin/bash", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
+        f"#SBATCH --output={tmp_path / 'job.out'}",
+        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} +callbacks.sig._target_=fault_helpers.SignalAt "
+        "+callbacks.sig.at=step:15 +callbacks.sig.signum=SIGUSR1 "
+        "+callbacks.slow._target_=fault_helpers.SlowAfterRequeue +callbacks.slow.seconds=4", ""]))
+    job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
+    end = cluster.wait_gone(job, timeout=240 + REQUEUE_DELAY_S)
+    log = (tmp_path / "job.out").read_text()
+    assert end["JobState"] == "COMPLETED" and end["Restarts"] == "1", (end, log[-3000:])
+    assert log.count("SLURM has requeued the job: waiting for SLURM to restart it") == 1, log[-3000:]
+    stopped = json.loads((run / "interrupted.json").read_text())
+    assert stopped["stopped"] == "in epoch 2 at step 15" and stopped["requeued"] is True
+    first, resumed = provenance.read(run)  # the stopped invocation's record was completed too
+    assert (first["outcome"], resumed["outcome"]) == ("stopped by SIGUSR1", "finished")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
     assert _metrics(run) == _metrics(tmp_path / "reference")
 
 

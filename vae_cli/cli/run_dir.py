@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from ..training import signals
 from ..training.files import cannot_write
 from . import run_files
 from .errors import fail
@@ -123,6 +124,9 @@ def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
     from . import slurm
     from .loading import newest_state
 
+    # SLURM answers the requeue below with a SIGTERM to every task, which must not cut the record (or the lock's
+    # release after it) short: on a busy machine it arrives before the log line, which was then never written.
+    signals.finished()
     if not first_process():
         return
     requeued, why = False, None

@@ -90,7 +90,8 @@ def ignore() -> None:
 
 
 def finished() -> None:
-    """The run's results are written: a signal from now on has nothing of it to stop."""
+    """From here a signal is noted and stops nothing of this run: its results are written, or its stop is being
+    recorded (where a requeued SLURM job gets SLURM's SIGTERM)."""
     _noted.finished = True
 
 
