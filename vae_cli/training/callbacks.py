@@ -287,10 +287,15 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
     beside a stale best.ckpt, which `vae-eval ckpt_path=<run>` would score. When the remembered
     files are in the new folder, their paths are read as the same files there."""
 
+    _state_key: str | None = None
+
     @property
     def state_key(self) -> str:
-        # Lightning's own key, so runs checkpointed by ModelCheckpoint resume here and the reverse.
-        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+        # Lightning's own key, so runs checkpointed by ModelCheckpoint resume here and the reverse. Made once: it
+        # names settings fixed at construction, and Lightning reads it around every hook of every step.
+        if self._state_key is None:
+            self._state_key = "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+        return self._state_key
 
     def load_state_dict(self, state_dict):
         old = state_dict.get("dirpath")
