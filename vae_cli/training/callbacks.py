@@ -23,7 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from ..core.elbo import kl_analytic
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
 from ..errors import UserError, number, require
-from . import figures, images
+from . import figures, images, projector
 
 log = logging.getLogger("vae_cli")
 
@@ -136,8 +136,7 @@ class LatentProjector(pl.Callback):
                 if sum(map(len, xs)) >= self.max_points:
                     break
         x, y, mu = torch.cat(xs), torch.cat(ys), torch.cat(mus)
-        tb.add_embedding(mu, metadata=y.tolist(), label_img=x[:, :3].float(), global_step=trainer.global_step,
-                         tag="test/posterior_mean")
+        projector.write(tb.get_logdir(), "test/posterior_mean", trainer.global_step, mu, y.tolist(), x[:, :3])
 
 
 # What writes to TensorBoard alone (images, histograms, the projector): left out of a run without a TensorBoard logger.
