@@ -29,13 +29,15 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: floa
     return grid
 
 
-def png(grid: torch.Tensor) -> bytes:
-    """A (C, H, W) grid in [0, 1] as PNG bytes, each value rounded to the nearest of 256 levels."""
+def png(grid: torch.Tensor, compress_level: int = 6) -> bytes:
+    """A (C, H, W) grid in [0, 1], C = 1 (grey) or 3, as PNG bytes, each value rounded to the nearest of 256
+    levels; compress_level from 0 (none) to 9 (PIL's default, 6, is slow on large images)."""
     from PIL import Image
 
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="png")
+    Image.fromarray(pixels[..., 0] if grid.shape[0] == 1 else pixels).save(buffer, format="png",
+                                                                           compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -4,13 +4,13 @@ SummaryWriter.add_embedding writes. Written here because add_embedding draws the
 PIL's default level: most of a run's time after its test. A grey sprite compressed lightly is the same picture.
 Each entry is added to the config (add_embedding rewrites it with its own writer's entries only, so a resumed run
 would drop the first part's)."""
-import io
 import math
 from pathlib import Path
 
 import torch
 
 from .files import atomic_write
+from .images import png
 
 CONFIG = "projector_config.pbtxt"
 
@@ -23,17 +23,12 @@ def folder(tag: str, step: int) -> str:
 def sprite(images: torch.Tensor) -> bytes:
     """(N, C, H, W) images in [0, 1], C = 1 or 3, tiled row by row into a square of ceil(sqrt(N)) per side (where the
     projector looks for image i), as PNG bytes."""
-    from PIL import Image
-
     n, c, h, w = images.shape
     side = math.ceil(math.sqrt(n))
     tiles = torch.zeros(side * side, c, h, w)
     tiles[:n] = images.float().clamp(0, 1).cpu()
-    grid = tiles.view(side, side, c, h, w).permute(0, 3, 1, 4, 2).reshape(side * h, side * w, c)
-    pixels = grid.mul(255).add_(0.5).to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(buffer, format="png", compress_level=1)
-    return buffer.getvalue()
+    grid = tiles.view(side, side, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, side * h, side * w)
+    return png(grid, compress_level=1)
 
 
 def write(log_dir: Path, tag: str, step: int, points: torch.Tensor, labels: list, images: torch.Tensor) -> None:
