@@ -181,7 +181,8 @@ def fit(cfg: DictConfig) -> dict:
         raise fault from error
     finally:
         if record is not None and record.path.parent.is_dir():  # not for an invocation refused (its record withdrawn)
-            with contextlib.suppress(OSError, UserError):  # a full disk: the error that ended the run still reaches the user
+            # A full disk: the error that ended the run still reaches the user.
+            with contextlib.suppress(OSError, UserError):
                 record.end(outcome)
         release(lock)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, make_folder
 from .images import png
 
 CONFIG = "projector_config.pbtxt"
@@ -34,7 +34,7 @@ def sprite(images: torch.Tensor) -> bytes:
 def write(log_dir: Path, tag: str, step: int, points: torch.Tensor, labels: list, images: torch.Tensor) -> None:
     """One embedding: `points` (N, K) labelled by `labels` and shown as `images` (N, C, H, W), named tag:<step>."""
     log_dir, sub = Path(log_dir), folder(tag, step)
-    (log_dir / sub).mkdir(parents=True, exist_ok=True)
+    make_folder(log_dir / sub)  # a refusal names the folder, as every other write of a run does
     rows = "".join("\t".join(f"{v:.7g}" for v in row) + "\n" for row in points.float().tolist())
     atomic_write(log_dir / sub / "tensors.tsv", lambda f: f.write(rows.encode()))
     atomic_write(log_dir / sub / "metadata.tsv", lambda f: f.write("".join(f"{y}\n" for y in labels).encode()))
