@@ -207,34 +207,35 @@ class ProgressBar(TQDMProgressBar):
 
 
 class NonFiniteGuard(pl.Callback):
-    """Tracks, on the device and without a host sync per step, whether each logged metric has been
-    non-finite and at which step first; looks at the flags every `every_n_steps` steps and always
-    before a checkpoint can be written (Lightning runs checkpoint callbacks after this one), and
-    then stops the run, naming the first term that went and the step."""
+    """Keeps each step's logged metrics on the device, without a host sync per step (one copy into a window of
+    `every_n_steps` rows); looks at the window when it is full and always before a checkpoint can be written
+    (Lightning runs checkpoint callbacks after this one), and stops the run if any was non-finite, naming the
+    first term that went and the step."""
 
     def __init__(self, every_n_steps: int = 50):
         self.every_n_steps = every_n_steps
         self.names: tuple[str, ...] = ()
-        self.first_bad: torch.Tensor | None = None  # per metric: first step it was non-finite, or -1
+        self.window: torch.Tensor | None = None  # one row of metrics per step since the last look
+        self.steps: list[int] = []  # the step of each row
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.names, values = pl_module.last_step
-        bad = ~torch.isfinite(values)
-        if self.first_bad is None or self.first_bad.device != bad.device:
-            self.first_bad = torch.full_like(bad, -1, dtype=torch.long)
-        step = trainer.global_step - 1  # the step just taken
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        if self.window is None or self.window.device != values.device or self.window.shape[1] != len(values):
+            self.check(trainer)
+            self.window = values.new_empty(max(self.every_n_steps, 1), len(values))
+        self.window[len(self.steps)].copy_(values)
+        self.steps.append(trainer.global_step - 1)  # the step just taken
+        if len(self.steps) == len(self.window):
             self.check(trainer)
 
     def check(self, trainer) -> None:
-        if self.first_bad is None:
+        rows, self.steps = self.steps, []
+        if not rows:
             return
-        first = self.first_bad.tolist()
-        bad = [(s, i) for i, s in enumerate(first) if s >= 0]  # the earliest step, then the metrics' order
+        bad = (~torch.isfinite(self.window[:len(rows)])).nonzero().tolist()  # (row, metric): earliest step first
         if bad:
-            step, i = min(bad)
-            name = self.names[i]
+            row, i = bad[0]
+            name, step = self.names[i], rows[row]
             last = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.checkpoint_callbacks if cb.dirpath]
             ckpt = str(last[0]) if last and last[0].exists() else ""
             raise UserError(

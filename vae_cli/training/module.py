@@ -43,6 +43,7 @@ class VAEModule(pl.LightningModule):
         self.data_config = data_config
         self.steps_per_epoch = 0  # known once training starts; turns a warm-up in epochs into steps
         self.last_step: StepMetrics | None = None  # read by the non-finite guard
+        self._step_curves: tuple[int, StepMetrics] | None = None  # (step, metrics) for the loggers
         self._sums: dict[str, tuple] = {}  # per split: (names, example-weighted sums, example count)
         self._resumed_sums: dict | None = None  # the training epoch's sums from a checkpoint saved mid-epoch
         self._mu_sums: tuple | None = None  # validation: (sums of E_q[z] and of its square per dimension, count)
@@ -109,10 +110,21 @@ class VAEModule(pl.LightningModule):
         metrics, _ = self._metrics(batch[0])
         # Epoch sums stay on the device (no host sync per step); logged once per epoch.
         step = self.last_step = self._accumulate("train", metrics, len(batch[0]))
-        # self.log costs time on every call, so call it only on the steps the logger writes.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{k}": v for k, v in zip(step.names, step.values)}, on_step=True, on_epoch=False)
+            self._step_curves = (self.global_step, step)  # written once the optimiser has stepped
         return metrics["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """The step's train/ curves, at the steps and with the values Lightning's on_step logging writes (the
+        last batch's, once the optimiser has stepped), but straight to the loggers: self.log keeps a torchmetrics
+        state per metric and costs more per call than a whole step of a small model."""
+        if self._step_curves is None or self.global_step == self._step_curves[0]:  # none, or still accumulating
+            return
+        (at, step), self._step_curves = self._step_curves, None
+        values = dict(zip((f"train/{k}" for k in step.names), step.values.tolist()))
+        for logger in self.loggers:
+            logger.log_metrics(values, step=at)
+            logger.save()
 
     def validation_step(self, batch, batch_idx):
         metrics, mu = self._metrics(batch[0])
