@@ -48,6 +48,18 @@ def test_event_file_has_each_term_as_its_own_scalar(short_run):
     assert all(k > 0 for _, k in scalars["train/kl"])
 
 
+def test_with_gradient_accumulation_the_steps_curves_are_written_once_per_optimiser_step(tmp_path):
+    # 11 batches an epoch, 3 to a step: steps 0-3 of each epoch (the last takes 2); every 2nd step is written,
+    # once, at the step it ends (as Lightning's own on_step logging writes it), not at each batch of the step.
+    run = train(tmp_path, "run", "trainer.max_epochs=2", "+trainer.accumulate_grad_batches=3",
+                "trainer.log_every_n_steps=2", "callbacks=none")
+    scalars = read_scalars(run)
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 8
+    for t in TERMS:
+        assert [s for s, _ in scalars[f"train/{t}"]] == [1, 3, 5, 7]
+    assert "epoch" not in scalars
+
+
 @pytest.mark.slow
 def test_resume_from_last_checkpoint_continues_the_step_count(short_run, tmp_path):
     train(tmp_path, "resumed", f"ckpt_path={short_run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4")
