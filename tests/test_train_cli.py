@@ -235,6 +235,14 @@ def test_a_default_run_prints_no_warning_and_says_where_it_writes(tmp_path):
     assert "\r" not in proc.stdout and "\x1b[" not in proc.stdout  # no bar redraws, no escape codes
 
 
+def test_without_the_bar_the_log_still_has_a_line_per_epoch(short_run):
+    # short_run has trainer.enable_progress_bar=false (QUIET): no bar, and still the status in train.log.
+    lines = [line for line in (short_run / "train.log").read_text().splitlines() if "  step " in line]
+    assert [line.split("] - ")[1].split("  step")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert f"step {2 * STEPS_PER_EPOCH}  " in lines[-1]
+    assert all(f"{k} " in lines[-1] for k in ("loss", "recon_loss", "kl", "elbo", "val/elbo"))
+
+
 @pytest.mark.slow
 def test_images_are_written_at_the_end_whatever_the_epoch_count(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

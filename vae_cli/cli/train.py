@@ -74,7 +74,7 @@ def setup(cfg: DictConfig):
 
     from ..core.likelihoods import LIKELIHOODS
     from ..data.lightning import LightningData
-    from ..training.callbacks import EMA, TENSORBOARD_ONLY, NonFiniteGuard, ProgressBar, RNGState
+    from ..training.callbacks import EMA, TENSORBOARD_ONLY, EpochLines, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.interruption import Interruption
     from ..training.module import VAEModule
@@ -128,8 +128,8 @@ def setup(cfg: DictConfig):
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # The weight average last: the diagnostics' validation-end hooks run while its weights are swapped in.
     callbacks = [NonFiniteGuard(), RNGState(), *sorted(callbacks, key=lambda cb: isinstance(cb, EMA))]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(ProgressBar())
+    # No bar (trainer.enable_progress_bar=false): still a line per epoch in the log, as where there is no terminal.
+    callbacks.append(ProgressBar() if cfg.trainer.get("enable_progress_bar", True) else EpochLines())
     if cfg.trainer.get("max_time") is None:
         # Training time over every start of the run (its elapsed time travels in checkpoints); with max_time,
         # Lightning's own Timer counts it the same way.

@@ -143,31 +143,22 @@ class LatentProjector(pl.Callback):
 TENSORBOARD_ONLY = (ImageGrids, LatentProjector)
 
 
-class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, showing what the run optimises: the running epoch means of the loss and the ELBO's
-    terms (read from the module's sums on the device when the bar refreshes, every refresh_rate steps, not
-    every step), the last validation ELBO, and the time the run has left. When the output is not a terminal
-    (a batch job, nohup, a pipe), one plain line per epoch instead, in the log too."""
+class EpochLines(pl.Callback):
+    """What the run optimises, one plain line per epoch in the log: the running epoch means of the loss and the
+    ELBO's terms (read from the module's sums on the device), the last validation ELBO, and the time the run has
+    left. Where there is no bar to show them: output that is not a terminal (a batch job, nohup, a pipe), or
+    trainer.enable_progress_bar=false."""
 
     SHOWN = ("loss", "recon_loss", "kl", "elbo", "iwae")
 
-    def __init__(self, refresh_rate: int = 10, lines: bool | None = None):
-        super().__init__(refresh_rate=refresh_rate)
-        self.lines = not sys.stdout.isatty() if lines is None else lines
-        if self.lines:
-            self.disable()
+    def __init__(self):
         self._start: tuple[float, int] | None = None  # (time, global step) when this invocation began training
 
     def on_train_start(self, trainer, pl_module):
-        super().on_train_start(trainer, pl_module)
         self._start = (time.monotonic(), trainer.global_step)
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        super().on_train_epoch_start(trainer, pl_module)
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{self._of(trainer)}")
-
     @staticmethod
-    def _of(trainer) -> str:
+    def of(trainer) -> str:
         return f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
 
     def _time_left(self, trainer) -> timedelta | None:
@@ -196,13 +187,36 @@ class ProgressBar(TQDMProgressBar):
             shown["left"] = str(left)
         return shown
 
+    def on_train_epoch_end(self, trainer, pl_module):
+        items = "  ".join(f"{k} {v}" for k, v in self.status(trainer, pl_module).items())
+        log.info("epoch %d%s  step %d  %s", trainer.current_epoch + 1, self.of(trainer), trainer.global_step, items)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing EpochLines' status (read when the bar refreshes, every refresh_rate steps, not
+    every step). When the output is not a terminal, EpochLines' one line per epoch instead, in the log too."""
+
+    def __init__(self, refresh_rate: int = 10, lines: bool | None = None):
+        super().__init__(refresh_rate=refresh_rate)
+        self.lines = not sys.stdout.isatty() if lines is None else lines
+        if self.lines:
+            self.disable()
+        self.epoch_lines = EpochLines()
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self.epoch_lines.on_train_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{EpochLines.of(trainer)}")
+
     def get_metrics(self, trainer, pl_module):
-        return self.status(trainer, pl_module)
+        return self.epoch_lines.status(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.lines:
-            items = "  ".join(f"{k} {v}" for k, v in self.status(trainer, pl_module).items())
-            log.info("epoch %d%s  step %d  %s", trainer.current_epoch + 1, self._of(trainer), trainer.global_step, items)
+            self.epoch_lines.on_train_epoch_end(trainer, pl_module)
         super().on_train_epoch_end(trainer, pl_module)
 
 
