@@ -234,9 +234,8 @@ class NonFiniteGuard(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.names, values = pl_module.last_step
-        if self.window is None or self.window.device != values.device or self.window.shape[1] != len(values):
-            self.check(trainer)
-            self.window = values.new_empty(max(self.every_n_steps, 1), len(values))
+        if self.window is None:  # the metrics, their number and their device are the run's: fixed once it trains
+            self.window = values.new_empty(self.every_n_steps, len(values))
         self.window[len(self.steps)].copy_(values)
         self.steps.append(trainer.global_step - 1)  # the step just taken
         if len(self.steps) == len(self.window):
