@@ -51,6 +51,8 @@ def test_a_published_run_still_scores_what_it_recorded(run, tmp_path):
     assert e["kl"] == pytest.approx(recorded["kl"], abs=1e-4)
     assert e["kl_per_dim"] == pytest.approx(recorded["kl_per_dim"], abs=1e-4)
     assert e["active_units"] == recorded["active_units"]
-    # The ELBO is a Monte Carlo estimate in both: paired over 10,000 images they agree to within their noise.
+    # The ELBO is a Monte Carlo estimate in both: paired over 10,000 images they agree to within their noise, which
+    # stays far below a nat (a model trained on the IWAE bound has broader posteriors, so its one-sample ELBO is
+    # noisier: 0.11 against 0.04 for an ELBO-trained one).
     c = e["compared_to"]
-    assert abs(c["elbo_diff"]) < 4 * c["elbo_diff_se"] and c["elbo_diff_se"] < 0.1, c
+    assert abs(c["elbo_diff"]) < 4 * c["elbo_diff_se"] and c["elbo_diff_se"] < 0.25, c
