@@ -163,6 +163,14 @@ class SlowAfterRequeue(pl.Callback):
             return done
         slurm.requeue = requeue
 
+class SlowEpochs(pl.Callback):
+    """A slower machine: `seconds` of waiting after each training epoch, so a job outlasts a SLURM time slot however
+    fast the machine is (the numbers trained are unchanged)."""
+    def __init__(self, seconds):
+        self.seconds = seconds
+    def on_train_epoch_end(self, trainer, pl_module):
+        time.sleep(self.seconds)
+
 class FillDiskAtStep(AtStep):
     def __init__(self, step, path):
         super().__init__(step)

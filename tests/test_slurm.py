@@ -157,15 +157,17 @@ def test_slurms_sigterm_after_the_requeue_does_not_cut_the_record_of_the_stop_sh
     assert _metrics(run) == _metrics(tmp_path / "reference")
 
 
-def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path):
-    args = (*SMALL, "trainer.max_epochs=250")  # about 40 s of training on one thread: past one slot of a minute
+def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path, helpers):
+    args = (*SMALL, "trainer.max_epochs=250")
     reference = _reference(tmp_path, *args)
     run = tmp_path / "run"
     script = tmp_path / "job.sh"
     script.write_text("\n".join([
         "#!/bin/bash", "#SBATCH --time=00:01:00", "#SBATCH --signal=USR1@50", "#SBATCH --requeue",
         "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1", f"#SBATCH --output={tmp_path / 'job.out'}",
-        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)}", ""]))
+        # Over a minute of training on any machine (an idle one once trained it all before slurmctld's USR1).
+        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} "
+        "+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25", ""]))
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
     end = cluster.wait_gone(job, timeout=400)
     log = (tmp_path / "job.out").read_text()
