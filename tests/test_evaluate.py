@@ -133,7 +133,7 @@ def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     # The process contract, once: exit status 2 and one paragraph on stderr, no traceback.
     proc = run_tool("vae-eval", f"ckpt_path={bad}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "cannot be loaded as a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "cannot be read as a vae-cli checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -30,6 +30,11 @@ def _bool(v) -> bool:
     return isinstance(v, bool)
 
 
+def _names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) and n.replace(".", "").replace("_", "").isalnum()
+                                       and "." in n for n in v)
+
+
 # key, test, what the value is, what to use instead. A key the config does not have is not checked.
 TRAIN_RULES = [
     ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
@@ -46,12 +51,14 @@ EVAL_RULES = [
     ("split", _one_of(("val", "test")), "split vae-eval scores", "split=test or split=val"),
     ("limit", lambda v: v is None or _int(1)(v), "number of images", "null (the whole split) or an integer >= 1, e.g. limit=1000"),
     ("figures", _bool, "switch", "true or false"),
+    ("trust", lambda v: _names(v), "list of classes", "a list of dotted class names, e.g. trust=[mypkg.MyVAE]"),
 ]
 SAMPLE_RULES = [
     ("n", _int(1), "number of images", "an integer >= 1, e.g. n=64"),
     ("steps", _int(2), "number of steps", "an integer >= 2, e.g. steps=11"),
     ("manifold_steps", _int(2), "grid side", "an integer >= 2, e.g. manifold_steps=20"),
     ("split", _one_of(("train", "val", "test")), "split", "split=test, val or train"),
+    ("trust", lambda v: _names(v), "list of classes", "a list of dotted class names, e.g. trust=[mypkg.MyVAE]"),
 ]
 _ABSENT = object()
 

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..errors import UserError
-from .errors import exit_without_collecting, run_or_exit
+from .errors import command, exit_without_collecting, run_or_exit
 
 
 def report_path(ckpt: Path, split: str, iw_samples: int, limit: int | None = None) -> Path:
@@ -79,15 +79,16 @@ def run_eval(cfg: DictConfig) -> dict:
     from ..core.scoring import fingerprint, paired_difference, score, summarize
     from ..training.files import make_folder, write_json, write_tensors
     from .checks import EVAL_RULES, check_values
-    from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
+    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
     from .progress import Progress
 
     check_values(cfg, EVAL_RULES)
     ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     device = resolve_device(cfg.device)
-    vae, data_config = load_vae(ckpt, map_location=device)
+    trust = tuple(cfg.trust)
+    vae, data_config = load_vae(ckpt, map_location=device, trust=trust)
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
-    dm = make_datamodule(data_config, **overrides)
+    dm = saved_datamodule(data_config, ckpt, trust, **overrides)
     images, n_images = fingerprint(dm.eval_batches(cfg.split))
     baseline = read_per_example(cfg.compare_to, cfg.split, cfg.iw_samples) if cfg.compare_to else None
     if baseline is not None:
@@ -133,7 +134,8 @@ def evaluate(cfg: DictConfig) -> None:
 
 def main() -> None:
     exit_without_collecting()
-    evaluate()
+    with command("vae-eval"):
+        evaluate()
 
 
 if __name__ == "__main__":

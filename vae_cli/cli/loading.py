@@ -1,7 +1,7 @@
 """What the commands are pointed at: checkpoints (found from a file or a run directory, read without
 running code from them, checked against the configured model), the device, and the datamodule a
-data config describes. Loading never executes code from a checkpoint: torch.load with
-weights_only=True only rebuilds tensors and plain containers."""
+data config describes. A checkpoint is read through the trust boundary (vae_cli/inputs.py): as data, its
+saved configs naming only classes vae-cli trusts."""
 from pathlib import Path
 
 from ..errors import UserError
@@ -79,32 +79,38 @@ def resolve_device(name: str):
         raise UserError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
 
 
-def read_checkpoint(path: Path, map_location="cpu") -> dict:
-    """The checkpoint's contents, in today's layout whichever version wrote it."""
-    import torch  # here, not at the top: `vae-train --help` should not pay for importing torch
+def read_checkpoint(path: Path, trust=()) -> dict:
+    """The checkpoint's contents, read as data and checked (inputs.checkpoint), in today's layout whichever version
+    wrote it."""
+    from ..inputs import checkpoint
 
-    from ..training.compat import upgrade_checkpoint
+    return checkpoint(Path(path), trust)
 
+
+def load_vae(path: Path, map_location="cpu", trust=()):
+    """The trained network (in eval mode) and the data config it was trained on (None for checkpoints without
+    one). The network's class is one a checkpoint may name (inputs.TRUSTED, or `trust`), built from its settings."""
+    from ..inputs import build
+
+    ckpt = read_checkpoint(path, trust)
+    vae = build(ckpt["hyper_parameters"]["model"], path, "hyper_parameters.model", trust)
+    weights = {name[len("vae."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")}
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated, corrupt, or holding objects other than tensors and plain data
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"ckpt_path={str(path)!r} cannot be loaded as a checkpoint ({first}). The file may be truncated "
-            "or corrupt, or not a vae-cli checkpoint; use another checkpoint of the run, e.g. checkpoints/last.ckpt."
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"ckpt_path={str(path)!r} is not a vae-cli checkpoint (it has no model weights or hyperparameters).")
-    return upgrade_checkpoint(ckpt)
-
-
-def load_vae(path: Path, map_location="cpu"):
-    """The trained network (a core VAE, in eval mode) and the data config it was trained on (None for
-    checkpoints without one)."""
-    ckpt = read_checkpoint(path, map_location)
-    vae = build_vae(ckpt["hyper_parameters"]["model"])
-    vae.load_state_dict({name[len("vae."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")})
+        vae.load_state_dict(weights)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        why = " ".join(str(e).split())[:300]
+        raise UserError(f"{path}: state_dict does not fit the network its hyper_parameters.model describes ({why}). "
+                        "The file was altered or is not a vae-cli checkpoint; use another checkpoint of the run.") from None
     return vae.to(map_location).eval(), ckpt.get("data_config")
+
+
+def saved_datamodule(data_config: dict | None, path, trust=(), **overrides):
+    """The datamodule a checkpoint's data config describes (a class inputs.TRUSTED or `trust` names)."""
+    from ..inputs import build
+
+    if not data_config:
+        raise UserError(f"{path} holds no data config (it was not written by vae-train), so its data is unknown.")
+    return build(data_config, path, "data_config", trust, **overrides)
 
 
 def check_compatible(module, ckpt: dict, path) -> None:
@@ -135,18 +141,16 @@ def _show(value) -> str:
     return str(value).replace(" ", "") if isinstance(value, (list, tuple)) else str(value)
 
 
-def make_datamodule(data_config: dict | None, **overrides):
-    """The datamodule a data config describes (its `_target_` and arguments), as saved in checkpoints."""
+def make_datamodule(data_config: dict, **overrides):
+    """The datamodule the user's data config describes (its `_target_` and arguments)."""
     from hydra.utils import instantiate
 
-    if not data_config:
-        raise UserError("the checkpoint holds no data config (it was not written by vae-train), so its data is unknown.")
     return instantiate({**data_config, **overrides}, _convert_="all")  # lists as lists, as from Python
 
 
 def build_vae(model: dict):
-    """The network a model config describes (data_shape included): its `_target_` class called with the other
-    keys; an argument the class refuses is named with its key, model.<name>."""
+    """The network the user's model config describes (data_shape included): its `_target_` class called with the
+    other keys; an argument the class refuses is named with its key, model.<name>."""
     from hydra.utils import instantiate
 
     from .checks import named

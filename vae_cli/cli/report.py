@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.files import atomic_write
-from .errors import run_or_exit
+from .errors import command, run_or_exit
 from .loading import LATEST, latest
 from .sweep.jobs import read_sweep
 from .sweep.tables import DEFAULT_METRICS, build_report, choose_metrics, render_csv, render_markdown, render_text
@@ -77,7 +77,8 @@ def report(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_or_exit("vae-report", report, parse_args(argv))
+    with command("vae-report"):
+        run_or_exit("vae-report", report, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .errors import exit_without_collecting, run_or_exit
+from .errors import command, exit_without_collecting, run_or_exit
 
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
@@ -14,16 +14,17 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     from ..training import images
     from ..training.files import atomic_write, make_folder
     from .checks import SAMPLE_RULES, check_values
-    from .loading import load_vae, make_datamodule, resolve_checkpoint, resolve_device
+    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
 
     check_values(cfg, SAMPLE_RULES)
     ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     device = resolve_device(cfg.device)
-    vae, data_config = load_vae(ckpt, map_location=device)
+    trust = tuple(cfg.trust)
+    vae, data_config = load_vae(ckpt, map_location=device, trust=trust)
     out = Path(cfg.out) if cfg.out else ckpt.parent.parent / "samples"
     make_folder(out)
     overrides = {k: v for k, v in {"data_dir": cfg.data_dir}.items() if v is not None}
-    x = make_datamodule(data_config, **overrides).head(cfg.split, cfg.n)[0].to(device)
+    x = saved_datamodule(data_config, ckpt, trust, **overrides).head(cfg.split, cfg.n)[0].to(device)
     torch.manual_seed(cfg.seed)
 
     grids = {
@@ -51,7 +52,8 @@ def sample(cfg: DictConfig) -> None:
 
 def main() -> None:
     exit_without_collecting()
-    sample()
+    with command("vae-sample"):
+        sample()
 
 
 if __name__ == "__main__":

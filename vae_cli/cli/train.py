@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
 from . import hparams, run_files, slurm
-from .errors import exit_without_collecting, run_or_exit
+from .errors import command, exit_without_collecting, run_or_exit
 from .loading import resolve_checkpoint
 from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
@@ -331,10 +331,11 @@ def main() -> None:
     mask_log_lines()
     exit_without_collecting()
     try:
-        run_or_exit("vae-train", check_optional_parts, sys.argv[1:])
-        run_or_exit("vae-train", check_config_files, sys.argv[1:])
-        run_or_exit("vae-train", check_callback_choices, sys.argv[1:])
-        train()
+        with command("vae-train"):
+            check_optional_parts(sys.argv[1:])
+            check_config_files(sys.argv[1:])
+            check_callback_choices(sys.argv[1:])
+            train()
     except Interrupted as stop:  # before a run began (composing the config), or between the jobs of a sweep
         print(f"vae-train: stopped by {stop.name}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
