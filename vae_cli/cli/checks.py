@@ -1,17 +1,17 @@
-"""Every value a user types, checked at start-up with a message that names the key, its value and what it
-accepts. The objects the config builds refuse their own arguments (BadArgument, naming them); named() turns
-that into the user's error with the config key. The rules below are for keys no constructor of vae-cli
-checks before Lightning is imported (the seed, the trainer's limits, the optimiser's settings). What only the data can tell
+"""Every value a user types, checked at start-up, before torch is imported, with a message that names the key, its
+value and what it accepts: the rules of the model, objective and data (vae_cli/settings.py, which the classes also
+apply when built), and below those of the keys no class of vae-cli owns (the seed, the trainer's, the optimiser's).
+named() turns a class's refusal (BadArgument) into the user's error with the config key. What only the data can tell
 (a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
 import inspect
+import platform
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..core.likelihoods import LIKELIHOODS, Likelihood
-from ..core.vae import VAE
+from .. import settings
 from ..errors import BadArgument, UserError, integer, number, one_of
-from ..training.objective import Objective
-from .loading import make_datamodule
+from ..inputs import TRUSTED_DATA, TRUSTED_MODELS
 
 
 def _int(lo: int):
@@ -19,7 +19,7 @@ def _int(lo: int):
 
 
 def _number(ok):
-    return lambda v: number(v) and ok(v)
+    return lambda v: settings.finite(v) and ok(v)
 
 
 def _one_of(choices):
@@ -44,7 +44,32 @@ TRAIN_RULES = [
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
     ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
     ("optim.normalize_grads", _bool, "switch", "true or false"),
+    ("compile", _bool, "switch", "true or false"),
+    ("trainer.devices", lambda v: v == "auto" or _int(1)(v) or isinstance(v, list) and all(_int(0)(d) for d in v),
+     "device count", "an integer >= 1, a list of device indices, or auto, e.g. trainer.devices=1"),
+    ("trainer.precision", _one_of(("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true",
+                                   "64", 64, "transformer-engine")), "precision",
+     "32-true (the default), bf16-mixed or 16-mixed on a GPU, or 64-true"),
+    *((f"trainer.limit_{split}_batches", lambda v: v is None or _int(0)(v) or settings.finite(v) and 0 <= v <= 1,
+       "batch limit", f"null (all), a number of batches >= 0, or a fraction in [0, 1], e.g. trainer.limit_{split}_batches=10")
+      for split in ("train", "val", "test")),
+    ("trainer.check_val_every_n_epoch", lambda v: v is None or _int(1)(v), "validation interval",
+     "an integer >= 1 of epochs, e.g. trainer.check_val_every_n_epoch=1"),
+    ("trainer.log_every_n_steps", _int(1), "logging interval", "an integer >= 1 of steps, e.g. trainer.log_every_n_steps=10"),
+    ("trainer.gradient_clip_val", lambda v: v is None or _number(lambda x: x > 0)(v), "clipping threshold",
+     "null (no clipping) or a positive number, e.g. trainer.gradient_clip_val=1.0"),
+    ("trainer.accumulate_grad_batches", _int(1), "number of batches", "an integer >= 1, e.g. trainer.accumulate_grad_batches=2"),
+    ("trainer.max_time", lambda v: v is None or isinstance(v, str) and _max_time(v) or isinstance(v, dict), "time limit",
+     "null, or DD:HH:MM:SS, e.g. trainer.max_time=00:12:00:00"),
+    ("trainer.deterministic", lambda v: isinstance(v, bool) or v == "warn", "switch", "true, false or warn"),
+    *((f"trainer.{key}", _bool, "switch", "true or false")
+      for key in ("enable_progress_bar", "enable_model_summary", "enable_checkpointing", "benchmark")),
 ]
+
+
+def _max_time(v: str) -> bool:
+    parts = v.split(":")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
 EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
     ("iw_batch", _int(1), "number of (example, sample) pairs per pass", "an integer >= 1, e.g. iw_batch=50000"),
@@ -63,9 +88,22 @@ SAMPLE_RULES = [
 _ABSENT = object()
 
 
+def check_known(cfg: DictConfig, tool: str) -> None:
+    """vae-eval's and vae-sample's settings are their own config's: a key added to it (+model.likelihood=...) would
+    be ignored, so it is refused; the checkpoint's own settings are the ones it is scored or sampled with."""
+    from hydra.core.hydra_config import HydraConfig
+
+    added = [o.lstrip("+").partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+")]
+    if added:
+        raise UserError(f"{added[0]} is not a setting of {tool}: a checkpoint is scored and sampled with the settings "
+                        f"it was trained with, which {tool} reads from the file. Leave it out ({tool} --cfg job lists "
+                        f"the settings {tool} takes).")
+
+
 def check_values(cfg: DictConfig, rules) -> None:
     """Each rule's key, when the config has it; the first value that fails stops with its message."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(k for group in cfg if group != "hydra" and isinstance(cfg[group], DictConfig)
+                     for k in OmegaConf.missing_keys(cfg[group]))  # Hydra's own keys it fills in later
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
                         f"{missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else "."))
@@ -80,13 +118,79 @@ def check_values(cfg: DictConfig, rules) -> None:
 
 
 def check_train_config(cfg: DictConfig) -> None:
+    """Every setting of a run that can be judged from the config and this machine, before torch is imported."""
     check_values(cfg, TRAIN_RULES)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    if model.pop("_target_", None) == f"{VAE.__module__}.{VAE.__name__}":  # a user's own class checks itself when built
-        defaults = {k: p.default for k, p in inspect.signature(VAE).parameters.items() if p.default is not p.empty}
-        named("model", VAE.check, **{**defaults, **model})
-    named("objective", Objective, **OmegaConf.to_container(cfg.objective, resolve=True))
-    named("data", make_datamodule, OmegaConf.to_container(cfg.data, resolve=True))  # builds nothing yet: reads no file
+    data = _container(cfg.data)
+    model = _container(cfg.model)
+    if model.get("_target_") in TRUSTED_MODELS:  # a user's own class checks itself when built
+        model.pop("_target_")
+        model.pop("data_shape", None)
+        _known_keys("model", model, settings.check_model)
+        named("model", settings.check_model, **model)
+        shape = settings.data_shape(data)
+        if shape is not None:
+            check_memory(model, shape)
+    objective = _container(cfg.objective)
+    _known_keys("objective", objective, settings.check_objective)
+    named("objective", settings.check_objective, **objective)
+    if data.get("_target_") in TRUSTED_DATA:
+        named("data", settings.check_data, **{k: v for k, v in data.items() if k != "_target_"})
+        for key, must_exist in (("data_dir", False), ("path", True)):
+            why = settings.folder_key(f"data.{key}", data.get(key), must_exist)
+            if why:
+                raise UserError(f"{why}.")
+    check_accelerator(cfg.trainer.get("accelerator", "auto"))
+
+
+def _container(node) -> dict:
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve: the user's config
+        raise UserError(f"{' '.join(str(e).split())}. Fix the value it names (vae-train --cfg job shows them).") from None
+
+
+def _known_keys(group: str, config: dict, check) -> None:
+    """A key the class would not take (added with +group.key=...): named before it costs a traceback."""
+    known = set(inspect.signature(check).parameters)
+    unknown = sorted(k for k in config if k not in known)
+    if unknown:
+        raise UserError(f"{group}.{unknown[0]} is not a setting of {group}; its settings are "
+                        f"{', '.join(sorted(known))} (vae-train --cfg job shows them).")
+
+
+def check_memory(model: dict, shape) -> None:
+    """Refuse a network whose parameters, gradients and optimiser state alone exceed this machine's free memory."""
+    defaults = {k: p.default for k, p in inspect.signature(settings.check_model).parameters.items()}
+    m = {**defaults, **model}
+    n = settings.n_parameters(shape, m["latent_dim"], m["hidden_dims"], m["arch"], m["activation"], m["likelihood"])
+    need, have = n * settings.BYTES_PER_PARAMETER, settings.available_memory()
+    if have is not None and need > have:
+        raise UserError(f"model.latent_dim={m['latent_dim']} and model.hidden_dims={m['hidden_dims']} make a network of "
+                        f"{n:,} parameters on {'x'.join(map(str, shape))} images: {need / 2**30:,.1f} GiB with their "
+                        f"gradients and the optimiser's state, more than the {have / 2**30:,.1f} GiB of memory free "
+                        "here. Use a smaller model.latent_dim or model.hidden_dims.")
+
+
+def _gpu_devices() -> bool | None:
+    """Whether this machine has a GPU torch can use (NVIDIA or AMD device files on Linux, Apple silicon on macOS);
+    None where that cannot be told without torch."""
+    if platform.system() == "Linux":
+        dev = Path("/dev")
+        return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
+    if platform.system() == "Darwin":
+        return platform.machine() == "arm64"
+    return None
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla")
+
+
+def check_accelerator(accelerator) -> None:
+    if not one_of(accelerator, ACCELERATORS):
+        raise UserError(f"trainer.accelerator={accelerator!r} is not an accelerator; use auto, cpu, gpu (cuda) or mps.")
+    if accelerator in ("gpu", "cuda", "mps") and _gpu_devices() is False:
+        raise UserError(f"trainer.accelerator={accelerator}: this machine has no GPU. Train on the CPU "
+                        "(trainer.accelerator=cpu, or auto: a GPU when there is one).")
 
 
 def named(group: str, build, *args, **kwargs):
@@ -137,12 +241,12 @@ def binarizes(cfg: DictConfig) -> bool:
     """data.binarize, where null means: exactly when the likelihood is of binary data."""
     if cfg.data.get("binarize") is not None:
         return bool(cfg.data.binarize)
-    return LIKELIHOODS[cfg.model.likelihood].support == "binary"
+    return settings.FAMILIES[cfg.model.likelihood].support == "binary"
 
 
-def check_fits_data(likelihood: type[Likelihood], x, binarize: bool) -> None:
+def check_fits_data(name: str, x, binarize: bool) -> None:
     """Refuse a likelihood whose support the data (a sample of training images) does not lie in."""
-    name, support = likelihood.name, likelihood.support
+    support = settings.FAMILIES[name].support
     if support == "binary" and not binarize and not ((x == 0) | (x == 1)).all():
         raise UserError(
             f"model.likelihood={name} needs binary data, but these pixels take grey values and data.binarize=false; "

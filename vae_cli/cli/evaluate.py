@@ -74,16 +74,18 @@ def format_table(res: dict) -> str:
 
 
 def run_eval(cfg: DictConfig) -> dict:
+    from .checks import EVAL_RULES, check_known, check_values
+    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
+
+    check_known(cfg, "vae-eval")  # before torch is imported: a mistyped value is named at once
+    check_values(cfg, EVAL_RULES)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     import torch
 
     from ..core.scoring import fingerprint, paired_difference, score, summarize
     from ..training.files import make_folder, write_json, write_tensors
-    from .checks import EVAL_RULES, check_values
-    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
     from .progress import Progress
 
-    check_values(cfg, EVAL_RULES)
-    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     device = resolve_device(cfg.device)
     trust = tuple(cfg.trust)
     vae, data_config = load_vae(ckpt, map_location=device, trust=trust)

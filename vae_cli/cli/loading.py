@@ -137,6 +137,34 @@ def check_compatible(module, ckpt: dict, path) -> None:
         )
 
 
+# The settings that give a checkpoint's numbers their meaning: a run resumed with another value of one of these
+# would mix two models' curves in one run directory (or score with another likelihood). Per saved config.
+MEANING = {"model": ("likelihood", "gaussian_std"), "objective": ("iw_samples",),
+           "data": ("_target_", "binarize", "val_size", "val_split", "split_seed", "test_size",
+                    "eval_binarize_numpy_seed", "image_size", "channels")}
+
+
+def check_same_meaning(ckpt: dict, here: dict, path) -> None:
+    """Refuse to resume a checkpoint with settings that change what its numbers mean, naming each key, the value
+    it was trained with and the value given here. here: {"model": ..., "objective": ..., "data": ...}, as saved."""
+    from .. import settings
+
+    saved = {"model": ckpt["hyper_parameters"].get("model") or {},
+             "objective": ckpt["hyper_parameters"].get("objective") or {}, "data": ckpt.get("data_config") or {}}
+    changed = []
+    for group, keys in MEANING.items():
+        for key in keys:
+            if key == "gaussian_std" and settings.FAMILIES.get(here["model"].get("likelihood"),
+                                                                settings.Family()).std_floor is None:
+                continue  # a family without a std ignores it
+            if key in saved[group] and key in here[group] and saved[group][key] != here[group][key]:
+                changed.append(f"{group}.{key}={_show(here[group][key])} (trained with {_show(saved[group][key])})")
+    if changed:
+        raise UserError(f"ckpt_path={str(path)!r} was trained with other settings that change what its numbers mean: "
+                        f"{', '.join(changed)}. Resume it with the settings it was trained with (leave these keys "
+                        "out), or train a new run from the start.")
+
+
 def _show(value) -> str:
     return str(value).replace(" ", "") if isinstance(value, (list, tuple)) else str(value)
 

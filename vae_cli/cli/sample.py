@@ -9,15 +9,17 @@ from .errors import command, exit_without_collecting, run_or_exit
 
 
 def run_sample(cfg: DictConfig) -> dict[str, Path]:
+    from .checks import SAMPLE_RULES, check_known, check_values
+    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
+
+    check_known(cfg, "vae-sample")  # before torch is imported: a mistyped value is named at once
+    check_values(cfg, SAMPLE_RULES)
+    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     import torch
 
     from ..training import images
     from ..training.files import atomic_write, make_folder
-    from .checks import SAMPLE_RULES, check_values
-    from .loading import load_vae, resolve_checkpoint, resolve_device, saved_datamodule
 
-    check_values(cfg, SAMPLE_RULES)
-    ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     device = resolve_device(cfg.device)
     trust = tuple(cfg.trust)
     vae, data_config = load_vae(ckpt, map_location=device, trust=trust)

@@ -60,9 +60,8 @@ def _route_lightning_logs() -> None:
 def setup(cfg: DictConfig):
     """The run's datamodule, module and trainer, and the checkpoint it resumes from (or None): everything
     that can refuse the run, checked before anything is written."""
-    from .checks import binarizes, check_fits_data, check_train_config, named, optimizer_and_schedule
+    from .checks import binarizes, check_fits_data, named, optimizer_and_schedule
 
-    check_train_config(cfg)  # before Lightning is imported: a mistyped value is named in a few seconds
     optimizer, scheduler = optimizer_and_schedule(cfg)
     check_logger_packages(cfg)
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
@@ -72,14 +71,13 @@ def setup(cfg: DictConfig):
 
     from pytorch_lightning.callbacks import Timer
 
-    from ..core.likelihoods import LIKELIHOODS
     from ..data.lightning import LightningData
     from ..training.callbacks import EMA, TENSORBOARD_ONLY, EpochLines, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
     from ..training.interruption import Interruption
     from ..training.module import VAEModule
     from ..training.objective import Objective
-    from .loading import build_vae, check_compatible, make_datamodule, newest_state, read_checkpoint
+    from .loading import build_vae, check_compatible, check_same_meaning, make_datamodule, newest_state, read_checkpoint
 
     _route_lightning_logs()
     slurm.follow_cpus_per_task()
@@ -96,7 +94,7 @@ def setup(cfg: DictConfig):
     datamodule = make_datamodule(settings("data"), binarize=binarize, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
-    check_fits_data(LIKELIHOODS[cfg.model.likelihood], datamodule.head("train", 1000)[0], binarize)
+    check_fits_data(cfg.model.likelihood, datamodule.head("train", 1000)[0], binarize)
     # Saved in every checkpoint, so vae-eval and vae-sample can rebuild the data from the file alone.
     data_config = {**settings("data"), "binarize": binarize}
     for key in ("data_dir", "path"):  # absolute, so the checkpoint finds its data from any directory
@@ -109,7 +107,10 @@ def setup(cfg: DictConfig):
     if ckpt_path is not None:
         # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
         # checkpoint stops the run with the parameter named, before anything is written.
-        check_compatible(module, read_checkpoint(Path(ckpt_path)), ckpt_path)
+        ckpt = read_checkpoint(Path(ckpt_path), trust=(cfg.model.get("_target_"), cfg.data.get("_target_")))
+        check_same_meaning(ckpt, {"model": model, "objective": module.hparams["objective"], "data": data_config},
+                           ckpt_path)
+        check_compatible(module, ckpt, ckpt_path)
     elif getattr(module.vae, "starts_at_data_mean", False):  # model.init_output_bias (a user's network may lack it)
         module.vae.init_output_bias(datamodule.train_pixel_mean())
     if cfg.compile:
@@ -149,11 +150,14 @@ def setup(cfg: DictConfig):
 
 def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
+    from .checks import check_train_config
+
     run_dir = Path(cfg.run_dir)
     mask_log_lines()  # again: a job of a sweep may run in a process of its own (joblib, SLURM)
     signals.reset()
     signals.catch()
     try:
+        check_train_config(cfg)  # before torch is imported, or anything written: a mistyped value is named at once
         lock = claim(run_dir)
     except UserError:
         forget_refused_record()
@@ -290,6 +294,18 @@ def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -
     log.info("pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)", epoch, monitor, value,
              cfg.search.trial, run_dir / run_files.PRUNED)
     return {"pruned": record}
+
+
+class CheckedSettings(Callback):
+    """A run's settings checked before Hydra makes its directory: a refused command leaves nothing behind. (The
+    jobs of a sweep check theirs as they start.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from .checks import check_train_config
+
+        settings = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        settings.run_dir = config.hydra.run.dir  # Hydra's runtime keys are set once it makes the directory
+        run_or_exit("vae-train", check_train_config, settings)
 
 
 class SweepSummary(Callback):

@@ -7,7 +7,8 @@ over every data dimension and including every normalising constant, so numbers c
 families. The classes are nn.Modules so a learned parameter is optimised and checkpointed with
 the model; the families without one add nothing to the state dict.
 
-Adding a family: a subclass of Likelihood that declares its traits, and an entry in LIKELIHOODS.
+Adding a family: a subclass of Likelihood, its traits in settings.FAMILIES (which the settings are checked
+against before torch is imported), and an entry in LIKELIHOODS.
 """
 import math
 
@@ -15,12 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BadArgument, number, one_of, require
-
-# Floor of the learned Gaussian std. A continuous density on quantised data grows without bound
-# as sigma -> 0 on pixels the decoder reproduces exactly (blank backgrounds); 1e-3 is about the
-# std of 8-bit rounding noise, 1/(255 sqrt 12), below which sigma would model the rounding.
-STD_MIN = 1e-3
+from ..errors import one_of, require
+from ..settings import FAMILIES, STD_MIN, check_std
 # Floor of the discretised logistic's scale. Bin probabilities are at most 1, so nothing diverges;
 # the floor keeps 1/s, and the gradients that scale with it, finite. It costs nothing: at s = 1e-4
 # the bin around the mean already holds all but 1e-8 of the mass.
@@ -51,15 +48,19 @@ def _normal_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tens
 
 
 class Likelihood(nn.Module):
-    """A family p(x|z) and the traits the rest of the program reads instead of its name."""
+    """A family p(x|z) and the traits the rest of the program reads instead of its name (settings.Family):
+    params_per_dim, support and std_floor, set from settings.FAMILIES[name]."""
 
     name: str
-    params_per_dim = 1  # decoder outputs per data dimension
-    # The data it is a density or a distribution of: "binary" ({0, 1}; chosen, the data is binarised),
-    # "unit" ([0, 1]), "8bit" (k/255 for k = 0..255) or "real".
+    params_per_dim = 1
     support = "real"
-    # None: the family has no std option; else the std it starts from (model.gaussian_std) must exceed this.
     std_floor: float | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        traits = FAMILIES.get(getattr(cls, "name", None))
+        if traits is not None:  # a family of one's own outside the registry declares its traits itself
+            cls.params_per_dim, cls.support, cls.std_floor = traits.params_per_dim, traits.support, traits.std_floor
 
     @classmethod
     def build(cls, gaussian_std: float) -> "Likelihood":
@@ -80,15 +81,6 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
-def check_std(family: type[Likelihood], gaussian_std) -> None:
-    """The std a family with a std option starts from must lie above its floor (ignored by the others)."""
-    floor = family.std_floor
-    if floor is not None and not (number(gaussian_std) and gaussian_std > floor):
-        bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
-        raise BadArgument(f"{{gaussian_std}}={gaussian_std!r} is not a valid standard deviation for "
-                          f"{{likelihood}}={family.name}; use {bound}, e.g. 0.1.")
-
-
 def _logit_of_mean(mean: torch.Tensor) -> torch.Tensor:
     return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
 
@@ -97,7 +89,6 @@ class Bernoulli(Likelihood):
     """p(x|z) = prod_i Bern(x_i; sigmoid(params_i)), for binary x. params are logits."""
 
     name = "bernoulli"
-    support = "binary"
 
     def location(self, mean: torch.Tensor) -> torch.Tensor:
         return _logit_of_mean(mean)
@@ -117,11 +108,10 @@ class Gaussian(Likelihood):
     """p(x|z) = N(x; params, std^2 I) with a fixed std, for grey values."""
 
     name = "gaussian"
-    std_floor = 0.0
 
     def __init__(self, std: float):
         super().__init__()
-        check_std(type(self), std)
+        check_std(self.name, std)
         self.std = float(std)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -139,11 +129,10 @@ class GaussianGlobalVar(Likelihood):
     dimensions, started at `std`."""
 
     name = "gaussian_global_var"
-    std_floor = STD_MIN  # the smallest std it can learn
 
     def __init__(self, std: float):
         super().__init__()
-        check_std(type(self), std)
+        check_std(self.name, std)
         self.raw_log_std = nn.Parameter(torch.tensor(math.log(std - STD_MIN)))
 
     def log_std(self) -> torch.Tensor:
@@ -164,7 +153,6 @@ class GaussianPixelVar(Likelihood):
     dimension, sigma_i = STD_MIN + e^raw_i."""
 
     name = "gaussian_pixel_var"
-    params_per_dim = 2
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         mean, raw = _split(params)
@@ -197,7 +185,6 @@ class ContinuousBernoulli(Likelihood):
     (Loaiza-Ganem & Cunningham 2019), for grey values. params are logits of lam."""
 
     name = "continuous_bernoulli"
-    support = "unit"
 
     def location(self, mean: torch.Tensor) -> torch.Tensor:
         # The logit of the mean approximates it: the family's mean is pulled towards 1/2.
@@ -235,8 +222,6 @@ class DiscretizedLogistic(Likelihood):
     The decoder gives a mean and a raw log-scale per dimension, s = SCALE_MIN + e^raw."""
 
     name = "discretized_logistic"
-    params_per_dim = 2
-    support = "8bit"
     half_bin = 0.5 / 255
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,10 @@ import math
 import torch
 from torch import nn
 
-from ..errors import BadArgument, integer, one_of, require
+from ..settings import GATED
 
+# The activations by the names users choose them by (settings.ACTIVATIONS).
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
-GATED = "gated"  # the MLPs' gated linear layers, in place of an activation
-ARCHS = ("mlp", "conv")
-
-
-def check(arch: str, hidden_dims, activation: str) -> None:
-    """Refuse settings no network of these can be built from (BadArgument, naming them)."""
-    require("arch", arch, one_of(arch, ARCHS), "architecture", f"one of {', '.join(ARCHS)}")
-    require("hidden_dims", hidden_dims, isinstance(hidden_dims, (list, tuple)) and len(hidden_dims) > 0
-            and all(integer(h, 1) for h in hidden_dims), "list of layer widths", "one or more integers >= 1, e.g. [512,256]")
-    if activation == GATED and arch != "mlp":
-        raise BadArgument(f"{{activation}}={GATED} is a layer of the MLP; with {{arch}}={arch} use one of "
-                          f"{', '.join(ACTIVATIONS)}.")
-    require("activation", activation, one_of(activation, [*ACTIVATIONS, GATED]), "activation",
-            f"one of {', '.join(ACTIVATIONS)}, or {GATED} for an MLP")
 
 
 class GatedLinear(nn.Module):
@@ -141,8 +128,7 @@ class ConvDecoder(nn.Module):
 
 def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
                   params_per_dim: int) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) of the architecture `arch`."""
-    check(arch, hidden_dims, activation)
+    """(encoder, decoder) of the architecture `arch` (settings the VAE has checked)."""
     if arch == "mlp":
         return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation),
                 MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))

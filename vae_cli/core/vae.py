@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .elbo import elbo, iwae_bound, kl_analytic, log_importance_weights, reparameterize
-from ..errors import integer, number, one_of, require
-from .likelihoods import LIKELIHOODS, check_std, make_likelihood
-from .nets import check as check_networks
+from ..settings import check_model
+from .likelihoods import make_likelihood
 from .nets import make_networks
 
 
@@ -64,7 +63,7 @@ class VAE(nn.Module):
                  activation: str = "relu", likelihood: str = "bernoulli", gaussian_std: float = 0.1,
                  logvar_range=None, init_output_bias: bool = False):
         super().__init__()
-        self.check(latent_dim=latent_dim, hidden_dims=hidden_dims, arch=arch, activation=activation,
+        check_model(latent_dim=latent_dim, hidden_dims=hidden_dims, arch=arch, activation=activation,
                    likelihood=likelihood, gaussian_std=gaussian_std, logvar_range=logvar_range,
                    init_output_bias=init_output_bias)
         self.data_shape = tuple(data_shape)
@@ -77,19 +76,6 @@ class VAE(nn.Module):
         self.likelihood = make_likelihood(likelihood, gaussian_std)
         self.encoder, self.decoder = make_networks(arch, self.data_shape, list(hidden_dims), latent_dim, activation,
                                                    self.likelihood.params_per_dim)
-
-    @staticmethod
-    def check(*, latent_dim, hidden_dims, arch, activation, likelihood, gaussian_std, logvar_range,
-              init_output_bias) -> None:
-        """Refuse settings a VAE cannot be built from (BadArgument, naming them), before the data's shape is known."""
-        require("latent_dim", latent_dim, integer(latent_dim, 1), "latent dimension K", "an integer >= 1, e.g. 16")
-        check_networks(arch, hidden_dims, activation)
-        require("likelihood", likelihood, one_of(likelihood, LIKELIHOODS), "likelihood", f"one of {', '.join(LIKELIHOODS)}")
-        check_std(LIKELIHOODS[likelihood], gaussian_std)
-        range_ok = isinstance(logvar_range, (list, tuple)) and len(logvar_range) == 2 and all(map(number, logvar_range))
-        require("logvar_range", logvar_range, logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
-                "range", "null, or [lo, hi] with lo < hi, e.g. [-6,2]")
-        require("init_output_bias", init_output_bias, isinstance(init_output_bias, bool), "switch", "true or false")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x)."""

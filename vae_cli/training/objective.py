@@ -18,17 +18,14 @@ The encoder's gradient of it is estimated in one of three ways (`gradient`):
 The decoder's gradient is the standard one in all three. What is logged is always the one-sample ELBO's
 terms with the analytic KL (core.metrics), plus, for k > 1, the bound L_k (at c = 1) as `iwae`.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 
 from ..core.elbo import iwae_bound, kl_analytic, kl_mc_dims, log_importance_weights, reparameterize
 from ..core.vae import Terms
-from ..errors import BadArgument, integer, number, one_of, require
-
-KL_ESTIMATORS = ("analytic", "mc")
-GRADIENTS = ("reparam", "stl", "dreg")
+from ..settings import check_objective
 
 
 def free_bits_kl(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
@@ -54,29 +51,7 @@ class Objective:
     gradient: str = "reparam"  # the encoder's gradient estimator
 
     def __post_init__(self):
-        require("beta", self.beta, number(self.beta) and self.beta >= 0, "KL weight", "a number >= 0 (1 is the ELBO)")
-        for name in ("warmup_steps", "warmup_epochs"):
-            value = getattr(self, name)
-            require(name, value, integer(value, 0), "warm-up length", "an integer >= 0 (0 turns warm-up off)")
-        require("free_bits", self.free_bits, number(self.free_bits) and self.free_bits >= 0, "free-bits floor",
-                "a number >= 0 of nats per latent dimension (0 turns it off)")
-        require("kl_estimator", self.kl_estimator, one_of(self.kl_estimator, KL_ESTIMATORS), "KL estimator",
-                f"one of {', '.join(KL_ESTIMATORS)}")
-        require("iw_samples", self.iw_samples, integer(self.iw_samples, 1), "number of importance samples",
-                "an integer >= 1 (1: the ELBO; e.g. 5)")
-        require("gradient", self.gradient, one_of(self.gradient, GRADIENTS), "gradient estimator",
-                f"one of {', '.join(GRADIENTS)}")
-        if self.warmup_steps and self.warmup_epochs:
-            raise BadArgument(f"{{warmup_steps}}={self.warmup_steps} and {{warmup_epochs}}={self.warmup_epochs} are "
-                              "both set; set one of them, the other to 0.")
-        k = self.iw_samples
-        if self.gradient == "stl" and k > 1:
-            raise BadArgument(f"{{gradient}}=stl with {{iw_samples}}={k}: sticking the landing is unbiased for one "
-                              "sample only; use {gradient}=dreg, its unbiased form for k > 1 (Tucker et al. 2019).")
-        if self.free_bits > 0 and self.sampled:
-            raise BadArgument(f"{{free_bits}}={self.free_bits} applies to the ELBO with its KL in closed form; with "
-                              f"{{iw_samples}}={k} and {{gradient}}={self.gradient} the KL is inside the sampled "
-                              "bound. Set {free_bits}=0, or train the ELBO ({iw_samples}=1, {gradient}=reparam).")
+        check_objective(**asdict(self))
 
     @property
     def sampled(self) -> bool:

@@ -1,0 +1,237 @@
+"""Every setting vae-cli accepts and the rule it must meet, in one place, without torch: the commands check a
+composed config here before anything heavy is imported (a mistyped value is refused in the time Python and Hydra
+take), and the classes the settings build (the VAE, the objective, the datamodules) check their arguments with the
+same rules when they are built from Python.
+
+A rule refuses with BadArgument, whose message names the argument as {name}: the class's caller sees the argument's
+name, the command the config key (model.latent_dim). What only the data can tell (a split larger than the dataset)
+is checked where the data is read."""
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadArgument, integer, number, one_of, require
+
+
+def finite(v) -> bool:
+    return number(v) and math.isfinite(v)
+
+
+# The networks (core/nets.py builds them by these names).
+ARCHS = ("mlp", "conv")
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
+GATED = "gated"  # the MLPs' gated linear layers, in place of an activation
+
+
+@dataclass(frozen=True)
+class Family:
+    """A likelihood family's traits (core/likelihoods.py implements it under the same name). support: the data it
+    is a distribution of: "binary" ({0, 1}; chosen, the data is binarised), "unit" ([0, 1]), "8bit" (k/255) or "real".
+    std_floor: None when the family has no std option, else the bound the starting std (model.gaussian_std) must
+    exceed. params_per_dim: decoder outputs per data dimension."""
+
+    support: str = "real"
+    std_floor: float | None = None
+    params_per_dim: int = 1
+
+
+# Floor of the learned Gaussian std: about the std of 8-bit rounding noise, 1/(255 sqrt 12), below which sigma would
+# model the rounding (a continuous density on quantised data grows without bound as sigma -> 0).
+STD_MIN = 1e-3
+FAMILIES = {
+    "bernoulli": Family(support="binary"),
+    "gaussian": Family(std_floor=0.0),
+    "gaussian_global_var": Family(std_floor=STD_MIN),
+    "gaussian_pixel_var": Family(params_per_dim=2),
+    "continuous_bernoulli": Family(support="unit"),
+    "discretized_logistic": Family(support="8bit", params_per_dim=2),
+}
+
+
+def check_model(*, latent_dim=16, hidden_dims=(512, 256), arch="mlp", activation="relu", likelihood="bernoulli",
+                gaussian_std=0.1, logvar_range=None, init_output_bias=False) -> None:
+    """Refuse settings a VAE cannot be built from, before the data's shape is known."""
+    require("latent_dim", latent_dim, integer(latent_dim, 1), "latent dimension K", "an integer >= 1, e.g. 16")
+    require("arch", arch, one_of(arch, ARCHS), "architecture", f"one of {', '.join(ARCHS)}")
+    require("hidden_dims", hidden_dims, isinstance(hidden_dims, (list, tuple)) and len(hidden_dims) > 0
+            and all(integer(h, 1) for h in hidden_dims), "list of layer widths",
+            "one or more integers >= 1, e.g. [512,256]")
+    if activation == GATED and arch != "mlp":
+        raise BadArgument(f"{{activation}}={GATED} is a layer of the MLP; with {{arch}}={arch} use one of "
+                          f"{', '.join(ACTIVATIONS)}.")
+    require("activation", activation, one_of(activation, [*ACTIVATIONS, GATED]), "activation",
+            f"one of {', '.join(ACTIVATIONS)}, or {GATED} for an MLP")
+    require("likelihood", likelihood, one_of(likelihood, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}")
+    check_std(likelihood, gaussian_std)
+    range_ok = isinstance(logvar_range, (list, tuple)) and len(logvar_range) == 2 and all(map(finite, logvar_range))
+    require("logvar_range", logvar_range, logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
+            "range", "null, or [lo, hi] with lo < hi, e.g. [-6,2]")
+    require("init_output_bias", init_output_bias, isinstance(init_output_bias, bool), "switch", "true or false")
+
+
+def check_std(likelihood: str, gaussian_std) -> None:
+    """The std a family with a std option starts from must lie above its floor (ignored by the others)."""
+    floor = FAMILIES[likelihood].std_floor
+    if floor is not None and not (finite(gaussian_std) and gaussian_std > floor):
+        bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
+        raise BadArgument(f"{{gaussian_std}}={gaussian_std!r} is not a valid standard deviation for "
+                          f"{{likelihood}}={likelihood}; use {bound}, e.g. 0.1.")
+
+
+def _halvings(size, n: int) -> list[tuple[int, ...]]:
+    """Spatial sizes after each of n stride-2 convolutions (kernel 3, padding 1): ceil(s / 2)."""
+    sizes = [tuple(size)]
+    for _ in range(n):
+        sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
+    return sizes
+
+
+def n_parameters(data_shape, latent_dim: int, hidden_dims, arch: str, activation: str, likelihood: str) -> int:
+    """The number of parameters of the encoder and decoder these settings build (core/nets.py), without
+    building them."""
+    c, *hw = data_shape
+    out = FAMILIES[likelihood].params_per_dim
+    if arch == "mlp":
+        def mlp(sizes):
+            gate = 2 if activation == GATED else 1  # a gated hidden layer is a linear layer of twice the width
+            return sum((n_in + 1) * n_out * (gate if i < len(sizes) - 2 else 1)
+                       for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])))
+        d = math.prod(data_shape)
+        return mlp([d, *hidden_dims, 2 * latent_dim]) + mlp([latent_dim, *reversed(hidden_dims), out * d])
+    channels = [c, *hidden_dims]
+    convs = sum(9 * c_in * c_out + c_out for c_in, c_out in zip(channels[:-1], channels[1:]))
+    last = hidden_dims[-1] * math.prod(_halvings(hw, len(hidden_dims))[-1])
+    deconvs = sum(9 * c_in * c_out + c_out for c_in, c_out in zip(reversed(channels[1:]), [*reversed(channels[1:-1]),
+                                                                                           out * c]))
+    return convs + (last + 1) * 2 * latent_dim + (latent_dim + 1) * last + deconvs
+
+
+# Bytes a parameter costs in training: itself, its gradient and an Adam-like optimiser's two moments, in float32.
+BYTES_PER_PARAMETER = 16
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new process now (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+KL_ESTIMATORS = ("analytic", "mc")
+GRADIENTS = ("reparam", "stl", "dreg")
+
+
+def check_objective(*, beta=1.0, warmup_steps=0, warmup_epochs=0, free_bits=0.0, kl_estimator="analytic",
+                    iw_samples=1, gradient="reparam") -> None:
+    """Refuse settings the training objective (training/objective.py) cannot be built from."""
+    require("beta", beta, finite(beta) and beta >= 0, "KL weight", "a number >= 0 (1 is the ELBO)")
+    for name, value in (("warmup_steps", warmup_steps), ("warmup_epochs", warmup_epochs)):
+        require(name, value, integer(value, 0), "warm-up length", "an integer >= 0 (0 turns warm-up off)")
+    require("free_bits", free_bits, finite(free_bits) and free_bits >= 0, "free-bits floor",
+            "a number >= 0 of nats per latent dimension (0 turns it off)")
+    require("kl_estimator", kl_estimator, one_of(kl_estimator, KL_ESTIMATORS), "KL estimator",
+            f"one of {', '.join(KL_ESTIMATORS)}")
+    require("iw_samples", iw_samples, integer(iw_samples, 1), "number of importance samples",
+            "an integer >= 1 (1: the ELBO; e.g. 5)")
+    require("gradient", gradient, one_of(gradient, GRADIENTS), "gradient estimator", f"one of {', '.join(GRADIENTS)}")
+    if warmup_steps and warmup_epochs:
+        raise BadArgument(f"{{warmup_steps}}={warmup_steps} and {{warmup_epochs}}={warmup_epochs} are "
+                          "both set; set one of them, the other to 0.")
+    if gradient == "stl" and iw_samples > 1:
+        raise BadArgument(f"{{gradient}}=stl with {{iw_samples}}={iw_samples}: sticking the landing is unbiased for one "
+                          "sample only; use {gradient}=dreg, its unbiased form for k > 1 (Tucker et al. 2019).")
+    if free_bits > 0 and (iw_samples > 1 or gradient != "reparam"):
+        raise BadArgument(f"{{free_bits}}={free_bits} applies to the ELBO with its KL in closed form; with "
+                          f"{{iw_samples}}={iw_samples} and {{gradient}}={gradient} the KL is inside the sampled "
+                          "bound. Set {free_bits}=0, or train the ELBO ({iw_samples}=1, {gradient}=reparam).")
+
+
+VAL_SPLITS = ("random", "last")
+
+
+def _split_size(v) -> bool:
+    """A count of examples (an integer >= 1) or a fraction in (0, 1)."""
+    return (integer(v, 1) or isinstance(v, float) and (0 < v < 1 or v >= 1 and v.is_integer())) and finite(v)
+
+
+def _switch(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _size(v) -> bool:
+    return integer(v, 1) or isinstance(v, (list, tuple)) and len(v) == 2 and all(integer(s, 1) for s in v)
+
+
+def _folder_name(v) -> bool:
+    return isinstance(v, str) and 0 < len(v) and "\0" not in v
+
+
+# A datamodule's arguments (data/): the rule of each, by name. Only the arguments a datamodule is given are checked.
+DATA_RULES = {
+    "batch_size": (lambda v: integer(v, 1), "batch size", "an integer >= 1, e.g. {batch_size}=128"),
+    "eval_batch_size": (lambda v: integer(v, 1), "batch size", "an integer >= 1, e.g. {eval_batch_size}=1000"),
+    "val_size": (_split_size, "number of examples", "a count >= 1 or a fraction in (0, 1), e.g. {val_size}=0.1"),
+    "test_size": (_split_size, "number of examples", "a count >= 1 or a fraction in (0, 1), e.g. {test_size}=0.1"),
+    "binarize": (lambda v: v is None or _switch(v), "switch",
+                 "true, false, or null (binarise exactly when the likelihood is of binary data)"),
+    "split_seed": (lambda v: integer(v, 0), "seed", "an integer >= 0, e.g. {split_seed}=0"),
+    "seed": (lambda v: integer(v, 0), "seed", "an integer >= 0, e.g. seed=3"),
+    "on_device": (_switch, "switch", "true or false"),
+    "val_split": (lambda v: one_of(v, VAL_SPLITS), "validation split",
+                  "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size "
+                  "examples, in file order)"),
+    "eval_binarize_numpy_seed": (lambda v: v is None or integer(v, 0), "seed",
+                                 "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code"),
+    "likelihood": (lambda v: one_of(v, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}"),
+    "data_dir": (lambda v: v is None or _folder_name(v), "folder", "a folder's path, e.g. {data_dir}=data"),
+    "path": (_folder_name, "folder", "the folder of your images, e.g. {path}=~/pictures"),
+    "channels": (lambda v: one_of(v, (1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
+    "image_size": (_size, "image size", "an integer >= 1 or a pair [height, width], e.g. {image_size}=[32,32]"),
+    "num_workers": (lambda v: integer(v, 0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
+    "skip_unreadable": (_switch, "switch", "true or false"),
+}
+
+
+def check_data(**arguments) -> None:
+    """Refuse datamodule arguments that break their rule (DATA_RULES); arguments without one are the class's."""
+    for name, value in arguments.items():
+        if name in DATA_RULES:
+            ok, what, use = DATA_RULES[name]
+            require(name, value, ok(value), what, use)
+
+
+# The image shape of each of vae-cli's datamodules, (C, H, W), known before any data is read.
+DATA_SHAPES = {"vae_cli.data.Digits": (1, 8, 8), "vae_cli.data.MNIST": (1, 28, 28),
+               "vae_cli.data.FashionMNIST": (1, 28, 28), "vae_cli.data.CIFAR10": (3, 32, 32)}
+
+
+def data_shape(data: dict) -> tuple[int, ...] | None:
+    """The shape of the images a data config describes, where known from the config alone."""
+    if data.get("_target_") == "vae_cli.data.ImageFolder":
+        size = data.get("image_size", 32)
+        return (data.get("channels", 3), *((size, size) if isinstance(size, int) else size))
+    return DATA_SHAPES.get(data.get("_target_"))
+
+
+def folder_key(key: str, value, must_exist: bool) -> str | None:
+    """Why the file system refuses `key`'s folder (None when it does not): a file where a folder is meant, or (for a
+    folder that must exist) none there; the folder of data that vae-cli writes may not exist yet."""
+    if not isinstance(value, str):
+        return None
+    path = Path(os.path.expanduser(value))
+    try:
+        if path.exists() and not path.is_dir():
+            return f"{key}={value!r} is a file, not a folder; point it at a folder"
+        if must_exist and not path.is_dir():
+            return f"{key}={value!r}: there is no such folder"
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"{key}={value!r} lies below {parent}, which is a file, not a folder"
+    except OSError as e:  # a name too long, a folder that cannot be looked into
+        return f"{key}={value[:80]!r}{'...' if len(value) > 80 else ''} cannot be used as a folder ({e.strerror})"
+    return None
