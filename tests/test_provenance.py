@@ -1,9 +1,13 @@
 """What made a run: each invocation's provenance.yaml (code, versions, machine, command line), vae-report naming
-what differs between a sweep's jobs, and passwords in URLs masked everywhere, against SQLAlchemy's own rendering."""
+what differs between a sweep's jobs, the code a regular install was built from (not its checkout's later state), and
+passwords in URLs masked everywhere, against SQLAlchemy's own rendering."""
 import json
 import platform
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +18,18 @@ from vae_cli.cli import provenance, report
 from vae_cli.cli.secrets import mask
 
 SHORT = ["trainer.max_epochs=1", "++trainer.limit_train_batches=2", *QUIET]
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = __import__("vae_cli").__version__
 
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture
@@ -59,6 +71,7 @@ def test_each_invocation_records_its_code_versions_machine_and_command(experimen
     assert first["vae_cli"]["version"] == __import__("vae_cli").__version__
     source = Path(__import__("vae_cli").__file__).resolve().parents[1]
     if (source / ".git").exists():  # installed from a clone (editable, as in CI): its commit is recorded
+        assert first["vae_cli"]["install"] == "editable"
         assert first["vae_cli"]["commit"] == git(source, "rev-parse", "HEAD")
         assert first["vae_cli"]["modified"] == bool(git(source, "status", "--porcelain", "--untracked-files=no"))
 
@@ -151,3 +164,109 @@ def test_reading_the_record_needs_neither_torch_nor_hydra(tmp_path):
             "print(sorted(m for m in ('torch', 'hydra', 'pytorch_lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# What pip installs: built from a clone of this repository, installed into a folder of its own, and run there.
+
+
+def pip(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-deps",
+                           "--no-build-isolation"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    pip("wheel", "-w", str(out), str(source))
+    (wheel,) = out.glob("vae_cli-*.whl")
+    return wheel
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def record_of_installed(target: Path, cwd: Path, runs_from: Path | None = None) -> dict:
+    """The provenance record that the copy of vae-cli installed in `target` (its code in `runs_from`, when that is
+    elsewhere) collects for a command started in `cwd`. The interpreter starts in `target`, without this environment's
+    .pth files (-S): they, or a checkout as the current folder, would put other code first."""
+    libraries = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    code = (f"import json, site, sys; from pathlib import Path; site.addsitedir({str(target)!r}); "
+            f"sys.path += {libraries!r}; from vae_cli.cli import provenance; "
+            f"print(json.dumps([provenance.__file__, provenance.collect(['vae-train'], Path({str(cwd)!r}))]))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=target, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    module, record = json.loads(proc.stdout)
+    assert Path(module).is_relative_to(runs_from or target)
+    return record
+
+
+@pytest.fixture
+def clone(tmp_path) -> Path:
+    """A clone of this repository whose newest commit holds the working tree's build step and provenance code (the
+    code under test, committed here or not)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs vae-cli's git checkout")
+    clone = tmp_path / "vae-cli"
+    git(tmp_path, "clone", "-q", str(ROOT), str(clone))
+    for name in ("setup.py", "pyproject.toml", "vae_cli/cli/provenance.py"):
+        shutil.copy(ROOT / name, clone / name)
+    commit(clone, "the code under test")
+    return clone
+
+
+@pytest.mark.slow
+def test_a_wheel_names_the_commit_it_was_built_from_not_the_checkouts_later_one(clone, tmp_path):
+    built = git(clone, "rev-parse", "HEAD")
+    wheel = build_wheel(clone, tmp_path / "dist")
+    assert json.loads(zipfile.ZipFile(wheel).read("vae_cli/_build.json")) == {
+        "version": VERSION, "commit": built, "modified": False}
+    append(clone / "vae_cli" / "__init__.py", "# code that did not run\n")
+    later = commit(clone, "later")
+    pip("install", "--target", str(tmp_path / "site"), str(wheel))
+
+    record = record_of_installed(tmp_path / "site", cwd=clone)
+    assert record["vae_cli"] == {"version": VERSION, "install": "wheel", "commit": built, "modified": False}
+    # The repository a command starts in is the experiment's, recorded as it is now.
+    assert record["experiment_repository"] == {"path": str(clone), "commit": later, "modified": False}
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_a_modified_checkout_says_so(clone, tmp_path):
+    append(clone / "vae_cli" / "__init__.py", "# not committed\n")
+    pip("install", "--target", str(tmp_path / "site"), str(build_wheel(clone, tmp_path / "dist")))
+    git(clone, "checkout", "--", ".")  # the checkout is clean again; the installed code is not
+
+    record = record_of_installed(tmp_path / "site", cwd=tmp_path)
+    assert record["vae_cli"] == {"version": VERSION, "install": "wheel", "commit": git(clone, "rev-parse", "HEAD"),
+                                 "modified": True}
+
+
+@pytest.mark.slow
+def test_an_sdists_build_names_the_version_only(clone, tmp_path):
+    """Even unpacked inside some other repository (here the clone): that one is not the source."""
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    name = subprocess.run([sys.executable, "-c", build, str(tmp_path / "sdist")], cwd=clone, capture_output=True,
+                          text=True, check=True).stdout.splitlines()[-1]
+    shutil.unpack_archive(tmp_path / "sdist" / name, clone / "unpacked")
+    (unpacked,) = (clone / "unpacked").iterdir()
+    wheel = build_wheel(unpacked, tmp_path / "dist")
+    assert json.loads(zipfile.ZipFile(wheel).read("vae_cli/_build.json")) == {"version": VERSION}
+    pip("install", "--target", str(tmp_path / "site"), str(wheel))
+    assert record_of_installed(tmp_path / "site", cwd=tmp_path)["vae_cli"] == {"version": VERSION, "install": "wheel"}
+    # Its code run where it lies (as an editable install of it would) names no commit either.
+    assert record_of_installed(unpacked, cwd=tmp_path)["vae_cli"] == {"version": VERSION, "install": "editable"}
+
+
+@pytest.mark.slow
+def test_an_editable_install_names_the_checkouts_live_commit(clone, tmp_path):
+    out = pip("install", "-v", "--target", str(tmp_path / "site"), "-e", str(clone))
+    assert "Customization incompatible with editable install" not in out  # setuptools' word for a failed build step
+    later = commit(clone, "later")
+    record = record_of_installed(tmp_path / "site", cwd=tmp_path, runs_from=clone)
+    assert record["vae_cli"] == {"version": VERSION, "install": "editable", "commit": later, "modified": False}
+
+    append(clone / "vae_cli" / "__init__.py", "# live code\n")
+    record = record_of_installed(tmp_path / "site", cwd=tmp_path, runs_from=clone)
+    assert record["vae_cli"] == {"version": VERSION, "install": "editable", "commit": later, "modified": True}

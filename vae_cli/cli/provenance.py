@@ -1,9 +1,9 @@
 """What made a run: one small YAML file per invocation of vae-train (the first in .hydra/, each resume in its own
-.hydra/<date>_<time>/, beside Hydra's config of that invocation), naming the code (vae-cli's version, and its commit
-when installed from a git checkout; the commit of the working directory's repository, a user's experiment), the
-versions of the libraries that compute the numbers, the machine, the SLURM job, the command line and when it ran.
-Versions come from the imported modules (torch's names its build) or the installed packages' metadata; commits
-from one git call, only where a .git is there. Reading a record back (vae-report) needs only YAML."""
+.hydra/<date>_<time>/, beside Hydra's config of that invocation), naming the code (vae-cli's version, how it was
+installed, and its commit when built from a git checkout; the commit of the working directory's repository, a user's
+experiment), the versions of the libraries that compute the numbers, the machine, the SLURM job, the command line and
+when it ran. Versions come from the imported modules (torch's names its build) or the installed packages' metadata;
+commits from one git call, only where a .git is there. Reading a record back (vae-report) needs only YAML."""
 import datetime
 import importlib.metadata
 import json
@@ -21,6 +21,7 @@ from ..training.files import atomic_write
 from .secrets import mask
 
 FILE = "provenance.yaml"
+BUILD_FILE = "_build.json"  # written into the package by setup.py
 # The libraries behind a run's numbers: module -> distribution.
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "pytorch_lightning": "pytorch-lightning",
             "hydra": "hydra-core", "omegaconf": "omegaconf", "optuna": "optuna", "numpy": "numpy"}
@@ -54,18 +55,21 @@ def git_state(folder: Path) -> dict | None:
     return {"path": str(top), "commit": None if commit == "(initial)" else commit, "modified": modified}
 
 
-def _source_checkout() -> Path | None:
-    """The folder vae-cli was installed from when it is a clone: the package itself (an editable install), or
-    the local folder pip was given (pip records it in direct_url.json)."""
-    here = Path(__file__).resolve().parents[2]
-    if (here / ".git").exists():
-        return here
-    try:
-        direct = json.loads(importlib.metadata.distribution("vae-cli").read_text("direct_url.json") or "{}")
-    except (importlib.metadata.PackageNotFoundError, json.JSONDecodeError):
-        return None
-    url = direct.get("url", "")
-    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+def installed_code() -> dict:
+    """vae-cli's version, how it was installed, and the commit it was built from with whether tracked files differed
+    from it. A regular install (a wheel; pip install .) carries these in _build.json, written by setup.py when it was
+    built, as its checkout may have moved on since. Without that file the code runs from its source folder (pip install
+    -e), so git tells what runs now. A build from an sdist or a folder without .git names its version only."""
+    package = Path(__file__).resolve().parents[1]
+    if (package / BUILD_FILE).exists():
+        built = json.loads((package / BUILD_FILE).read_text())
+        return {"version": built["version"], "install": "wheel",
+                **{k: built[k] for k in ("commit", "modified") if k in built}}
+    code = {"version": _version("vae-cli"), "install": "editable"}
+    # Only the checkout itself: a copy inside a user's repository (a virtualenv in it, say) is not that repository's.
+    if (package.parent / ".git").exists() and (state := git_state(package.parent)) is not None:
+        code.update(commit=state["commit"], modified=state["modified"])
+    return code
 
 
 def short_commit(state: dict | None, length: int = 40) -> str | None:
@@ -94,10 +98,6 @@ def collect(argv: list[str], cwd: Path) -> dict:
     import torch
     import torchvision  # noqa: F401 (its version names its build, as torch's does; training imports it anyway)
 
-    source = _source_checkout()
-    code = {"version": _version("vae-cli")}
-    if source is not None and (state := git_state(source)) is not None:
-        code.update(commit=state["commit"], modified=state["modified"])
     gpu = None
     if torch.cuda.is_available():
         gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
@@ -110,7 +110,7 @@ def collect(argv: list[str], cwd: Path) -> dict:
         "started": _now(),
         "ended": None,
         "outcome": "running",
-        "vae_cli": code,
+        "vae_cli": installed_code(),
         "experiment_repository": git_state(cwd),
         "versions": {"python": platform.python_version(), **{m: _version(d, m) for m, d in PACKAGES.items()}},
         "machine": {"host": socket.gethostname(), "system": platform.platform(), "cpu": _cpu(),
