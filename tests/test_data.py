@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import train
@@ -404,3 +406,155 @@ def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("vae-train: error: data.path: cannot read the image")
     assert "cut.png" in err and "Traceback" not in err and "worker process" not in err
+
+
+# --- files whose headers lie ---------------------------------------------------------------------------------------
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(width: int, height: int, depth: int = 8, colour: int = 0, rows: bytes = b"") -> bytes:
+    """A PNG whose header (IHDR) says what it is given, whatever its pixel data (IDAT) holds; checksums right."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows))
+            + _chunk(b"IEND", b""))
+
+
+GREY_8x8 = b"".join(b"\0" + bytes(range(0, 256, 32)) for _ in range(8))  # 8 rows: filter byte, 8 grey pixels
+
+
+def _zeros_png(side: int) -> bytes:
+    """A true PNG of side x side black grey pixels: a few hundred kilobytes that decode to side**2 bytes."""
+    import struct
+    import zlib
+
+    packer = zlib.compressobj(9)
+    row = bytes(side + 1)  # the filter byte and the pixels of a row
+    rows = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+
+
+def _lying_images(folder: Path) -> list[str]:
+    """Image files whose headers lie, as a user's folder may hold them, and a bomb; their names."""
+    import io
+    import struct
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(jpeg, "jpeg")
+    jpeg = jpeg.getvalue()
+    sof = jpeg.index(b"\xff\xc0") + 5  # the frame header's height and width
+    whole = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(whole, "png")
+    files = {
+        "bomb.png": _png(60000, 60000, rows=b"\0" * 16),  # PIL's DecompressionBombError
+        "over-the-limit.png": _png(12000, 12000, colour=2, rows=b"\0" * 16),  # past PIL's warning: 432 MB
+        "true-bomb.png": _zeros_png(10000),  # no lie: 100 MB of pixels, past PIL's warning, under its error
+        "bomb.jpg": jpeg[:sof] + struct.pack(">HH", 60000, 60000) + jpeg[sof + 4:],
+        "truncated.png": whole.getvalue()[:300],
+        "truncated.jpg": jpeg[:200],
+        "larger-than-its-data.png": _png(64, 64, rows=GREY_8x8),
+        "rgb-holding-grey.png": _png(8, 8, colour=2, rows=GREY_8x8),
+        "16-bit-holding-8.png": _png(8, 8, depth=16, rows=GREY_8x8),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return sorted(files)
+
+
+def test_images_whose_headers_lie_are_skipped_on_request_with_a_warning_naming_them(classes_folder, caplog):
+    lying = _lying_images(classes_folder / "owl")
+    dm = ImageFolder(path=str(classes_folder), image_size=8, num_workers=0, skip_unreadable=True)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert f"skipping {len(lying)} unreadable image files of {30 + len(lying)}" in caplog.text
+    assert all(name in caplog.text for name in lying[:5])
+    files = [f for s in ("train", "val", "test") for f in dm.dataset(s).files]
+    assert len(files) == 30 and not any(Path(f).name in lying for f in files)
+    for split in ("train", "val", "test"):  # every image left decodes
+        assert len(all_batches(dm.eval_batches(split))[0]) == len(dm.dataset(split))
+
+
+def test_images_whose_headers_lie_stop_the_run_with_one_line_naming_the_file(tmp_path):
+    for name in _lying_images(tmp_path / "lies"):
+        folder = tmp_path / name
+        make_images(folder / "cat", 6, seed=0)
+        (folder / "cat" / name).write_bytes((tmp_path / "lies" / name).read_bytes())
+        try:  # refused when the folder is listed (its header), or when the image is read (its pixels)
+            dm = ImageFolder(path=str(folder), image_size=8, val_size=1, test_size=1, num_workers=0)
+            for split in ("train", "val", "test"):
+                all_batches(dm.eval_batches(split))
+        except UserError as e:
+            assert name in str(e) and "data.skip_unreadable=true" in str(e) and "\n" not in str(e)
+        else:
+            pytest.fail(f"{name} was read as an image")
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(width=st.integers(1, 70000), height=st.integers(1, 70000), depth=st.sampled_from([1, 2, 4, 8, 16, 3]),
+       colour=st.sampled_from([0, 2, 3, 4, 6, 1]), cut=st.integers(0, 120))
+def test_any_png_header_is_an_image_or_unreadable_never_a_crash(width, height, depth, colour, cut):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_images(folder / "cat", 4, seed=0)
+        data = _png(width, height, depth, colour, rows=GREY_8x8)
+        (folder / "cat" / "made.png").write_bytes(data[:len(data) - cut])
+        for skip in (True, False):
+            try:
+                dm = ImageFolder(path=str(folder), image_size=4, val_size=1, test_size=1, num_workers=0,
+                                 skip_unreadable=skip)
+                for split in ("train", "val", "test"):
+                    all_batches(dm.eval_batches(split))
+            except UserError as e:
+                assert not skip and "made.png" in str(e)
+
+
+def test_vae_train_on_a_folder_holding_a_decompression_bomb_stops_with_one_line(tmp_path, classes_folder, capsys):
+    from conftest import QUIET, refused
+
+    (classes_folder / "owl" / "bomb.png").write_bytes(_png(60000, 60000, rows=b"\0" * 16))
+    err = refused("vae-train", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[8,8]",
+                  "data.num_workers=0", "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'run'}",
+                  cwd=tmp_path, capsys=capsys)
+    assert err.startswith("vae-train: error: data.path=") and "bomb.png" in err and err.count("\n") == 1
+
+
+def test_a_data_path_that_is_a_file_stops_vae_train_with_one_line(tmp_path, capsys):
+    from conftest import QUIET, refused
+
+    (tmp_path / "f").write_text("not a folder")
+    err = refused("vae-train", "data=image_folder", "data.path=f", "trainer.max_epochs=1", *QUIET,
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, capsys=capsys)
+    assert err.startswith("vae-train: error: data.path='f'") and err.count("\n") == 1 and "folder" in err
+
+
+# --- files written beside the data, never through links ----------------------------------------------------------
+
+def test_fashion_mnist_unpacks_never_through_a_link(tmp_path, monkeypatch):
+    import gzip
+    import os
+
+    package = tmp_path / "package"  # the Debian package's folder, as gzipped files
+    package.mkdir()
+    for f in FashionMNIST.files:
+        (package / f"{f}.gz").write_bytes(gzip.compress(f"the bytes of {f}".encode()))
+    monkeypatch.setattr(FashionMNIST, "_extra_sources", lambda self: [package])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / f".{FashionMNIST.files[0]}.{os.getpid()}.part").symlink_to(victim)  # the name it is unpacked under
+    (raw / ".unpack.lock").symlink_to(tmp_path / "made-through-the-link")
+    FashionMNIST(data_dir=str(tmp_path / "data"))._copy_from_extra_sources()
+    assert victim.read_text() == "precious" and not (tmp_path / "made-through-the-link").exists()
+    assert all((raw / f).read_text() == f"the bytes of {f}" for f in FashionMNIST.files)

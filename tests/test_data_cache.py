@@ -1,16 +1,24 @@
 """The prepared splits kept beside the data (data/cache.py): read back bit for bit, without reading the sources,
-under a name that changes with anything the splits depend on; a broken or unwritable cache costs only time."""
+under a name that changes with anything the splits depend on, and used only when the content is what the name
+claims; a broken, foreign or unwritable cache costs only time, never a traceback."""
+import copy
+import io
+import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conftest import remount
+from conftest import QUIET, refused, remount, train
 from vae_cli.data import Digits
 from vae_cli.data import cache
+from vae_cli.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -21,6 +29,12 @@ def _splits(dm):
 
 def _same(a, b):
     return all(torch.equal(a[s][i], b[s][i]) and a[s][i].dtype == b[s][i].dtype for s in SPLITS for i in (0, 1))
+
+
+def _read(dm):
+    """What the datamodule's cache file holds, read as the datamodule reads it."""
+    key, file = dm._kept()
+    return cache.read(file, key, dm.shape)
 
 
 @pytest.mark.parametrize("settings", [{"binarize": True}, {"binarize": False},
@@ -59,7 +73,7 @@ def test_a_broken_cache_is_prepared_again_and_rewritten(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         again = _splits(Digits(data_dir=str(tmp_path)))
     assert _same(again, made) and "cannot be read" in caplog.text
-    assert _same(cache.read(kept), made)
+    assert _same(_read(Digits(data_dir=str(tmp_path))), made)
 
 
 def test_a_folder_that_cannot_be_written_costs_only_time(small_filesystem):
@@ -84,7 +98,7 @@ def test_jobs_starting_together_each_leave_a_whole_file(tmp_path):
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and len(set(outs)) == 1
     assert [f.name for f in (tmp_path / cache.FOLDER).iterdir()] == [os.path.basename(outs[0])]  # no part left
-    assert _same(cache.read(tmp_path / cache.FOLDER / os.path.basename(outs[0])), _splits(Digits(binarize=True)))
+    assert _same(_read(Digits(data_dir=str(tmp_path))), _splits(Digits(binarize=True)))
 
 
 @pytest.mark.parametrize("x, as_bytes", [
@@ -95,7 +109,173 @@ def test_jobs_starting_together_each_leave_a_whole_file(tmp_path):
     (torch.empty(0, 1, 2, 2), False),
 ])
 def test_pixels_on_a_grid_are_kept_as_bytes_and_others_as_floats(x, as_bytes):
-    packed = cache._pack(x)
-    assert ("k" in packed) == as_bytes
-    back = cache._unpack(packed)
+    stored, scale = cache._pack(x)
+    assert (scale is not None) == as_bytes and (stored.dtype == torch.uint8) == as_bytes
+    back = cache._unpack(stored, scale)
     assert torch.equal(back, x) and back.dtype == torch.float32
+
+
+# --- a cache is trusted only as far as its content matches its name ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def kept_digits(tmp_path_factory):
+    """Digits' splits prepared without a cache, and a folder whose cache holds them as vae-cli writes it."""
+    folder = tmp_path_factory.mktemp("data")
+    dm = Digits(data_dir=str(folder))
+    made = dm._prepare()
+    dm.setup()
+    file = dm.cache_file()
+    return folder, file, made, torch.load(file, weights_only=True)
+
+
+def _paths(record, prefix=()):
+    """Every field of a record, as the keys leading to it."""
+    for k, v in record.items():
+        yield (*prefix, k)
+        if isinstance(v, dict):
+            yield from _paths(v, (*prefix, k))
+
+
+def _at(record, path):
+    for k in path[:-1]:
+        record = record[k]
+    return record
+
+
+TENSORS = st.builds(lambda shape, dtype: torch.randint(0, 2, shape).to(dtype),
+                    st.lists(st.integers(0, 9), max_size=4).map(tuple),
+                    st.sampled_from([torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64, torch.bool]))
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.complex_numbers(), st.text(max_size=12),
+                 st.binary(max_size=8), TENSORS, st.lists(st.integers(), max_size=3), st.sets(st.integers(), max_size=3),
+                 st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
+                 st.fractions() | st.dates() | st.frozensets(st.integers(), max_size=3))  # torch.load refuses these
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@st.composite
+def foreign(draw, record, made):
+    """Other bytes under the name of `record`'s file: not a torch file, a torch file of something else than a dict,
+    or a dict of junk, or `record` with a field removed or given another type, a tensor of another shape or dtype
+    (listed and hashed as it was, or anew), a pixel changed; or a whole cache made for other settings, or of images of
+    another shape."""
+    kind = draw(st.sampled_from(["not a torch file", "not a dict", "junk dict", "removed", "retyped", "tensor",
+                                 "tensor restamped", "bytes changed", "other key", "other image shape"]))
+    if kind == "not a torch file":
+        return draw(st.binary(max_size=64) | st.sampled_from([_saved(record)[:2000], pickle.dumps([1, 2])]))
+    return _saved(draw(_foreign_object(kind, record, made)))
+
+
+@st.composite
+def _foreign_object(draw, kind, record, made):
+    if kind == "not a dict":
+        return draw(JUNK.filter(lambda v: not isinstance(v, dict)))
+    if kind == "junk dict":
+        return draw(st.dictionaries(st.sampled_from([*record, "x", "y"]), JUNK, max_size=5))
+    if kind == "other key":
+        return cache._record(record["key"].replace('"split_seed": 0', '"split_seed": 1'), made)
+    if kind == "other image shape":  # the issue's case: 50, 10 and 10 images of 3x5x5
+        return cache._record(record["key"], {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long))
+                                             for s, n in zip(SPLITS, (50, 10, 10))})
+    kept = copy.deepcopy(record)
+    if kind == "removed":
+        path = draw(st.sampled_from(list(_paths(record))))
+        del _at(kept, path)[path[-1]]
+    elif kind == "bytes changed":  # a bit rotted, say: the same shapes and dtypes
+        x = kept["splits"][draw(st.sampled_from(SPLITS))]["x"].view(-1)
+        i = draw(st.integers(0, len(x) - 1))
+        x[i] = 255 - x[i]
+    elif kind == "retyped":
+        path = draw(st.sampled_from(list(_paths(record))))
+        before = _at(kept, path)[path[-1]]
+        _at(kept, path)[path[-1]] = draw(JUNK.filter(lambda v: type(v) is not type(before)))
+    else:
+        path = draw(st.sampled_from([("splits", s, t) for s in SPLITS for t in ("x", "y")]))
+        before = _at(kept, path)[path[-1]]
+        _at(kept, path)[path[-1]] = draw(TENSORS.filter(lambda t: t.shape != before.shape and t.dim() > 0 or (
+            kind == "tensor" and t.dtype != before.dtype)))
+        if kind == "tensor restamped":  # listed and hashed anew: only the image shape and the counts can tell
+            kept["manifest"], kept["sha256"] = cache._manifest(kept["splits"]), cache._digest(kept["splits"])
+    return kept
+
+
+@settings(derandomize=True, max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_foreign_content_under_the_right_name_is_named_and_the_data_prepared_again(kept_digits, caplog, data):
+    folder, file, made, record = kept_digits
+    file.write_bytes(data.draw(foreign(record, made)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        splits = _splits(Digits(data_dir=str(folder)))
+    assert _same(splits, made)
+    assert str(file) in caplog.text and "the data is prepared again" in caplog.text
+    assert _same(_read(Digits(data_dir=str(folder))), made)  # and kept anew
+
+
+def test_a_run_given_a_foreign_cache_trains_on_the_real_data(tmp_path):
+    args = (f"data.data_dir={tmp_path / 'data'}", "model.hidden_dims=[16]", "model.latent_dim=2",
+            "trainer.max_epochs=1", *QUIET)
+    first = json.loads((train(tmp_path, "first", *args) / "metrics.json").read_text())
+    [file] = (tmp_path / "data" / cache.FOLDER).iterdir()
+    key = torch.load(file, weights_only=True)["key"]
+    torch.save(cache._record(key, {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long))
+                                   for s, n in zip(SPLITS, (50, 10, 10))}), file)
+    run = train(tmp_path, "second", *args)
+    log = (run / "train.log").read_text()
+    assert f"{file} is not the cache of prepared data its name claims" in log
+    assert "1350 train, 150 val, 297 test examples" in log
+    assert json.loads((run / "metrics.json").read_text()) == first
+
+
+def test_a_cache_that_is_a_link_is_replaced_not_written_through(tmp_path):
+    dm = Digits(data_dir=str(tmp_path))
+    file = dm.cache_file()
+    file.parent.mkdir()
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(b"precious")
+    file.symlink_to(victim)
+    part = file.with_name(f".{file.name}.{os.getpid()}.part")  # the name the cache is written under first
+    part.symlink_to(tmp_path / "made-through-the-link")
+    _splits(dm)
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "made-through-the-link").exists()
+    assert not file.is_symlink() and _same(_read(Digits(data_dir=str(tmp_path))), _splits(dm))
+
+
+def test_a_fifo_under_the_cache_name_is_not_waited_on(tmp_path):
+    file = Digits(data_dir=str(tmp_path)).cache_file()
+    file.parent.mkdir()
+    os.mkfifo(file)
+    script = "import sys; from vae_cli.data import Digits; Digits(data_dir=sys.argv[1]).setup()"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    assert file.is_file()
+
+
+# --- data.data_dir that is not a folder ------------------------------------------------------------------------
+
+def test_a_data_dir_that_is_a_file_is_named_with_the_fix(tmp_path):
+    (tmp_path / "f").write_text("not a folder")
+    for data_dir in ("f", "f/below"):
+        with pytest.raises(UserError) as e:
+            Digits(data_dir=str(tmp_path / data_dir)).setup()
+        assert f"data.data_dir={str(tmp_path / data_dir)!r}" in str(e.value) and "is a file" in str(e.value)
+        assert "Point data.data_dir at a folder" in str(e.value)
+
+
+def test_a_cache_that_cannot_be_made_in_a_folder_that_is_a_file_costs_only_time(tmp_path):
+    (tmp_path / "f").write_text("not a folder")
+    cache.write(tmp_path / "f" / cache.FOLDER / "digits-0.pt", "key", Digits()._prepare())
+    assert (tmp_path / "f").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("data", ["digits", "mnist", "fashion_mnist", "cifar10"])
+def test_vae_train_with_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path, capsys, data):
+    (tmp_path / "f").write_text("not a folder")
+    err = refused("vae-train", f"data={data}", "data.data_dir=f", "trainer.max_epochs=1", *QUIET,
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, capsys=capsys)
+    assert err.startswith("vae-train: error: data.data_dir='f'") and err.count("\n") == 1
+    assert "is a file, not a folder" in err and "Traceback" not in err

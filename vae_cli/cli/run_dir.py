@@ -4,11 +4,13 @@ writes it, why it failed, the command that resumes it, and what a file system th
 gone) tells the user. The resolvers and the Hydra callback here are named in configs/train.yaml."""
 import contextlib
 import errno
+import json
 import logging
 import os
 import shlex
 import shutil
 import signal
+import socket
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 from ..training import signals
-from ..training.files import cannot_write
+from ..training.files import cannot_write, create
 from . import run_files
 from .errors import fail
 from .loading import LATEST, latest
@@ -164,7 +166,8 @@ def resume_command(ckpt: Path | None) -> str:
     return mask(" ".join(["vae-train", where, *map(shlex.quote, keep)]))
 
 
-LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: the process id
+LOCK = ".vae-train.lock"  # in a run directory while a vae-train writes it: who (process id, host, start time)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # where the system has it (not Windows)
 
 
 def first_process() -> bool:
@@ -174,38 +177,129 @@ def first_process() -> bool:
 
 def claim(run_dir: Path) -> Path | None:
     """Take the run directory for this process, or refuse when a live vae-train is writing it. None in the
-    processes after the first of a multi-process run, which share the first one's directory."""
+    processes after the first of a multi-process run, which share the first one's directory.
+
+    The lock is made only where there is none (O_EXCL), and never through a link (O_NOFOLLOW). One whose owner is
+    gone (ended, or its process id now another process's), or that is not a lock (a link, junk) is replaced."""
     if not first_process():
         return None
     lock = run_dir / LOCK
-    try:
-        other = int(lock.read_text())
-    except (OSError, ValueError):
-        other = None
-    if other is not None and other != os.getpid():
+    for _ in range(3):  # a lock removed as stale may be taken by another process before this one makes its own
         try:
-            os.kill(other, 0)  # signal 0: only whether the process exists
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # exists, another user's
-            alive = True
-        if alive:
-            raise UserError(f"{run_dir} is being written by another vae-train (process {other}). Wait for it to end "
-                            f"(or stop it), then resume it with ckpt_path={run_dir}; or train in another directory.")
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+            break
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise cannot_write(lock, e) from e
+        owner = _owner(lock)
+        if owner is not None and _alive(owner):
+            raise _held(run_dir, lock, owner)
+        if owner is None and lock.is_symlink():
+            log.warning("%s is a link, not a lock vae-train made: replaced (what it points to is untouched)", lock)
+        try:
+            lock.unlink(missing_ok=True)  # a link itself, never what it points to
+        except OSError as e:
+            raise cannot_write(lock, e) from e
+    else:
+        raise UserError(f"{lock} is made again by another process each time vae-train removes it as stale; stop the "
+                        f"other vae-train runs in {run_dir}, or train in another directory.")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
+          "since": datetime.now().astimezone().isoformat(timespec="seconds"), "slurm_job": _slurm_job()}
     try:
-        lock.write_text(str(os.getpid()))
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
     except OSError as e:
+        with contextlib.suppress(OSError):
+            lock.unlink()
         raise cannot_write(lock, e) from e
     return lock
 
 
 def release(lock: Path | None) -> None:
+    """Remove this process's lock; one another process has taken meanwhile (this one's judged stale) stays."""
     try:
-        if lock is not None:
-            lock.unlink(missing_ok=True)
+        if lock is not None and (_owner(lock) or {}).get("pid") == os.getpid():
+            lock.unlink()
     except OSError:  # a file system gone read-only keeps it: a lock whose process has ended does not hold
         pass
+
+
+def _owner(lock: Path) -> dict | None:
+    """The process a lock names, {"pid", "host", "start", "since"} (host and start None for an older vae-train's
+    lock, which holds the bare process id); None for anything else: a link, a folder, junk."""
+    try:  # not through a link; O_NONBLOCK: a FIFO planted there is read as empty, not waited on
+        fd = os.open(lock, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            owner = json.loads(f.read(4096))
+    except (OSError, ValueError):
+        return None
+    if type(owner) is int:
+        owner = {"pid": owner}
+    if not isinstance(owner, dict) or type(owner.get("pid")) is not int or owner["pid"] <= 0:
+        return None
+    host, start, since, job = (owner.get(k) for k in ("host", "start", "since", "slurm_job"))
+    if host is not None and not _text(host):
+        return None  # no host vae-train writes: not its lock
+    return {"pid": owner["pid"], "host": host, "start": start if type(start) is int else None,
+            "since": since if _text(since) else None, "slurm_job": job if _text(job) else None}
+
+
+def _text(value) -> bool:
+    """Whether a value read from a lock is short printable text, fit to be quoted in a one-line message."""
+    return isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable()
+
+
+def _start_time(pid: int) -> int | None:
+    """When a process started, in clock ticks after boot (field 22 of /proc/PID/stat): with its process id, it names
+    one process for as long as the machine runs. None where there is no such process, or no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # counted after the command name, which may hold spaces
+
+
+def _alive(owner: dict) -> bool:
+    """Whether the lock's owner may still be writing: on this host, a process with its id and its start time; the
+    id alone for a lock without a start time, or where start times cannot be read. On another host it cannot be
+    checked, so it holds, unless it is this SLURM job's own: SLURM runs a job once at a time, so that is an earlier
+    start of it, ended (a requeued job may start on another node)."""
+    if owner["host"] not in (None, socket.gethostname()):
+        return owner["slurm_job"] is None or owner["slurm_job"] != _slurm_job()
+    if owner["pid"] == os.getpid():
+        return False  # an earlier run in this process, or one before it with the same id
+    start = _start_time(owner["pid"])
+    if start is not None:
+        return owner["start"] in (None, start)
+    try:  # no /proc (not Linux), a process it does not show (another user's, hidepid), or none at all
+        os.kill(owner["pid"], 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        pass
+    return True
+
+
+def _slurm_job() -> str | None:
+    from . import slurm
+
+    return slurm.batch_job()
+
+
+def _held(run_dir: Path, lock: Path, owner: dict) -> UserError:
+    pid, host, start = owner["pid"], owner["host"], owner["start"]
+    since = f", holding it since {owner['since']}" if owner["since"] else ""
+    started = f"started at tick {start} after boot" if start is not None else "start time not recorded"
+    if host in (None, socket.gethostname()):
+        who = f"(process {pid}) on this host ({started}{since})"
+        gone = "if that process is gone"
+    else:
+        who = f"(process {pid}) on host {host} ({started}{since}), which cannot be checked from here"
+        gone = f"if that process is gone (check on {host})"
+    return UserError(f"{run_dir} is being written by another vae-train {who}: its lock file is {lock}. Wait for it to "
+                     f"end (or stop it), then resume it with ckpt_path={run_dir}; {gone}, delete {lock} first; or "
+                     "train in another directory.")
 
 
 def outside_fault(error: Exception, run_dir: Path) -> Exception:
@@ -242,10 +336,10 @@ PROBE_BYTES = 1 << 16  # more than Hydra's record and the first lines of the log
 
 def _try_writing(folder: Path) -> None:
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    probe = folder / ".vae-train.probe"
+    probe = folder / f".vae-train.{os.getpid()}.probe"  # this process's own: jobs starting together each try
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
+        with create(probe) as f:
             f.write(bytes(PROBE_BYTES))
             f.flush()
             os.fsync(f.fileno())

@@ -1,7 +1,9 @@
 """A user's own folder of images, which need not fit in memory: read batch by batch through
 DataLoader workers."""
+import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,14 +26,47 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def _readable(path: Path) -> bool:
-    """Whether the file opens as an image: its header only, not a full decode."""
+class Unreadable(Exception):
+    """A file that does not read as an image: not one, truncated, or with a header that lies."""
+
+
+@contextlib.contextmanager
+def _image(path: str):
+    """The image in a file, opened (its header read, not yet decoded). Whatever goes wrong while it is opened or
+    decoded in the block is the file's fault, raised as Unreadable. Among those: a header claiming more pixels than
+    PIL's limit (Image.MAX_IMAGE_PIXELS, about 89 million), refused before anything is allocated for them."""
     from PIL import Image
 
     try:
-        with Image.open(path):
-            return True
-    except OSError:  # PIL's UnidentifiedImageError included
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except Exception as e:  # OSError, SyntaxError, ValueError...: each decoder fails its own way
+        raise Unreadable(" ".join(str(e).split())[:200] or type(e).__name__) from e
+
+
+def _decoded(path: str, mode: str, size: tuple[int, int]):
+    """The image in a file, decoded upright as `mode` (L or RGB), for resizing to `size`; Unreadable if it is not."""
+    from PIL import ImageOps
+
+    with _image(path) as im:
+        # JPEG only: decode at a reduced scale that still covers the target size, which makes
+        # a camera photo shrunk to 32x32 several times cheaper to read.
+        im.draft(mode, (max(size),) * 2)
+        return ImageOps.exif_transpose(im).convert(mode)  # camera photos upright
+
+
+def _readable(path: Path, decode_as: tuple | None = None) -> bool:
+    """Whether the file opens as an image: its header only, or decoded as _decoded(path, *decode_as) would."""
+    try:
+        if decode_as:
+            _decoded(path, *decode_as)
+        else:
+            with _image(path):
+                pass
+        return True
+    except Unreadable:
         return False
 
 
@@ -58,16 +93,11 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, ImageOps
-
         try:
-            with Image.open(self.files[i]) as im:
-                # JPEG only: decode at a reduced scale that still covers the target size, which makes
-                # a camera photo shrunk to 32x32 several times cheaper to read.
-                im.draft(self.mode, (max(self.size),) * 2)
-                im = ImageOps.exif_transpose(im).convert(self.mode)  # camera photos upright
-        except OSError as e:
-            raise UserError(f"data.path: cannot read the image {self.files[i]} ({e}).") from e
+            im = _decoded(self.files[i], self.mode, self.size)
+        except Unreadable as e:
+            raise UserError(f"data.path: cannot read the image {self.files[i]} ({e}). Remove or replace it, or "
+                            "train without the files that do not decode with data.skip_unreadable=true.") from None
         x = self.transform(im)
         if self.binarize_seed is not None:
             x = binarize(x, (self.binarize_seed << 32) + self.ids[i])
@@ -160,15 +190,18 @@ class ImageFolder(BaseDataModule):
             labels += [label] * len(imgs)
         if not files:
             raise UserError(f"data.path={str(self.path)!r} holds no images; expected {accepted}.")
-        bad = [i for i, f in enumerate(files) if not _readable(f)]
+        # Headers only, which is quick; with skip_unreadable, every image decoded once, so that the files left out
+        # include those whose header lies (truncated, or claiming another size or mode), not only non-images.
+        decode_as = ("L" if self.channels == 1 else "RGB", self.image_size) if self.skip_unreadable else None
+        bad = [i for i, f in enumerate(files) if not _readable(f, decode_as)]
+        shown = ", ".join(str(files[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         if bad and not self.skip_unreadable:
-            shown = ", ".join(str(files[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             raise UserError(f"data.path={str(self.path)!r}: {len(bad)} of its {len(files)} image files cannot be read "
                             f"as images: {shown}. Remove or replace them, or train without them with "
                             "data.skip_unreadable=true.")
         if bad:
-            log.warning("%s: skipping %d unreadable image files of %d (data.skip_unreadable=true)", self.name,
-                        len(bad), len(files))
+            log.warning("%s: skipping %d unreadable image files of %d (data.skip_unreadable=true): %s", self.name,
+                        len(bad), len(files), shown)
             keep = [i for i in range(len(files)) if i not in set(bad)]
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         return files, labels

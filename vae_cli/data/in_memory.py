@@ -67,22 +67,42 @@ class InMemoryDataModule(BaseDataModule):
                 "split_seed": self.split_seed, "binarize": self.binarize,
                 "eval_binarize_numpy_seed": self.eval_binarize_numpy_seed}
 
+    def _data_folder(self) -> Path:
+        """data_dir, where the data is read and its prepared splits kept; refused when it, or the nearest folder
+        above it that exists, is a file."""
+        try:
+            found = next(p for p in (self.data_dir, *self.data_dir.parents) if p.exists())  # at the latest . or /
+        except OSError:  # a folder this user may not look into: what reads or writes there says so
+            return self.data_dir
+        if not found.is_dir():
+            inside = "" if found == self.data_dir else f" lies in {str(found)!r}, which"
+            raise UserError(f"data.data_dir={str(self.data_dir)!r}{inside} is a file, not a folder. Point "
+                            f"data.data_dir at a folder (where {self.name}'s files are read and its prepared splits "
+                            "kept; it is made if missing), or move the file away.")
+        return self.data_dir
+
     def cache_file(self) -> Path | None:
         """Where the prepared splits are kept; None while a source is missing (nothing prepared yet)."""
+        return self._kept()[1]
+
+    def _kept(self) -> tuple[str | None, Path | None]:
+        """The key of the prepared splits (everything they depend on) and the file they are kept in."""
+        folder = self._data_folder()
         sources = self.sources()
         if not sources or not all(p.is_file() for p in sources):
-            return None
-        return cache.path(self.data_dir, self.name, self.cache_settings(), sources)
+            return None, None
+        key = cache.key(self.name, self.cache_settings(), sources)
+        return key, cache.path(folder, self.name, key)
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        kept = self.cache_file()
-        self._splits = cache.read(kept) if kept else None
+        key, kept = self._kept()
+        self._splits = cache.read(kept, key, self.shape) if kept else None
         if self._splits is None:
             self._splits = self._prepare()
             if kept:
-                cache.write(kept, self._splits)
+                cache.write(kept, key, self._splits)
         n = {s: len(x) for s, (x, _) in self._splits.items()}
         log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, n["train"], n["val"], n["test"],
                  tuple(self.shape), ", binarised" if self.binarize else "")

@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .cache import create
 from .in_memory import InMemoryDataModule
 
 log = logging.getLogger(__name__)
+NOFOLLOW, NONBLOCK = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_NONBLOCK", 0)
 
 
 @contextlib.contextmanager
@@ -25,11 +27,12 @@ def _one_at_a_time(folder: Path, name: str):
     fails on its own, naming the folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / f".{name}.lock", "a")
+        # Never through a link, nor waiting on a FIFO: either at the lock's name leaves this unlocked.
+        fd = os.open(folder / f".{name}.lock", os.O_WRONLY | os.O_CREAT | NOFOLLOW | NONBLOCK, 0o666)
     except OSError:
         yield
         return
-    with lock:
+    with os.fdopen(fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -106,7 +109,7 @@ class _TorchvisionIDX(_Torchvision):
                     for f in (f for f in self.files if not (raw / f).exists()):  # another process may have done it
                         tmp = raw / f".{f}.{os.getpid()}.part"
                         try:
-                            with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                            with gzip.open(src / f"{f}.gz", "rb") as fin, create(tmp) as fout:
                                 shutil.copyfileobj(fin, fout)
                             tmp.replace(raw / f)  # rename last: a killed copy never looks complete
                         finally:

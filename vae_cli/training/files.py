@@ -1,6 +1,8 @@
 """A run's files on disk: every file is written beside its destination and renamed over it, so a reader
-(or a run killed mid-write) never sees half a file; and the one message for a file system that refuses a
-write. Standard library only, so vae-report writes its files without loading torch."""
+(or a run killed mid-write) never sees half a file, and a link at either name is replaced, never written through;
+and the one message for a file system that refuses a write. Standard library only, so vae-report writes its files
+without loading torch."""
+import contextlib
 import errno
 import json
 import os
@@ -17,7 +19,7 @@ def atomic_write(path: Path, write, fsync: bool = False) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with create(tmp) as f:
             write(f)
             if fsync:
                 f.flush()
@@ -30,6 +32,17 @@ def atomic_write(path: Path, write, fsync: bool = False) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:  # a read-only file system, where it was never made
             pass
+
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # where the system has it (not Windows)
+
+
+def create(path: Path):
+    """A new file at `path`, open for writing, made without following a link: whatever already has that name (a
+    temporary file a killed process left, a link someone planted) is removed first, never written through."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a link itself, not what it points to
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o666), "wb")
 
 
 # What to do about a file system that refuses a write, by the system's error number.
