@@ -100,6 +100,17 @@ def build(config: dict, path, key: str, trust=(), **overrides):
                         "the file is not a vae-cli checkpoint of this version, or was altered.") from None
 
 
+def _epoch_sums(sums) -> bool:
+    import torch
+
+    if not (isinstance(sums, dict) and {"names", "sums", "count"} <= sums.keys()):
+        return False
+    names, values, count = sums["names"], sums["sums"], sums["count"]
+    return (isinstance(names, list) and all(isinstance(n, str) for n in names) and torch.is_tensor(values)
+            and values.dtype.is_floating_point and values.shape == (len(names),)
+            and isinstance(count, int) and not isinstance(count, bool) and count >= 0)
+
+
 # A checkpoint's top-level entries that vae-cli reads, and what each must be.
 _CHECKPOINT = {"state_dict": dict, "hyper_parameters": dict, "data_config": (dict, type(None)),
                "global_step": int, "epoch": int}
@@ -125,6 +136,14 @@ def checkpoint(path: Path, trust=()) -> dict:
     if bad is not None or not ckpt["state_dict"]:
         raise UserError(f"{_where(path, 'state_dict')} holds {'no weights' if bad is None else repr(bad)}, not "
                         "tensors by name; the file is not a vae-cli checkpoint, or was altered.")
+    raw = ckpt.get("current_model_state")  # a weight average's raw weights
+    if raw is not None and not (isinstance(raw, dict) and all(isinstance(k, str) and torch.is_tensor(v)
+                                                               for k, v in raw.items())):
+        raise UserError(f"{_where(path, 'current_model_state')} is not tensors by name; the file was altered.")
+    sums = ckpt.get("train_epoch_sums")  # a training epoch's running sums, saved mid-epoch
+    if sums is not None and not _epoch_sums(sums):
+        raise UserError(f"{_where(path, 'train_epoch_sums')} is not an epoch's metric sums (names, a sum of each, a "
+                        "count); the file was altered, or is not a vae-cli checkpoint.")
     hp = ckpt["hyper_parameters"]
     saved_config(hp.get("model"), path, "hyper_parameters.model", trust)
     plain({k: v for k, v in hp.items() if k != "model"}, path, "hyper_parameters")

@@ -159,6 +159,13 @@ def _split_size(v) -> bool:
     return (integer(v, 1) or isinstance(v, float) and (0 < v < 1 or v >= 1 and v.is_integer())) and finite(v)
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seeds are 32-bit
+
+
+def seed(v) -> bool:
+    return integer(v, 0) and v <= SEED_MAX
+
+
 def _switch(v) -> bool:
     return isinstance(v, bool)
 
@@ -179,14 +186,15 @@ DATA_RULES = {
     "test_size": (_split_size, "number of examples", "a count >= 1 or a fraction in (0, 1), e.g. {test_size}=0.1"),
     "binarize": (lambda v: v is None or _switch(v), "switch",
                  "true, false, or null (binarise exactly when the likelihood is of binary data)"),
-    "split_seed": (lambda v: integer(v, 0), "seed", "an integer >= 0, e.g. {split_seed}=0"),
-    "seed": (lambda v: integer(v, 0), "seed", "an integer >= 0, e.g. seed=3"),
+    "split_seed": (seed, "seed", "an integer from 0 to 2**32 - 1, e.g. {split_seed}=0"),
+    "seed": (seed, "seed", "an integer from 0 to 2**32 - 1, e.g. seed=3"),
     "on_device": (_switch, "switch", "true or false"),
     "val_split": (lambda v: one_of(v, VAL_SPLITS), "validation split",
                   "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size "
                   "examples, in file order)"),
-    "eval_binarize_numpy_seed": (lambda v: v is None or integer(v, 0), "seed",
-                                 "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code"),
+    "eval_binarize_numpy_seed": (lambda v: v is None or seed(v), "seed",
+                                 "null (vae-cli's fixed seeds) or an integer from 0 to 2**32 - 1, e.g. 777 as in the "
+                                 "reference code"),
     "likelihood": (lambda v: one_of(v, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}"),
     "data_dir": (lambda v: v is None or _folder_name(v), "folder", "a folder's path, e.g. {data_dir}=data"),
     "path": (_folder_name, "folder", "the folder of your images, e.g. {path}=~/pictures"),
@@ -205,6 +213,46 @@ def check_data(**arguments) -> None:
             require(name, value, ok(value), what, use)
 
 
+def _text(v) -> bool:
+    return isinstance(v, str) and 0 < len(v) < 4096 and "\0" not in v
+
+
+# The arguments of the callbacks and loggers the shipped configs name (configs/callbacks, configs/logger), by name:
+# types their classes assume without checking (a folder that is a boolean fails deep inside training otherwise).
+PART_RULES = {
+    "dirpath": (_text, "folder", "a folder's path"),
+    "save_dir": (_text, "folder", "a folder's path"),
+    "filename": (lambda v: v is None or _text(v), "file name", "a name without a suffix, e.g. best"),
+    "monitor": (lambda v: v is None or _text(v), "metric", "a logged metric, e.g. val/elbo, or null"),
+    "mode": (lambda v: one_of(v, ("min", "max")), "direction", "min or max"),
+    "save_top_k": (lambda v: integer(v, -1), "number of checkpoints", "an integer >= -1 (-1: all), e.g. 1"),
+    "every_n_epochs": (lambda v: integer(v, 0), "interval", "an integer >= 0 of epochs (0: never), e.g. 10"),
+    "n": (lambda v: integer(v, 1) and v <= 4096, "number of images", "an integer from 1 to 4096, e.g. 64"),
+    "iw_samples": (lambda v: integer(v, 0), "number of importance samples", "an integer >= 0 (0: off), e.g. 100"),
+    "iw_batch": (lambda v: integer(v, 1), "number of (example, sample) pairs", "an integer >= 1, e.g. 50000"),
+    "max_points": (lambda v: integer(v, 0), "number of points", "an integer >= 0, e.g. 2000"),
+    "patience": (lambda v: integer(v, 0), "number of epochs", "an integer >= 0, e.g. 50"),
+    "start_epoch": (lambda v: integer(v, 0), "epoch", "an integer >= 0"),
+    "save_last": (lambda v: v is None or isinstance(v, bool) or v == "link", "switch", "true, false, null or link"),
+    "auto_insert_metric_name": (_switch, "switch", "true or false"),
+    "name": (lambda v: v is None or v == "" or _text(v), "name", "a name, empty, or null"),
+    "version": (lambda v: v is None or v == "" or _text(v) or integer(v, 0), "version",
+                "a name, an integer >= 0, empty, or null"),
+    "default_hp_metric": (_switch, "switch", "true or false"),
+    "decay": (lambda v: finite(v) and 0 < v < 1, "decay", "a number in (0, 1): e.g. 0.999 for an average over about "
+              "the last 1,000 steps"),
+}
+PARTS = ("vae_cli.", "pytorch_lightning.")  # the classes whose arguments PART_RULES knows
+
+
+def check_part(**arguments) -> None:
+    """Refuse a callback's or logger's arguments that break their rule (PART_RULES)."""
+    for name, value in arguments.items():
+        if name in PART_RULES:
+            ok, what, use = PART_RULES[name]
+            require(name, value, ok(value), what, use)
+
+
 # The image shape of each of vae-cli's datamodules, (C, H, W), known before any data is read.
 DATA_SHAPES = {"vae_cli.data.Digits": (1, 8, 8), "vae_cli.data.MNIST": (1, 28, 28),
                "vae_cli.data.FashionMNIST": (1, 28, 28), "vae_cli.data.CIFAR10": (3, 32, 32)}
@@ -215,7 +263,8 @@ def data_shape(data: dict) -> tuple[int, ...] | None:
     if data.get("_target_") == "vae_cli.data.ImageFolder":
         size = data.get("image_size", 32)
         return (data.get("channels", 3), *((size, size) if isinstance(size, int) else size))
-    return DATA_SHAPES.get(data.get("_target_"))
+    target = data.get("_target_")
+    return DATA_SHAPES.get(target) if isinstance(target, str) else None
 
 
 def folder_key(key: str, value, must_exist: bool) -> str | None:

@@ -37,15 +37,16 @@ def _names(v) -> bool:
 
 # key, test, what the value is, what to use instead. A key the config does not have is not checked.
 TRAIN_RULES = [
-    ("seed", _int(0), "seed", "an integer >= 0, e.g. seed=3"),
+    ("seed", settings.seed, "seed", "an integer from 0 to 2**32 - 1, e.g. seed=3"),
     ("requeue", _bool, "switch", "true or false"),
     ("trainer.max_epochs", lambda v: v is None or _int(-1)(v), "epoch limit", "an integer (-1 for no limit), e.g. trainer.max_epochs=20"),
-    ("trainer.max_steps", lambda v: v is None or _int(-1)(v), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
+    ("trainer.max_steps", _int(-1), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
     ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
     ("optim.normalize_grads", _bool, "switch", "true or false"),
     ("compile", _bool, "switch", "true or false"),
-    ("trainer.devices", lambda v: v == "auto" or _int(1)(v) or isinstance(v, list) and all(_int(0)(d) for d in v),
+    ("trainer.devices", lambda v: v == "auto" or _int(1)(v) and v <= 1 << 16 or isinstance(v, list) and 0 < len(v)
+     and all(_int(0)(d) and d < 1 << 16 for d in v),
      "device count", "an integer >= 1, a list of device indices, or auto, e.g. trainer.devices=1"),
     ("trainer.precision", _one_of(("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true",
                                    "64", 64, "transformer-engine")), "precision",
@@ -59,8 +60,8 @@ TRAIN_RULES = [
     ("trainer.gradient_clip_val", lambda v: v is None or _number(lambda x: x > 0)(v), "clipping threshold",
      "null (no clipping) or a positive number, e.g. trainer.gradient_clip_val=1.0"),
     ("trainer.accumulate_grad_batches", _int(1), "number of batches", "an integer >= 1, e.g. trainer.accumulate_grad_batches=2"),
-    ("trainer.max_time", lambda v: v is None or isinstance(v, str) and _max_time(v) or isinstance(v, dict), "time limit",
-     "null, or DD:HH:MM:SS, e.g. trainer.max_time=00:12:00:00"),
+    ("trainer.max_time", lambda v: v is None or isinstance(v, str) and _max_time(v) or _duration(v), "time limit",
+     "null, DD:HH:MM:SS, or {days: D, hours: H, minutes: M, seconds: S}, e.g. trainer.max_time=00:12:00:00"),
     ("trainer.deterministic", lambda v: isinstance(v, bool) or v == "warn", "switch", "true, false or warn"),
     *((f"trainer.{key}", _bool, "switch", "true or false")
       for key in ("enable_progress_bar", "enable_model_summary", "enable_checkpointing", "benchmark")),
@@ -69,7 +70,13 @@ TRAIN_RULES = [
 
 def _max_time(v: str) -> bool:
     parts = v.split(":")
-    return len(parts) == 4 and all(p.isdigit() for p in parts)
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 6 for p in parts)
+
+
+def _duration(v) -> bool:
+    units = ("weeks", "days", "hours", "minutes", "seconds")
+    return isinstance(v, dict) and 0 < len(v) and all(k in units and settings.finite(x) and 0 <= x < 1e7
+                                                      for k, x in v.items())
 EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
     ("iw_batch", _int(1), "number of (example, sample) pairs per pass", "an integer >= 1, e.g. iw_batch=50000"),
@@ -102,8 +109,11 @@ def check_known(cfg: DictConfig, tool: str) -> None:
 
 def check_values(cfg: DictConfig, rules) -> None:
     """Each rule's key, when the config has it; the first value that fails stops with its message."""
+    for group in cfg:  # an interpolation that does not resolve names its key (Hydra's own are resolved later)
+        if group != "hydra":
+            _container(cfg._get_node(group)) if isinstance(cfg._get_node(group), DictConfig) else _resolved(cfg, group)
     missing = sorted(k for group in cfg if group != "hydra" and isinstance(cfg[group], DictConfig)
-                     for k in OmegaConf.missing_keys(cfg[group]))  # Hydra's own keys it fills in later
+                     for k in OmegaConf.missing_keys(cfg[group]))
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
                         f"{missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else "."))
@@ -121,6 +131,16 @@ def check_train_config(cfg: DictConfig) -> None:
     """Every setting of a run that can be judged from the config and this machine, before torch is imported."""
     check_values(cfg, TRAIN_RULES)
     data = _container(cfg.data)
+    target = data.get("_target_")
+    if not (isinstance(target, str) and target.replace(".", "").replace("_", "").isalnum() and "." in target):
+        raise UserError(f"data._target_={target!r} is not a class; name a datamodule class, e.g. data=digits "
+                        "(vae_cli.data.Digits), or your own: data._target_=mypkg.MyData.")
+    if target in TRUSTED_DATA:
+        named("data", settings.check_data, **{k: v for k, v in data.items() if k != "_target_"})
+        for key, must_exist in (("data_dir", False), ("path", True)):
+            why = settings.folder_key(f"data.{key}", data.get(key), must_exist)
+            if why:
+                raise UserError(f"{why}.")
     model = _container(cfg.model)
     if model.get("_target_") in TRUSTED_MODELS:  # a user's own class checks itself when built
         model.pop("_target_")
@@ -133,20 +153,32 @@ def check_train_config(cfg: DictConfig) -> None:
     objective = _container(cfg.objective)
     _known_keys("objective", objective, settings.check_objective)
     named("objective", settings.check_objective, **objective)
-    if data.get("_target_") in TRUSTED_DATA:
-        named("data", settings.check_data, **{k: v for k, v in data.items() if k != "_target_"})
-        for key, must_exist in (("data_dir", False), ("path", True)):
-            why = settings.folder_key(f"data.{key}", data.get(key), must_exist)
-            if why:
-                raise UserError(f"{why}.")
+    for group in ("callbacks", "logger"):
+        for name, part in (_container(cfg[group]) if cfg.get(group) else {}).items():
+            target = part.get("_target_") if isinstance(part, dict) else None
+            if isinstance(target, str) and target.startswith(settings.PARTS):
+                named(f"{group}.{name}", settings.check_part, **{k: v for k, v in part.items() if k != "_target_"})
     check_accelerator(cfg.trainer.get("accelerator", "auto"))
 
 
+def _resolved(cfg, key: str):
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return cfg[key]
+    except OmegaConfBaseException as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{key}: {why}. Fix that value (vae-train --cfg job shows the config).") from None
+
+
 def _container(node) -> dict:
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         return OmegaConf.to_container(node, resolve=True)
-    except Exception as e:  # an interpolation that does not resolve: the user's config
-        raise UserError(f"{' '.join(str(e).split())}. Fix the value it names (vae-train --cfg job shows them).") from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve: the user's config
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{e.full_key}: {why}. Fix that value (vae-train --cfg job shows the config).") from None
 
 
 def _known_keys(group: str, config: dict, check) -> None:
@@ -195,16 +227,45 @@ def check_accelerator(accelerator) -> None:
 
 def named(group: str, build, *args, **kwargs):
     """build(*args, **kwargs), the constructor of an object the config group `group` describes; an argument it
-    refuses (BadArgument) becomes the user's error naming the config key, group.<argument>."""
+    refuses (BadArgument) becomes the user's error naming the config key, group.<argument>. A class that cannot
+    be imported or called with these settings (Hydra's InstantiationException, a TypeError or ValueError of the
+    class's own, Lightning's MisconfigurationException) is the user's error too, naming the group and the keys
+    its message mentions."""
     from hydra.errors import InstantiationException
 
     try:
         return build(*args, **kwargs)
-    except (BadArgument, InstantiationException) as e:
-        refusal = e.__cause__ if isinstance(e, InstantiationException) else e  # instantiate wraps what it calls
-        if not isinstance(refusal, BadArgument):
-            raise
-        raise UserError(refusal.named(lambda name: f"{group}.{name}")) from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a class of the user's choosing, called with the user's settings)
+        refusal = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(refusal, BadArgument):
+            raise UserError(refusal.named(lambda name: f"{group}.{name}")) from None
+        raise UserError(refused_by(group, refusal, args[0] if args and isinstance(args[0], (dict, DictConfig))
+                                   else kwargs)) from None
+
+
+def refused_by(group: str, error: BaseException, config) -> str:
+    """The user's message for a class that refused its config: the keys its reason names (or all of them, with
+    their values, where it names none), and the reason."""
+    import re
+
+    why = " ".join(str(error).split())[:400] or type(error).__name__
+    config = dict(config or {})
+    target = config.get("_target_")
+    if isinstance(error, (ImportError, AttributeError)) or re.search(r"\b(target|import|callable)\b", why, re.I):
+        return (f"{group}._target_={target!r} cannot be built ({why}). Name a class that is installed here, with "
+                f"the settings it takes (vae-train --cfg job shows {group}).")
+    settings_ = {k: v for k, v in config.items() if isinstance(k, str) and not k.startswith("_")}
+    keys = [k for k in settings_ if re.search(rf"\b{re.escape(k)}\b", why)] or list(settings_)
+    shown = ", ".join(f"{group}.{k}={_short(settings_[k])}" for k in keys)
+    return (f"{group}._target_={target!r} refused its settings ({shown}): {why}. Change the value it names (vae-train "
+            "--cfg job shows them).")
+
+
+def _short(value) -> str:
+    text = repr(OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def optimizer_and_schedule(cfg: DictConfig):
@@ -230,11 +291,9 @@ def _built(group: str, config: dict, *args):
     try:
         made = instantiate(config)
         return made, made(*args)
-    except (InstantiationException, TypeError, ValueError) as e:
-        why = " ".join(str(e.__cause__ or e).split())
-        keys = " ".join(f"{group}.{k}={v}" for k, v in config.items() if not k.startswith("_"))
-        raise UserError(f"{group}={config.get('_target_')} refused its settings ({keys}): {why}. Change or remove "
-                        f"the key it names (~{group}.<key> removes one; vae-train --cfg job shows them all).") from None
+    except Exception as e:  # noqa: BLE001 (the user's class, called with the user's settings)
+        raise UserError(refused_by(group, e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e,
+                                   config)) from None
 
 
 def binarizes(cfg: DictConfig) -> bool:

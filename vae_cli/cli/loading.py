@@ -36,9 +36,14 @@ def resolve_checkpoint(ckpt_path, default_name: str | None = "best.ckpt") -> Pat
         ckpt_path = run
     p = Path(str(ckpt_path)).expanduser()
     names = RESUMABLE if default_name is None else (default_name,)
-    if p.is_dir():
-        p = (newest_state(p) if default_name is None else None) or p / "checkpoints" / names[-1]
-    if not p.is_file():
+    try:
+        if p.is_dir():
+            p = (newest_state(p) if default_name is None else None) or p / "checkpoints" / names[-1]
+        found = p.is_file()
+    except OSError as e:  # a name too long, a folder that cannot be read
+        raise UserError(f"ckpt_path={str(ckpt_path)[:100]!r}: {e.strerror}. Pass a .ckpt file or a run directory.") \
+            from None
+    if not found:
         raise UserError(
             f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {p}. Pass a .ckpt file or a run directory "
             f"that holds checkpoints/{' or '.join(names)}, e.g. ckpt_path=outputs/DATE/TIME/checkpoints/{names[-1]}."

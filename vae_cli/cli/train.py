@@ -53,6 +53,8 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Lightning's hint to start it with srun, on any machine where srun exists: vae-train's own README says when.
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
+    # On every resume: the run's own checkpoints are there, as they should be.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     # Lightning warns about its own use of a deprecated torch internal; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
@@ -71,6 +73,7 @@ def setup(cfg: DictConfig):
 
     from pytorch_lightning.callbacks import Timer
 
+    from ..data import BaseDataModule
     from ..data.lightning import LightningData
     from ..training.callbacks import EMA, TENSORBOARD_ONLY, EpochLines, NonFiniteGuard, ProgressBar, RNGState
     from ..training.checkpointing import AtomicCheckpointIO
@@ -91,7 +94,10 @@ def setup(cfg: DictConfig):
         return OmegaConf.to_container(cfg[group], resolve=True)
 
     binarize = binarizes(cfg)
-    datamodule = make_datamodule(settings("data"), binarize=binarize, seed=cfg.seed)
+    datamodule = named("data", make_datamodule, settings("data"), binarize=binarize, seed=cfg.seed)
+    if not isinstance(datamodule, BaseDataModule):
+        raise UserError(f"data._target_={cfg.data._target_!r} does not build a datamodule (a {type(datamodule).__name__}); "
+                        "name a subclass of vae_cli.data.BaseDataModule.")
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
     check_fits_data(cfg.model.likelihood, datamodule.head("train", 1000)[0], binarize)
@@ -117,7 +123,7 @@ def setup(cfg: DictConfig):
         # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
         module.vae.encoder.compile()
         module.vae.decoder.compile()
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = [named(f"logger.{name}", instantiate, c) for name, c in (cfg.get("logger") or {}).items()]
     callbacks = [named(f"callbacks.{name}", instantiate, c) for name, c in cfg.callbacks.items()]
     if not any(isinstance(lg, TensorBoardLogger) for lg in loggers):
         skipped = [cb for cb in callbacks if isinstance(cb, TENSORBOARD_ONLY)]
@@ -144,7 +150,7 @@ def setup(cfg: DictConfig):
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
+    trainer = named("trainer", instantiate, cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     return LightningData(datamodule), module, trainer, ckpt_path
 
 
@@ -237,6 +243,14 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     except Interrupted as stop:
         stop.where = stop.where or "before training"  # a stop in training says where it saved
         raise
+    except Exception as error:
+        if ckpt_path is not None and _in_restore(error):
+            forget_refused_record()
+            raise UserError(f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
+                            f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
+                            "or is not a state of this run; resume from another checkpoint of the run (last.ckpt or "
+                            "interrupted.ckpt), or start a new run. Nothing in the run directory was changed.") from None
+        raise
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
     train_seconds = timer.time_elapsed("train")  # over every start of the run
     pruned = next((cb.pruned_at for cb in trainer.callbacks if getattr(cb, "pruned_at", None)), None)
@@ -275,6 +289,18 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     return metrics
 
 
+# Where Lightning puts a checkpoint's state back into the trainer, the module, the optimisers and the callbacks.
+_RESTORE = ("on_load_checkpoint", "load_state_dict", "_restore_modules_and_callbacks", "restore_training_state")
+
+
+def _in_restore(error: BaseException) -> bool:
+    """Whether an error was raised while a checkpoint's state was put back (a state the run cannot take)."""
+    import traceback
+
+    return any(f.name in _RESTORE or f.filename.endswith("checkpoint_connector.py")
+               for f in traceback.extract_tb(error.__traceback__))
+
+
 def _monitor(cfg: DictConfig) -> str | None:
     """The metric best.ckpt is chosen on (None when the run keeps no best checkpoint)."""
     return (cfg.callbacks.get("model_checkpoint") or {}).get("monitor")
@@ -303,8 +329,9 @@ class CheckedSettings(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from .checks import check_train_config
 
+        HydraConfig.instance().set_config(config)  # as Hydra does when it starts the run: ${hydra:...} resolves
         settings = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        settings.run_dir = config.hydra.run.dir  # Hydra's runtime keys are set once it makes the directory
+        settings.run_dir = config.hydra.run.dir  # hydra.runtime.output_dir is set once Hydra makes the directory
         run_or_exit("vae-train", check_train_config, settings)
 
 

@@ -1,0 +1,282 @@
+"""The fuzzer: generated hostile settings and files against the contract of every command (tests/fuzz.py says
+what it is). In this process, fast: any value of any key of the composed config is judged by the settings' rules
+or built (data, model, objective, optimiser, callbacks, loggers, trainer) without an error other than the user's,
+which names the key; a checkpoint with any field removed, retyped or naming a callable is scored, sampled or
+refused in one line, and runs nothing. Marked slow: the same values trained for a few steps, and real processes."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+import fuzz
+from conftest import QUIET, compose, run_here, run_vae_train
+from vae_cli.errors import UserError
+
+# The configs whose keys are attacked: the default, and one with every optional callback and a schedule chosen.
+VARIANTS = [(), ("callbacks=[default,ema,early_stopping]", "scheduler=plateau", "logger=[tensorboard,csv]")]
+GROUPS = ["data", "model", "objective", "optimizer", "scheduler", "trainer", "logger", "callbacks", "top"]
+PATHS = {"run_dir", "trainer.default_root_dir"}  # where the run writes: the directory under test itself
+
+
+def _keys(variant, group: str) -> list[str]:
+    keys = [k for k in fuzz.leaves(compose("train", *variant)) if k not in PATHS]
+    return [k for k in keys if (k.split(".")[0] == group) or (group == "top" and k.split(".")[0] not in GROUPS)]
+
+
+def _named(message: str, key: str) -> bool:
+    """Whether a refusal names the key: the key itself, or (for a value Hydra or OmegaConf refuses) its path."""
+    return key in message or key.rpartition(".")[2] in message and key.partition(".")[0] in message
+
+
+def judged_and_built(cfg) -> None:
+    """What vae-train does before training: the settings' rules, then every object built."""
+    from vae_cli.cli.checks import check_train_config
+    from vae_cli.cli.train import setup
+
+    check_train_config(cfg)
+    setup(cfg)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_any_value_of_any_setting_is_refused_by_name_or_built(group, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = {v: compose("train", f"run_dir={tmp_path / 'run'}", *v) for v in VARIANTS}
+    keys = [(v, k) for v in VARIANTS for k in _keys(v, group)]
+
+    @settings(max_examples=fuzz.examples(12), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(keys), fuzz.VALUES)
+    def attack(variant_key, value):
+        variant, key = variant_key
+        cfg = fuzz.with_value(configs[variant], key, value)
+        assume(cfg is not None)
+        try:
+            judged_and_built(cfg)
+        except UserError as e:
+            assert _named(str(e), key), f"{key}={value!r} refused without naming the key: {e}"
+
+    attack()
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from test_trust import _digits_checkpoint
+
+    return _digits_checkpoint(tmp_path / "c.ckpt")
+
+
+WRITERS = ["pathlib.Path.write_text", "builtins.open", "shutil.copyfile", "shutil.rmtree", "os.remove", "torch.save",
+           "numpy.save", "subprocess.run", "builtins.exec", "vae_cli.training.files.write_json"]
+FIELDS = ["state_dict", "hyper_parameters", "data_config", "global_step", "epoch"]
+
+
+def _hostile_checkpoints():
+    """A change to a checkpoint's content: a field removed, retyped, or a saved config naming a callable."""
+    removed = st.tuples(st.just("remove"), st.sampled_from(FIELDS + ["hyper_parameters.model", "state_dict.one"]))
+    retyped = st.tuples(st.just("retype"), st.sampled_from(FIELDS + ["hyper_parameters.model", "state_dict.one",
+                                                                   *(f"hyper_parameters.model.{k}" for k in (
+                                                                       "latent_dim", "hidden_dims", "arch",
+                                                                       "likelihood", "data_shape", "activation")),
+                                                                   *(f"data_config.{k}" for k in (
+                                                                       "val_size", "test_size", "binarize",
+                                                                       "data_dir", "batch_size"))]),
+                        st.one_of(fuzz.VALUES, st.just(torch.zeros(3)), st.just(torch.zeros(2, 2, dtype=torch.int8))))
+    called = st.tuples(st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config",
+                                                         "hyper_parameters.model.hidden_dims", "data_config.val_size"]),
+                       st.sampled_from(WRITERS))
+    return st.one_of(removed, retyped, called)
+
+
+def _apply(ckpt: dict, change, victim: Path) -> dict:
+    kind, where, *value = change
+    *path, last = where.split(".")
+    node = ckpt
+    for p in path:
+        node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return ckpt
+    if last == "one":  # one of the state dict's tensors
+        last = sorted(node)[0]
+    if kind == "remove":
+        node.pop(last, None)
+    elif kind == "retype":
+        node[last] = value[0]
+    else:
+        node[last] = {"_target_": value[0], "self": str(victim), "file": str(victim), "path": str(victim),
+                      "data": "overwritten", "f": str(victim), "obj": 1, "arr": [1], "args": ["touch", str(victim)]}
+    return ckpt
+
+
+@pytest.mark.parametrize("tool", ["vae-eval", "vae-sample"])
+def test_a_hostile_checkpoint_is_scored_or_refused_in_one_line_and_runs_nothing(tool, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # what users see: the command's own boundary
+    victim = tmp_path / "victim.txt"
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "kept.txt").write_text("kept")
+    pristine = torch.load(_checkpoint(tmp_path), weights_only=True)
+
+    @settings(max_examples=fuzz.examples(25), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(_hostile_checkpoints())
+    def attack(change):
+        ckpt = _apply({k: (dict(v) if isinstance(v, dict) else v) for k, v in pristine.items()}, change, victim)
+        ckpt["hyper_parameters"] = ({k: (dict(v) if isinstance(v, dict) else v) for k, v in ckpt["hyper_parameters"]
+                                     .items()} if isinstance(ckpt.get("hyper_parameters"), dict) else
+                                    ckpt.get("hyper_parameters"))
+        path = tmp_path / "hostile.ckpt"
+        torch.save(ckpt, path)
+        before = fuzz.snapshot(sentinel)
+        args = ["iw_samples=2", "limit=3", "figures=false", f"out={tmp_path / 'out' / 'e.json'}"] \
+            if tool == "vae-eval" else ["n=2", "steps=2", f"out={tmp_path / 'out'}"]
+        code = 0
+        try:
+            run_here(tool, f"ckpt_path={path}", *args, cwd=tmp_path)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (0, 2), f"{change}: exit {code}: {err}"
+        assert "Traceback" not in err
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and str(path) in err, f"{change}: {err}"
+        assert not victim.exists(), f"{change} wrote {victim}"
+        assert fuzz.snapshot(sentinel) == before
+
+    attack()
+
+
+YAML_TEXTS = st.one_of(
+    st.sampled_from([
+        "model:\n  latent_dim: 3\n  latent_dim: 4\n",             # a duplicate key
+        "model:\n\tlatent_dim: 3\n",                                 # a tab
+        "a: &x [1, 2]\nmodel:\n  hidden_dims: *x\n",                 # an alias
+        "model: !!python/object/apply:os.system ['touch victim']\n",  # a tag that would run a program
+        "model: [1, 2\n",                                            # unclosed
+        "\x00\x01binary",
+        "# @package _global_\nmodel:\n  latent_dim: -2\n",
+        "# @package _global_\nhydra:\n  run:\n    dir: /\n",
+        "defaults:\n  - nope\n",
+        "x: " + "[" * 200 + "]" * 200 + "\n",
+    ]),
+    st.text(max_size=200),
+)
+
+
+def test_a_hostile_yaml_of_the_users_own_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    @settings(max_examples=fuzz.examples(20), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(YAML_TEXTS)
+    def attack(text):
+        folder = tmp_path / "mine" / "experiment"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "x.yaml").write_text(text, errors="surrogatepass") if "\x00" not in text else \
+            (folder / "x.yaml").write_bytes(text.encode("utf-8", "surrogatepass"))
+        code = 0
+        try:
+            run_here("vae-train", "--config-dir", str(tmp_path / "mine"), "experiment=x", "--cfg", "job",
+                     cwd=tmp_path)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (0, 2, None), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+        assert not (tmp_path / "victim").exists()
+
+    attack()
+
+
+# Marked slow: the same attacks carried through training, and real processes.
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", "callbacks.latent_projector.max_points=20"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    """A run of two steps, whose checkpoints the resume attacks start from."""
+    from conftest import train
+
+    return train(tmp_path_factory.mktemp("fuzz"), "run", *SHORT)
+
+
+LIGHTNING_FIELDS = ["loops", "optimizer_states", "lr_schedulers", "callbacks", "pytorch-lightning_version",
+                    "hparams_name", "train_epoch_sums", "state_dict.one"]
+
+
+@pytest.mark.slow
+def test_a_hostile_state_to_resume_from_resumes_or_is_refused_and_rewrites_nothing(short_run, tmp_path, capsys,
+                                                                                    monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    pristine = torch.load(short_run / "checkpoints" / "last.ckpt", weights_only=True)
+    changes = st.one_of(
+        st.tuples(st.just("remove"), st.sampled_from(FIELDS + LIGHTNING_FIELDS)),
+        st.tuples(st.just("retype"), st.sampled_from(FIELDS + LIGHTNING_FIELDS + [
+            "hyper_parameters.model.latent_dim", "hyper_parameters.objective", "data_config.val_size"]),
+            st.one_of(fuzz.VALUES, st.just(torch.zeros(3)))),
+        st.tuples(st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config"]), st.sampled_from(WRITERS)))
+
+    @settings(max_examples=fuzz.examples(12), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(changes)
+    def attack(change):
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(short_run, run)
+        victim = tmp_path / "victim.txt"
+        ckpt = _apply(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True), change, victim)
+        torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+        before = fuzz.snapshot(run)
+        code = 0
+        try:
+            run_here("vae-train", f"ckpt_path={run}", "trainer.max_epochs=2", *SHORT[1:], *QUIET, cwd=tmp_path)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (0, 2), f"{change}: exit {code}: {err}"
+        assert "Traceback" not in err and not victim.exists()
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and str(run) in err, f"{change}: {err}"
+            assert fuzz.rewritten(before, fuzz.snapshot(run)) == [], f"{change} rewrote files of the run"
+
+    del pristine
+    attack()
+
+
+def _sandbox(tmp_path: Path) -> tuple[Path, Path]:
+    """A working directory for a command, and a sentinel tree beside it that no command may touch."""
+    work, sentinel = tmp_path / "work", tmp_path / "sentinel"
+    for d in (work, sentinel / "deep"):
+        d.mkdir(parents=True, exist_ok=True)
+    (sentinel / "deep" / "kept.txt").write_text("kept")
+    return work, sentinel
+
+
+@pytest.mark.slow
+def test_any_setting_on_the_command_line_keeps_the_process_contract(tmp_path):
+    """Real vae-train processes, as users start them, with one hostile override each."""
+    work, sentinel = _sandbox(tmp_path)
+    keys = [k for v in VARIANTS[:1] for group in GROUPS for k in _keys(v, group)]
+
+    @settings(max_examples=fuzz.examples(16), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(keys), fuzz.VALUES)
+    def attack(key, value):
+        before = fuzz.snapshot(sentinel)
+        proc = run_vae_train(fuzz.override(key, value), *SHORT, *QUIET, cwd=work, check=False, timeout=600)
+        assert proc.returncode in (0, 2), f"{key}={value!r}: exit {proc.returncode}: {proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        if proc.returncode == 2:
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("vae-train: error:")]
+            assert len(errors) == 1, proc.stderr
+            assert _named(errors[0], key) or "override" in errors[0].lower(), errors[0]
+        assert fuzz.snapshot(sentinel) == before
+
+    attack()
