@@ -103,7 +103,7 @@ def test_checkpoints_load_without_running_code_from_them(trained_digits_run, tmp
     torch.save(ckpt, evil, pickle_module=pickle)
     for tool, args in (("vae-eval", [f"ckpt_path={evil}", "iw_samples=2"]), ("vae-sample", [f"ckpt_path={evil}"]),
                        ("vae-train", [f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'r'}", *QUIET])):
-        assert "cannot be loaded as a checkpoint" in refused(tool, *args, cwd=tmp_path, capsys=capsys)
+        assert "cannot be read as a vae-cli checkpoint" in refused(tool, *args, cwd=tmp_path, capsys=capsys)
     assert not marker.exists()
 
 
@@ -117,7 +117,7 @@ def test_bad_checkpoints_for_resuming_are_named(trained_digits_run, tmp_path, ca
     truncated.write_bytes(last.read_bytes()[:5000])
     err = refused("vae-train", f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'r2'}", *QUIET, cwd=tmp_path,
                   capsys=capsys)
-    assert "cannot be loaded as a checkpoint" in err
+    assert "cannot be read as a vae-cli checkpoint" in err
 
 
 @pytest.mark.slow
