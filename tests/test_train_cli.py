@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, read_scalars, run_here, run_vae_train, train
+from conftest import QUIET, read_scalars, refused, run_here, run_vae_train, train
 from vae_cli.data import DEBIAN_FASHION_MNIST
 
 TERMS = ("recon_loss", "kl", "elbo", "loss", "bpd")
@@ -115,6 +115,15 @@ def test_a_broken_yaml_file_of_the_users_own_is_named_with_its_line_and_column(t
         "vae-train: error: mine/experiment/small.yaml:4:8: not valid YAML (expected ',' or ']', but got ':'). "
         "Fix that line of the file, then run the command again."]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_duplicate_key_in_a_yaml_file_of_the_users_own_is_named_with_its_line(tmp_path, capsys):
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "dup.yaml").write_text("# @package _global_\nmodel:\n  latent_dim: 3\n"
+                                                              "  latent_dim: 4\n")
+    err = refused("vae-train", "--config-dir", "mine", "experiment=dup", cwd=tmp_path, capsys=capsys)
+    assert err.strip() == ("vae-train: error: mine/experiment/dup.yaml:4:3: not valid YAML (the key 'latent_dim' "
+                           "appears twice). Fix that line of the file, then run the command again.")
 
 
 @pytest.mark.slow

@@ -37,7 +37,9 @@ class _Keys(dict):
 
 
 def _shown(value) -> str:
-    return repr(value).replace("{", "{{").replace("}", "}}")
+    text = repr(value)
+    text = text if len(text) <= 120 else f"{text[:90]}...{text[-20:]} ({len(text)} characters)"
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def require(name: str, value, ok: bool, what: str, use: str) -> None:

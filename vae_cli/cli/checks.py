@@ -124,7 +124,7 @@ def check_values(cfg: DictConfig, rules) -> None:
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value)
         if not ok(value):
-            raise UserError(f"{key}={value!r} is not a valid {what}; use {use}.")
+            raise UserError(f"{key}={_short(value)} is not a valid {what}; use {use}.")
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -265,7 +265,7 @@ def refused_by(group: str, error: BaseException, config) -> str:
 
 def _short(value) -> str:
     text = repr(OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 120 else f"{text[:90]}...{text[-20:]} ({len(text)} characters)"
 
 
 def optimizer_and_schedule(cfg: DictConfig):

@@ -325,17 +325,22 @@ class WritableOutput(Callback):
     or written stops the command with one message naming it, and exit status 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _try_writing(Path(config.hydra.run.dir))
+        _try_writing(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _try_writing(Path(config.hydra.sweep.dir))
+        _try_writing(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 PROBE_BYTES = 1 << 16  # more than Hydra's record and the first lines of the log
 
 
-def _try_writing(folder: Path) -> None:
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+def _try_writing(folder: Path, key: str) -> None:
+    try:
+        made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    except OSError as e:  # a name longer than the file system takes
+        shown = str(folder) if len(str(folder)) <= 80 else str(folder)[:60] + "..." + str(folder)[-15:]
+        fail("vae-train", f"{key}={shown!r} cannot be a folder here: {e.strerror}. Choose a shorter path "
+                          f"(at most {os.pathconf('/', 'PC_NAME_MAX')} characters a name).")
     probe = folder / f".vae-train.{os.getpid()}.probe"  # this process's own: jobs starting together each try
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -85,10 +85,23 @@ def check_config_files(argv: list[str]) -> None:
     parser's reason, before Hydra reports it with a traceback."""
     import yaml
 
+    class Strict(yaml.SafeLoader):
+        """PyYAML keeps the last of two equal keys without a word; OmegaConf refuses them: so is it refused here."""
+
+        def construct_mapping(self, node, deep=False):
+            keys = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in keys:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice",
+                                                            key_node.start_mark)
+                keys.add(key)
+            return super().construct_mapping(node, deep)
+
     for folder in _config_dirs(argv):
         for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
             try:
-                yaml.safe_load(f.read_text())
+                yaml.load(f.read_text(), Loader=Strict)  # noqa: S506 (a safe loader: Strict is a SafeLoader)
             except yaml.MarkedYAMLError as e:
                 mark = e.problem_mark or e.context_mark
                 at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -96,3 +109,6 @@ def check_config_files(argv: list[str]) -> None:
                                 "then run the command again.") from None
             except yaml.YAMLError as e:  # an error without a position
                 raise UserError(f"{f}: not valid YAML ({' '.join(str(e).split())}).") from None
+            except (OSError, UnicodeDecodeError, RecursionError) as e:
+                raise UserError(f"{f}: cannot be read as YAML ({type(e).__name__}: {e}). Fix or remove the file.") \
+                    from None

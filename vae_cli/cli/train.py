@@ -329,6 +329,12 @@ class CheckedSettings(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from .checks import check_train_config
 
+        from .. import settings as rules
+        from .errors import fail
+
+        why = rules.folder_key("hydra.run.dir", config.hydra.run.dir, must_exist=False)
+        if why:
+            fail("vae-train", f"{why}.")
         HydraConfig.instance().set_config(config)  # as Hydra does when it starts the run: ${hydra:...} resolves
         settings = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         settings.run_dir = config.hydra.run.dir  # hydra.runtime.output_dir is set once Hydra makes the directory
