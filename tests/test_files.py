@@ -76,12 +76,12 @@ def test_a_lock_naming_a_live_process_holds_only_with_that_process_start_time(tm
     release(claim(tmp_path / "run"))
     assert not lock.exists()
 
-    lock = _lock(tmp_path / "run", pid=sleeper.pid, host=host, start=start)
+    lock = _lock(tmp_path / "run", pid=sleeper.pid, host=host, start=start, since="2026-12-04T21:00:00+00:00")
     written = lock.read_bytes()
     with pytest.raises(UserError) as e:
         claim(tmp_path / "run")
     message = str(e.value)
-    assert f"process {sleeper.pid}" in message and str(lock) in message and f"tick {start}" in message
+    assert f"process {sleeper.pid}" in message and str(lock) in message and "since 2026-12-04T21:00:00" in message
     assert "delete" in message and lock.read_bytes() == written  # refused: the owner's lock as it was
 
 

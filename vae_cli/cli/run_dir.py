@@ -289,13 +289,12 @@ def _slurm_job() -> str | None:
 
 def _held(run_dir: Path, lock: Path, owner: dict) -> UserError:
     pid, host, start = owner["pid"], owner["host"], owner["start"]
-    since = f", holding it since {owner['since']}" if owner["since"] else ""
-    started = f"started at tick {start} after boot" if start is not None else "start time not recorded"
+    since = f"holding it since {owner['since']}" if owner["since"] else "start time not recorded"
     if host in (None, socket.gethostname()):
-        who = f"(process {pid}) on this host ({started}{since})"
+        who = f"(process {pid}) on this host ({since})"
         gone = "if that process is gone"
     else:
-        who = f"(process {pid}) on host {host} ({started}{since}), which cannot be checked from here"
+        who = f"(process {pid}) on host {host} ({since}), which cannot be checked from here"
         gone = f"if that process is gone (check on {host})"
     return UserError(f"{run_dir} is being written by another vae-train {who}: its lock file is {lock}. Wait for it to "
                      f"end (or stop it), then resume it with ckpt_path={run_dir}; {gone}, delete {lock} first; or "
