@@ -70,6 +70,7 @@ BAD = [
     (["objective.beta=nan"], "objective.beta=nan"),
     (["compile=maybe"], "compile='maybe' is not a valid switch"),
     (["trainer.devices=0"], "trainer.devices=0 is not a valid device count"),
+    (["trainer.accelerator=cpu", "trainer.devices=507"], "trainer.devices=507: one training process per device, each needing"),
     (["trainer.precision=8"], "trainer.precision=8 is not a valid precision"),
     (["trainer.limit_train_batches=-1"], "trainer.limit_train_batches=-1"),
     (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),

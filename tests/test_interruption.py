@@ -56,6 +56,7 @@ def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tm
     if record["checkpoint"]:  # the natural command: the run directory, whose newest state is taken, and said
         again = run_vae_train(*SMALL, *QUIET, f"ckpt_path={run}", cwd=tmp_path)
         assert f"resuming {record['checkpoint']}" in again.stdout
+        assert "Warning" not in again.stderr and "exists and is not empty" not in again.stdout + again.stderr
     else:  # nothing was saved: the command it gave runs the run again in its directory (here without the signal)
         command = [a for a in shlex.split(record["resume"]) if not a.startswith("+callbacks.sig")]
         assert command[:2] == ["vae-train", f"hydra.run.dir={run}"]

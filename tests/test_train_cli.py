@@ -117,6 +117,14 @@ def test_a_broken_yaml_file_of_the_users_own_is_named_with_its_line_and_column(t
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("run_dir", ["x" * 300, "x/" * 3000, "/etc/hostname/run"], ids=["long name", "long path",
+                                                                                      "below a file"])
+def test_a_run_directory_the_file_system_cannot_make_is_refused_before_anything_is_written(run_dir, tmp_path, capsys):
+    err = refused("vae-train", f"hydra.run.dir={run_dir}", cwd=tmp_path, capsys=capsys)
+    assert err.startswith("vae-train: error: hydra.run.dir=") and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_duplicate_key_in_a_yaml_file_of_the_users_own_is_named_with_its_line(tmp_path, capsys):
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
     (tmp_path / "mine" / "experiment" / "dup.yaml").write_text("# @package _global_\nmodel:\n  latent_dim: 3\n"

@@ -111,6 +111,10 @@ def n_parameters(data_shape, latent_dim: int, hidden_dims, arch: str, activation
 BYTES_PER_PARAMETER = 16
 
 
+# Memory a training process takes before its model and data: the interpreter, torch and Lightning.
+PROCESS_BYTES = 1 << 29
+
+
 def available_memory() -> int | None:
     """Bytes of memory this machine can give a new process now (Linux's MemAvailable); None where unknown."""
     try:

@@ -4,13 +4,14 @@ apply when built), and below those of the keys no class of vae-cli owns (the see
 named() turns a class's refusal (BadArgument) into the user's error with the config key. What only the data can tell
 (a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
 import inspect
+import os
 import platform
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .. import settings
-from ..errors import BadArgument, UserError, integer, number, one_of
+from ..errors import BadArgument, UserError, integer, one_of
 from ..inputs import TRUSTED_DATA, TRUSTED_MODELS
 
 
@@ -158,7 +159,7 @@ def check_train_config(cfg: DictConfig) -> None:
             target = part.get("_target_") if isinstance(part, dict) else None
             if isinstance(target, str) and target.startswith(settings.PARTS):
                 named(f"{group}.{name}", settings.check_part, **{k: v for k, v in part.items() if k != "_target_"})
-    check_accelerator(cfg.trainer.get("accelerator", "auto"))
+    check_accelerator(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1))
 
 
 def _resolved(cfg, key: str):
@@ -203,26 +204,41 @@ def check_memory(model: dict, shape) -> None:
                         "here. Use a smaller model.latent_dim or model.hidden_dims.")
 
 
-def _gpu_devices() -> bool | None:
-    """Whether this machine has a GPU torch can use (NVIDIA or AMD device files on Linux, Apple silicon on macOS);
-    None where that cannot be told without torch."""
+def _gpu_devices() -> int | None:
+    """How many GPUs this machine has for torch (NVIDIA device files on Linux, Apple silicon's one on macOS); None
+    where that cannot be told without torch (AMD's, other systems)."""
     if platform.system() == "Linux":
         dev = Path("/dev")
-        return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
+        return None if (dev / "kfd").exists() else len(list(dev.glob("nvidia[0-9]*")))
     if platform.system() == "Darwin":
-        return platform.machine() == "arm64"
+        return int(platform.machine() == "arm64")
     return None
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla")
 
 
-def check_accelerator(accelerator) -> None:
+def check_accelerator(accelerator, devices) -> None:
+    """The accelerator and the number of devices (processes) against what this machine has."""
     if not one_of(accelerator, ACCELERATORS):
         raise UserError(f"trainer.accelerator={accelerator!r} is not an accelerator; use auto, cpu, gpu (cuda) or mps.")
-    if accelerator in ("gpu", "cuda", "mps") and _gpu_devices() is False:
+    gpus = _gpu_devices()
+    if accelerator in ("gpu", "cuda", "mps") and gpus == 0:
         raise UserError(f"trainer.accelerator={accelerator}: this machine has no GPU. Train on the CPU "
                         "(trainer.accelerator=cpu, or auto: a GPU when there is one).")
+    n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
+    if n is None:
+        return
+    if accelerator == "cpu" or accelerator == "auto" and gpus == 0:
+        # Processes may share cores (to try data parallelism on a laptop), not memory: each holds torch and the data.
+        free = settings.available_memory()
+        if free is not None and n * settings.PROCESS_BYTES > free:
+            raise UserError(f"trainer.devices={devices}: one training process per device, each needing about "
+                            f"{settings.PROCESS_BYTES / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory "
+                            f"free here (and this machine has {os.cpu_count()} CPU cores). Use fewer devices.")
+    elif gpus is not None and n > gpus:
+        raise UserError(f"trainer.devices={devices}: one training process per GPU, but this machine has {gpus}. Use "
+                        f"at most trainer.devices={gpus}.")
 
 
 def named(group: str, build, *args, **kwargs):

@@ -288,7 +288,7 @@ def _slurm_job() -> str | None:
 
 
 def _held(run_dir: Path, lock: Path, owner: dict) -> UserError:
-    pid, host, start = owner["pid"], owner["host"], owner["start"]
+    pid, host = owner["pid"], owner["host"]
     since = f"holding it since {owner['since']}" if owner["since"] else "start time not recorded"
     if host in (None, socket.gethostname()):
         who = f"(process {pid}) on this host ({since})"
