@@ -3,9 +3,10 @@
 The sweeper asks the study for a trial's settings, runs the trial as a job through whatever Hydra launcher is
 configured (one process, joblib, SLURM), and tells the study how it ended. The study lives in its storage (an SQLite
 file in the sweep directory unless `hydra.sweeper.storage` names another SQLAlchemy URL), so the same command run
-again continues it, and several workers running that command at once share it, until `n_trials` trials have
-finished. Each job reports its validation metric to its trial after every epoch, and the study's pruner stops a
-hopeless one (vae_cli/cli/study.py: the study as both sides open it).
+again continues it, and several workers running that command at once share it, until `n_trials` trials have run
+to an end (complete, pruned or failed, as Optuna's own Study.optimize counts them). A worker whose last
+`max_failures_in_a_row` trials failed stops early. Each job reports its validation metric to its trial after every
+epoch, and the study's pruner stops a hopeless one (vae_cli/cli/study.py: the study as both sides open it).
 """
 import logging
 import threading
@@ -102,6 +103,9 @@ class Search:
         import optuna
 
         s = self.settings
+        if s.max_failures_in_a_row < 0:
+            raise UserError(f"hydra.sweeper.max_failures_in_a_row={s.max_failures_in_a_row}: a count of trials; use 0 "
+                            "to run n_trials whatever fails, or a positive number, e.g. 3 (the default).")
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what each trial did
         space, fixed = search_space(s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -109,12 +113,12 @@ class Search:
         storage = open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retry)
         study = optuna.create_study(study_name=s.study_name, storage=storage, direction=s.direction,
                                     sampler=built(s.sampler), pruner=make_pruner(s.pruner), load_if_exists=True)
-        log.info("study %s in %s: %d of %d trials finished", s.study_name, mask(url), len(finished(study)), s.n_trials)
-        failed = []
-        while len(finished(study)) < s.n_trials:
+        log.info("study %s in %s: %d of %d trials run", s.study_name, mask(url), len(tried(study)), s.n_trials)
+        failed, in_a_row = [], 0
+        while len(tried(study)) < s.n_trials:
             with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
-            room = s.n_trials - len(finished(study)) - len(running(study))
+            room = s.n_trials - len(tried(study)) - len(running(study))
             if room <= 0:  # the rest are running in other workers: wait for them, or for them to go silent
                 time.sleep(s.heartbeat_interval)
                 continue
@@ -123,8 +127,17 @@ class Search:
                 warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
                 asked = [study.ask(space) for _ in range(min(s.n_jobs, room))]
             batch = [t for t in asked if not self.surplus(study, t)]
-            if batch:
-                failed += self.run(study, storage, batch, fixed)
+            for error in self.run(study, storage, batch, fixed) if batch else []:
+                if error is None:
+                    in_a_row = 0
+                else:
+                    in_a_row += 1
+                    failed.append(error)
+            if s.max_failures_in_a_row and in_a_row >= s.max_failures_in_a_row:
+                # A setting that fails every trial (or a broken machine) would otherwise fail trial after trial.
+                log.error("the last %d trials failed: the search stops (hydra.sweeper.max_failures_in_a_row=%d)",
+                          in_a_row, s.max_failures_in_a_row)
+                break
         self.write_results(study, sweep_dir)
         if failed:
             raise failed[0]  # like Hydra's own sweepers: the sweep fails with the first failed job's error
@@ -135,13 +148,15 @@ class Search:
         from optuna.trial import TrialState
 
         keep = sorted(running(study), key=lambda t: (t.datetime_start, t.number))
-        if trial.number in {t.number for t in keep[:max(self.settings.n_trials - len(finished(study)), 0)]}:
+        if trial.number in {t.number for t in keep[:max(self.settings.n_trials - len(tried(study)), 0)]}:
             return False
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
         return True
 
-    def run(self, study, storage, batch, fixed) -> list[BaseException]:
+    def run(self, study, storage, batch, fixed) -> list[BaseException | None]:
+        """Runs the batch's trials and tells the study how each ended; returns each one's error (None: it did not
+        fail)."""
         from optuna.trial import TrialState
 
         overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"search.trial={t.number}"] for t in batch]
@@ -156,7 +171,7 @@ class Search:
                 study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             raise
         self.job_idx += len(batch)
-        failed = []
+        errors = []
         for t, ret in zip(batch, returns):
             t.set_user_attr("run_dir", str(Path(ret.hydra_cfg.hydra.runtime.output_dir).resolve()))  # the trial's folder
             try:
@@ -167,13 +182,14 @@ class Search:
                 study.tell(t, state=TrialState.PRUNED)
                 log.info("trial %d pruned at epoch %d (%.4f)", t.number, value.epoch, value.value)
             elif isinstance(value, BaseException):
+                t.set_user_attr("error", mask(str(value)))  # marks a trial that ran and failed: it counts as tried
                 study.tell(t, state=TrialState.FAIL)
                 log.error("trial %d failed: %s", t.number, value)
-                failed.append(value)
             else:
                 study.tell(t, float(value))
                 log.info("trial %d: %.4f", t.number, float(value))
-        return failed
+            errors.append(value if isinstance(value, BaseException) else None)
+        return errors
 
     def write_results(self, study, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
@@ -191,10 +207,13 @@ class Search:
         plot_study(study, sweep_dir, f"best {self.config.callbacks.model_checkpoint.monitor} (nats)")
 
 
-def finished(study) -> list:
+def tried(study) -> list:
+    """The trials that ran to an end: complete, pruned, or failed in their job. Not those given up before running
+    (surplus), nor those interrupted or killed, whose settings are queued to run again."""
     from optuna.trial import TrialState
 
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return [t for t in ended if t.state != TrialState.FAIL or "error" in t.user_attrs]
 
 
 def running(study) -> list:

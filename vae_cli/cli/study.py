@@ -37,7 +37,9 @@ class SearchConfig:
     study_name: str = "vae"
     storage: Any = None            # an SQLAlchemy URL; None: sqlite:///<sweep dir>/optuna.db
     direction: str = "maximize"
-    n_trials: int = 20             # trials to finish (complete or pruned), counted over every run of the command
+    n_trials: int = 20             # trials to run to an end (complete, pruned or failed), over every run of the command
+    max_failures_in_a_row: int = 3  # a worker stops after this many failed trials in a row (0: never), with the
+                                    # first failure's error
     n_jobs: int = 1                # trials launched together (a parallel launcher runs them at once)
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
     pruner: Any = "median"         # median, halving, hyperband, none, or {_target_: optuna.pruners.X, ...}
