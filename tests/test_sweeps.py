@@ -170,6 +170,54 @@ def test_a_pruned_trial_stops_early_and_says_so(tmp_path):
     assert "2 pruned" in report.stdout
 
 
+REFUSED = "data.val_size=5000"  # digits has 1,797 images: vae-train refuses every trial at start-up
+REFUSAL = "vae-train: error: data.val_size=5000 gives 5000 validation examples"
+
+
+def trial_folders(sweep: Path) -> list[str]:
+    return sorted((p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_trials, ran", [(2, 2), (10, 3)])  # n_trials reached; 3 failures in a row (the default)
+def test_a_search_whose_every_trial_fails_ends_with_the_first_failure(tmp_path, n_trials, ran):
+    sweep = tmp_path / "search"
+    proc = run_vae_train(*SEARCH, f"hydra.sweeper.n_trials={n_trials}", REFUSED, "trainer.max_epochs=1",
+                         f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(REFUSAL) and "Traceback" not in proc.stderr
+    assert trial_folders(sweep) == [str(n) for n in range(ran)]
+    s = study(sweep)
+    assert states(s) == {n: "FAIL" for n in range(ran)}
+    assert s.trials[0].user_attrs["error"].startswith(REFUSAL.removeprefix("vae-train: error: "))
+
+
+@pytest.mark.slow
+def test_failures_not_in_a_row_count_as_trials_and_the_search_reaches_n_trials(tmp_path):
+    sweep = tmp_path / "search"
+    sweep.mkdir()
+    # The trials' settings in this order (the sweeper takes queued settings first): two failures in a row, never three.
+    ahead = optuna.create_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}", direction="maximize")
+    for val_size in (5000, 5000, 200, 5000, 5000):
+        ahead.enqueue_trial({"data.val_size": val_size})
+    proc = run_vae_train(*SEARCH, "hydra.sweeper.n_trials=5", "data.val_size=choice(5000,200)",
+                         "hydra.sweeper.pruner=none", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+                         cwd=tmp_path, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(REFUSAL) and "Traceback" not in proc.stderr
+    assert states(study(sweep)) == {0: "FAIL", 1: "FAIL", 2: "COMPLETE", 3: "FAIL", 4: "FAIL"}
+    assert trial_folders(sweep) == ["0", "1", "2", "3", "4"]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_trial"] == 2 and results["trials"] == {"complete": 1, "fail": 4}
+
+
+def test_a_negative_number_of_failures_in_a_row_is_refused(tmp_path):
+    proc = run_vae_train(*SEARCH, "hydra.sweeper.max_failures_in_a_row=-1", f"hydra.sweep.dir={tmp_path / 's'}",
+                         cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("vae-train: error: hydra.sweeper.max_failures_in_a_row=-1: a count of trials")
+
+
 @pytest.mark.slow
 def test_an_unreachable_database_is_named_with_the_fix(tmp_path):
     proc = run_vae_train(*SEARCH, "hydra.sweeper.storage=postgresql+psycopg2://nobody@127.0.0.1:9/none",
@@ -218,14 +266,18 @@ def postgres():
 
 
 @pytest.mark.slow
-def test_a_study_in_postgresql_with_its_password_never_written_or_shown(tmp_path, postgres):
+@pytest.mark.parametrize("form", ["userinfo", "query"])  # user:PASSWORD@host, or host/db?...&password=PASSWORD
+def test_a_study_in_postgresql_with_its_password_never_written_or_shown(tmp_path, postgres, form):
     sweep = tmp_path / "search"
+    url = postgres if form == "userinfo" else (postgres.replace(f":{PASSWORD}@", "@")
+                                               + f"?connect_timeout=10&password={PASSWORD}")
     proc = run_vae_train(*SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
-                         f"hydra.sweeper.storage={postgres}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    s = study(sweep, url=postgres)
+                         f"hydra.sweeper.storage='{url}'", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    s = study(sweep, url=url)
     assert states(s) == {0: "COMPLETE", 1: "COMPLETE"}  # the jobs opened the study with the password
     assert not (sweep / "optuna.db").exists()
     assert PASSWORD not in proc.stdout + proc.stderr
-    assert postgres.replace(PASSWORD, "***") in (sweep / "0" / ".hydra" / "hydra.yaml").read_text()
+    assert f"study vae in {url.replace(PASSWORD, '***')}: 0 of 2 trials run" in proc.stdout
+    assert url.replace(PASSWORD, "***") in (sweep / "0" / ".hydra" / "hydra.yaml").read_text()
     written = [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
     assert written == []
