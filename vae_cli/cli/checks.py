@@ -279,6 +279,25 @@ def refused_by(group: str, error: BaseException, config) -> str:
             "--cfg job shows them).")
 
 
+def misconfigured(cfg: DictConfig, error: BaseException) -> str:
+    """The user's message for a setting Lightning refused while it ran (a monitored metric the run does not log,
+    say): its reason, and the trainer or callback keys whose values it quotes."""
+    why = " ".join(str(error).split())[:500]
+    keys = []
+    for group in ("trainer", "callbacks"):
+        flat = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
+        stack = [(group, flat)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}.{k}", v))
+                elif f"{k}={v!r}" in why or f"{k}={v}" in why or f"{k}`={v}" in why:
+                    keys.append(f"{prefix}.{k}={_short(v)}")
+    named = ", ".join(keys) or "a trainer.* or callbacks.* setting"
+    return f"{named}: Lightning refused it as the run went ({why}). Change that value (vae-train --cfg job shows them)."
+
+
 def _short(value) -> str:
     text = repr(OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value)
     return text if len(text) <= 120 else f"{text[:90]}...{text[-20:]} ({len(text)} characters)"

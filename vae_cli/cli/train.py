@@ -244,6 +244,10 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
         stop.where = stop.where or "before training"  # a stop in training says where it saved
         raise
     except Exception as error:
+        if type(error).__name__ == "MisconfigurationException":  # Lightning refusing a setting as it meets it
+            from .checks import misconfigured
+
+            raise UserError(misconfigured(cfg, error)) from None
         if ckpt_path is not None and _in_restore(error):
             forget_refused_record()
             raise UserError(f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
