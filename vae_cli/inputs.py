@@ -146,6 +146,9 @@ def checkpoint(path: Path, trust=()) -> dict:
                         "count); the file was altered, or is not a vae-cli checkpoint.")
     hp = ckpt["hyper_parameters"]
     saved_config(hp.get("model"), path, "hyper_parameters.model", trust)
+    if not isinstance(hp.get("objective", {}), dict):
+        raise UserError(f"{_where(path, 'hyper_parameters.objective')} is a {type(hp['objective']).__name__}, not "
+                        "the objective's settings; the file was altered, or is not a vae-cli checkpoint.")
     plain({k: v for k, v in hp.items() if k != "model"}, path, "hyper_parameters")
     if ckpt.get("data_config") is not None:
         saved_config(ckpt["data_config"], path, "data_config", trust)

@@ -272,7 +272,7 @@ def refused_by(group: str, error: BaseException, config) -> str:
     if isinstance(error, (ImportError, AttributeError)) or re.search(r"\b(target|import|callable)\b", why, re.I):
         return (f"{group}._target_={target!r} cannot be built ({why}). Name a class that is installed here, with "
                 f"the settings it takes (vae-train --cfg job shows {group}).")
-    settings_ = {k: v for k, v in config.items() if isinstance(k, str) and not k.startswith("_")}
+    settings_ = {k: v for k, v in config.items() if isinstance(k, str) and k != "_target_"}
     keys = [k for k in settings_ if re.search(rf"\b{re.escape(k)}\b", why)] or list(settings_)
     shown = ", ".join(f"{group}.{k}={_short(settings_[k])}" for k in keys)
     return (f"{group}._target_={target!r} refused its settings ({shown}): {why}. Change the value it names (vae-train "
@@ -324,7 +324,7 @@ def _built(group: str, config: dict, *args):
     from hydra.utils import instantiate
 
     try:
-        made = instantiate(config)
+        made = instantiate(config, _convert_="all")  # lists as lists: an optimiser's state goes into checkpoints
         return made, made(*args)
     except Exception as e:  # noqa: BLE001 (the user's class, called with the user's settings)
         raise UserError(refused_by(group, e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e,

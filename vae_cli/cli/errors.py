@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import traceback
-from pathlib import Path
 from typing import NoReturn
 
 from ..errors import UserError
@@ -92,15 +91,14 @@ def _traceback_file(tool: str, error: BaseException) -> str:
                                      (type(error), error, error.__traceback__)))
         return " and ".join(h.baseFilename for h in logs)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(tempfile.gettempdir()) / f"{tool}-bug-{stamp}-{os.getpid()}.txt"
     text = mask(f"{tool} {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(error)))
-    try:  # a new file of this process's own: never through a link someone left there
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:  # a new file of its own (mkstemp: made exclusively, never through a link someone left there)
+        fd, path = tempfile.mkstemp(prefix=f"{tool}-bug-{stamp}-", suffix=".txt")
         with os.fdopen(fd, "w") as f:
             f.write(text)
     except OSError as e:
-        return f"nowhere ({path}: {e.strerror}); run again with HYDRA_FULL_ERROR=1 to see it"
-    return str(path)
+        return f"nowhere ({tempfile.gettempdir()}: {e.strerror}); run again with HYDRA_FULL_ERROR=1 to see it"
+    return path
 
 
 def bug(tool: str, error: BaseException) -> NoReturn:

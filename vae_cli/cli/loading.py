@@ -113,9 +113,21 @@ def saved_datamodule(data_config: dict | None, path, trust=(), **overrides):
     """The datamodule a checkpoint's data config describes (a class inputs.TRUSTED or `trust` names)."""
     from ..inputs import build
 
+    from .. import settings
+    from ..errors import BadArgument
+
     if not data_config:
         raise UserError(f"{path} holds no data config (it was not written by vae-train), so its data is unknown.")
-    return build(data_config, path, "data_config", trust, **overrides)
+    try:  # the rules of vae-cli's datamodules, and what only the data can tell, named with the file
+        settings.check_data(**{k: v for k, v in data_config.items() if k != "_target_"})
+        datamodule = build(data_config, path, "data_config", trust, **overrides)
+        datamodule.prepare_data()
+        datamodule.setup()
+    except BadArgument as e:
+        raise UserError(f"{path}: " + e.named(lambda name: f"data_config.{name}")) from None
+    except UserError as e:
+        raise UserError(f"{path}: its data_config: {e}" if str(path) not in str(e) else str(e)) from None
+    return datamodule
 
 
 def check_compatible(module, ckpt: dict, path) -> None:

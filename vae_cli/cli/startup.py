@@ -101,7 +101,7 @@ def check_config_files(argv: list[str]) -> None:
     for folder in _config_dirs(argv):
         for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
             try:
-                yaml.load(f.read_text(), Loader=Strict)  # noqa: S506 (a safe loader: Strict is a SafeLoader)
+                loaded = yaml.load(f.read_text(), Loader=Strict)  # noqa: S506 (a safe loader: Strict is a SafeLoader)
             except yaml.MarkedYAMLError as e:
                 mark = e.problem_mark or e.context_mark
                 at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -112,3 +112,6 @@ def check_config_files(argv: list[str]) -> None:
             except (OSError, UnicodeDecodeError, RecursionError) as e:
                 raise UserError(f"{f}: cannot be read as YAML ({type(e).__name__}: {e}). Fix or remove the file.") \
                     from None
+            if not isinstance(loaded, (dict, type(None))):
+                raise UserError(f"{f}: holds a {type(loaded).__name__}, not settings (key: value lines). A config "
+                                "file is a mapping of settings, e.g. model:\\n  latent_dim: 8.")
