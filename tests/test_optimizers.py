@@ -60,9 +60,19 @@ def test_a_run_logs_the_learning_rate_its_schedule_gives_each_epoch(tmp_path, sc
 def test_settings_the_optimizer_refuses_stop_the_run_naming_them(tmp_path, capsys):
     err = refused("vae-train", *SMALL, "optimizer._target_=torch.optim.NAdam", f"hydra.run.dir={tmp_path / 'r'}",
                   cwd=tmp_path, capsys=capsys)
-    assert ("optimizer=torch.optim.NAdam refused its settings (optimizer.lr=0.001 optimizer.fused=True): "
+    assert ("optimizer._target_='torch.optim.NAdam' refused its settings (optimizer.fused=True): "
             "NAdam.__init__() got an unexpected keyword argument 'fused'") in err
     assert not (tmp_path / "r" / "checkpoints").exists()
     err = refused("vae-train", *SMALL, "scheduler=cosine", "+scheduler.warmup=5", f"hydra.run.dir={tmp_path / 'r2'}",
                   cwd=tmp_path, capsys=capsys)
-    assert "scheduler=torch.optim.lr_scheduler.CosineAnnealingLR refused its settings" in err
+    assert "scheduler._target_='torch.optim.lr_scheduler.CosineAnnealingLR' refused its settings (scheduler.warmup=5)" \
+        in err
+
+
+def test_an_optimizer_argument_given_as_a_list_reaches_it_as_a_list(tmp_path):
+    # A config list would ride in the optimiser's state into every checkpoint, which then loads only with code
+    # running (weights_only refuses OmegaConf's ListConfig): the final test could not load best.ckpt.
+    run = train(tmp_path, "run", *SMALL, "trainer.max_epochs=1", "+optimizer.betas=[0.8,0.9]")
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert tuple(ckpt["optimizer_states"][0]["param_groups"][0]["betas"]) == (0.8, 0.9)
+    assert (run / "metrics.json").is_file()  # the final test loaded best.ckpt
