@@ -217,6 +217,9 @@ def check_data(**arguments) -> None:
             require(name, value, ok(value), what, use)
 
 
+NAME_MAX = 200  # a file name's characters: the file system's 255, less what a checkpoint's version and suffix add
+
+
 def _text(v) -> bool:
     return isinstance(v, str) and 0 < len(v) < 4096 and "\0" not in v
 
@@ -226,7 +229,8 @@ def _text(v) -> bool:
 PART_RULES = {
     "dirpath": (_text, "folder", "a folder's path"),
     "save_dir": (_text, "folder", "a folder's path"),
-    "filename": (lambda v: v is None or _text(v), "file name", "a name without a suffix, e.g. best"),
+    "filename": (lambda v: v is None or _text(v) and all(len(part) <= NAME_MAX for part in v.split("/")), "file name",
+                 "a name without a suffix, of at most 200 characters, e.g. best"),
     "monitor": (lambda v: v is None or _text(v), "metric", "a logged metric, e.g. val/elbo, or null"),
     "mode": (lambda v: one_of(v, ("min", "max")), "direction", "min or max"),
     "save_top_k": (lambda v: integer(v, -1), "number of checkpoints", "an integer >= -1 (-1: all), e.g. 1"),

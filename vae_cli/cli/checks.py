@@ -159,6 +159,10 @@ def check_train_config(cfg: DictConfig) -> None:
             target = part.get("_target_") if isinstance(part, dict) else None
             if isinstance(target, str) and target.startswith(settings.PARTS):
                 named(f"{group}.{name}", settings.check_part, **{k: v for k, v in part.items() if k != "_target_"})
+                for key in ("dirpath", "save_dir"):
+                    why = settings.folder_key(f"{group}.{name}.{key}", part.get(key), must_exist=False)
+                    if why:
+                        raise UserError(f"{why}.")
     check_accelerator(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1))
 
 
