@@ -111,6 +111,33 @@ def _epoch_sums(sums) -> bool:
             and isinstance(count, int) and not isinstance(count, bool) and count >= 0)
 
 
+CORE_VAE = TRUSTED_MODELS[0]
+
+# Checkpoints written before the VAE moved into its own module had flat hyperparameters and the
+# networks' parameters on the LightningModule itself (encoder.*, not vae.encoder.*).
+_GROUPS = {"model": ("data_shape", "arch", "latent_dim", "hidden_dims", "activation", "likelihood", "gaussian_std"),
+           "objective": ("beta", "warmup_steps", "warmup_epochs", "free_bits", "kl_estimator"),
+           "optim": ("lr", "lr_decay")}
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """An earlier version's checkpoint in today's layout, in place: the same weights, today's names (vae-train
+    resumes it, vae-eval and vae-sample load it)."""
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict):
+        return ckpt
+    if "model" in hp:
+        if isinstance(hp["model"], dict):
+            hp["model"].setdefault("_target_", CORE_VAE)  # before model._target_, the core VAE was the only network
+        return ckpt
+    ckpt["hyper_parameters"] = {group: {k: hp[k] for k in keys if k in hp} for group, keys in _GROUPS.items()}
+    ckpt["hyper_parameters"]["model"]["_target_"] = CORE_VAE  # the only network there was
+    for key in ("state_dict", "current_model_state"):  # the raw weights beside a weight average
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key] = {f"vae.{name}": value for name, value in ckpt[key].items()}
+    return ckpt
+
+
 # A checkpoint's top-level entries that vae-cli reads, and what each must be.
 _CHECKPOINT = {"state_dict": dict, "hyper_parameters": dict, "data_config": (dict, type(None)),
                "global_step": int, "epoch": int}
@@ -121,8 +148,6 @@ def checkpoint(path: Path, trust=()) -> dict:
     naming a trusted class), the data's (data_config) and the progress counters; in today's layout whichever
     version of vae-cli wrote it."""
     import torch
-
-    from .training.compat import upgrade_checkpoint
 
     ckpt = load_tensors(path, "a vae-cli checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:

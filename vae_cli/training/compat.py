@@ -1,34 +1,8 @@
-"""What earlier versions of vae-cli wrote, read as today's: a checkpoint's layout (vae-train resumes it, vae-eval and
-vae-sample load it) and, in a sweep's job folder from before error.json, why the job failed (its train.log). Standard
-library only, so vae-report stays instant."""
+"""What earlier versions of vae-cli wrote, read as today's: in a sweep's job folder from before error.json, why the
+job failed (its train.log). (A checkpoint's earlier layouts are read by vae_cli/inputs.py.) Standard library only,
+so vae-report stays instant."""
 import re
 from pathlib import Path
-
-CORE_VAE = "vae_cli.core.vae.VAE"
-
-# Checkpoints written before the VAE moved into its own module had flat hyperparameters and the
-# networks' parameters on the LightningModule itself (encoder.*, not vae.encoder.*).
-_GROUPS = {"model": ("data_shape", "arch", "latent_dim", "hidden_dims", "activation", "likelihood", "gaussian_std"),
-           "objective": ("beta", "warmup_steps", "warmup_epochs", "free_bits", "kl_estimator"),
-           "optim": ("lr", "lr_decay")}
-
-
-def upgrade_checkpoint(ckpt: dict) -> dict:
-    """An earlier version's checkpoint in today's layout, in place: the same weights, today's names."""
-    hp = ckpt.get("hyper_parameters")
-    if not isinstance(hp, dict):
-        return ckpt
-    if "model" in hp:
-        if isinstance(hp["model"], dict):
-            hp["model"].setdefault("_target_", CORE_VAE)  # before model._target_, the core VAE was the only network
-        return ckpt
-    ckpt["hyper_parameters"] = {group: {k: hp[k] for k in keys if k in hp} for group, keys in _GROUPS.items()}
-    ckpt["hyper_parameters"]["model"]["_target_"] = CORE_VAE  # the only network there was
-    for key in ("state_dict", "current_model_state"):  # the raw weights beside a weight average
-        if key in ckpt:
-            ckpt[key] = {f"vae.{name}": value for name, value in ckpt[key].items()}
-    return ckpt
-
 
 # A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
 LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")

@@ -11,7 +11,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from ..core.metrics import batch_metrics
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD
-from .compat import upgrade_checkpoint
+from ..inputs import upgrade_checkpoint
 from .objective import Objective
 
 
