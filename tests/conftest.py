@@ -151,6 +151,37 @@ class SignalAt(pl.Callback):
     def on_test_batch_end(self, trainer, *args):
         self._send("test")
 
+class SignalTwiceAt(SignalAt):
+    """SignalAt, and the same signal again `gap` seconds later from another thread: what SLURM does at a time limit
+    (it signals the job's step and its batch shell), or a user pressing Ctrl-C twice."""
+    def __init__(self, at, signum, gap, rank=None):
+        super().__init__(at, signum, rank)
+        self.gap = gap
+    def _send(self, here):
+        if here == self.at and self.rank in (None, self.global_rank):
+            import threading
+            os.kill(os.getpid(), self.signum)
+            threading.Timer(self.gap, os.kill, (os.getpid(), self.signum)).start()
+            time.sleep(2 * self.gap)  # the second arrives while this step is still running
+
+class SignalInsistingAt(SignalAt):
+    """SignalAt, then the same signal again `after` seconds later, in the same step: a user who does not wait."""
+    def __init__(self, at, signum, after):
+        super().__init__(at, signum)
+        self.after = after
+    def _send(self, here):
+        if here == self.at:
+            os.kill(os.getpid(), self.signum)
+            time.sleep(self.after)
+            os.kill(os.getpid(), self.signum)
+
+class SignalWhenBuilt(pl.Callback):
+    """A signal while vae-train builds the run (loading data, making the model), before training starts; under
+    SLURM, first_start_only: in the job's first start only (SLURM_RESTART_COUNT unset or 0)."""
+    def __init__(self, signum, first_start_only=False):
+        if not first_start_only or os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+            os.kill(os.getpid(), getattr(signal, signum))
+
 class SlowAfterRequeue(pl.Callback):
     """A machine too busy to record its stop before SLURM's SIGTERM arrives: the requeue (vae_cli.cli.slurm's,
     real) is followed by `seconds` of waiting, inside which SLURM ends the job's processes with a SIGTERM."""

@@ -72,6 +72,17 @@ def newest_state(run_dir: Path) -> Path | None:
     return max(found, key=progress, default=None)
 
 
+def saved_step(path: Path) -> int | None:
+    """The training step a checkpoint holds the state after; None when it cannot be read."""
+    import torch
+
+    try:  # memory-mapped: only the step is read, not the weights
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # noqa: BLE001 (any file that is not a checkpoint)
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def resolve_device(name: str):
     """`device=auto` means CUDA when available; otherwise the named torch device (cpu, cuda, cuda:1)."""
     import torch

@@ -9,7 +9,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import socket
 import traceback
 from datetime import datetime
@@ -132,25 +131,38 @@ def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
     if not first_process():
         return
     requeued, why = False, None
-    if stop.signum == signal.SIGUSR1 and cfg.requeue:
+    if slurm.batch_job() is not None and slurm.requeued_from_outside():
+        requeued = True  # scontrol requeue, or a preemption that requeues
+    elif slurm.wanted(stop.signum, cfg.requeue):
         requeued, why = slurm.requeue()  # after Lightning has shut down: SLURM then ends the job with a SIGTERM
-    elif slurm.batch_job() is not None:
-        requeued = slurm.requeued_from_outside()  # scontrol requeue, or a preemption that requeues
     ckpt = stop.checkpoint or newest_state(run_dir)
     command = resume_command(ckpt)
-    where = (f"after epoch {stop.epoch} (step {stop.global_step})" if stop.epoch_finished else
-             f"in epoch {stop.epoch} at step {stop.global_step}" if stop.checkpoint else stop.where)
+    lost = _lost(stop, ckpt)
     write_json(run_dir / run_files.STOP, {
-        "signal": stop.name, "stopped": where, "epoch": stop.epoch, "global_step": stop.global_step,
-        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued})
+        "signal": stop.name, "stopped": stop.where, "epoch": stop.epoch, "global_step": stop.global_step,
+        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued, "lost": lost})
     state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
+             f"a later signal ended the stop before it saved: {lost}; the run's state is {ckpt or 'its start'}"
+             if stop.abandoned else
              f"nothing new to save; the run's state is {ckpt}" if ckpt else "nothing was saved")
     if requeued:
-        then = ("SLURM has requeued the job: waiting for SLURM to restart it (it holds a requeued job for about two "
-                "minutes), then it resumes from there. To resume it yourself instead, cancel the job, then: ")
+        then = (f"SLURM has requeued the job: waiting for SLURM to restart it (it holds it {slurm.held_for()}), then "
+                "it resumes from there. To resume it yourself instead, cancel the job, then: ")
     else:
         then = f"Could not requeue the SLURM job ({why}). Resume with: " if why else "Resume with: "
-    log.info("%s: stopped %s; %s. %s%s", stop.name, where, state, then, command)
+    log.info("%s: stopped %s; %s. %s%s", stop.name, stop.where, state, then, command)
+
+
+def _lost(stop, ckpt: Path | None) -> str | None:
+    """What an abandoned stop lost: the steps since the state it resumes from."""
+    if not stop.abandoned or stop.global_step is None:
+        return None
+    from .loading import saved_step
+
+    since = saved_step(ckpt) if ckpt else 0
+    if since is None or since >= stop.global_step:
+        return None
+    return f"steps {since + 1} to {stop.global_step} of training (epoch {stop.epoch}), which no checkpoint holds"
 
 
 def resume_command(ckpt: Path | None) -> str:

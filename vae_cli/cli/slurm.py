@@ -14,12 +14,16 @@ import subprocess
 log = logging.getLogger("vae_cli")
 
 
+def in_slurm() -> bool:
+    """Whether SLURM started this process as a task of a job (Lightning's rule, without its hint to use srun, which
+    vae-train's own README gives where it applies): not in an interactive allocation (srun --pty bash)."""
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
 def batch_job() -> str | None:
     """This process's SLURM job as scontrol names it (an array task: <array job>_<task>); None outside SLURM and
     in an interactive allocation (srun --pty bash), which SLURM does not requeue."""
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    if not SLURMEnvironment.detect():
+    if not in_slurm():
         return None
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
@@ -62,6 +66,43 @@ def requeue() -> tuple[bool, str | None]:
     if code:
         return False, f"scontrol requeue {job}: {out or f'exit status {code}'}"
     return True, None
+
+
+def _job_fields() -> dict[str, str]:
+    """This batch job's fields as `scontrol show job` gives them (JobState, Reason, BeginTime, Restarts, ...)."""
+    job = batch_job()
+    if job is None:
+        return {}
+    code, out = _scontrol("show", "job", "--oneliner", job)
+    return dict(w.split("=", 1) for w in out.split() if "=" in w) if code == 0 else {}
+
+
+def at_time_limit() -> bool:
+    """Whether SLURM is ending this job for its time limit (a SIGTERM then, when sbatch --signal asked for no
+    warning), not cancelling it (scancel) or ending it for another reason."""
+    fields = _job_fields()
+    return fields.get("JobState") == "TIMEOUT" or fields.get("Reason") == "TimeLimit"
+
+
+def wanted(signum: int, requeue: bool) -> bool:
+    """Whether a stop on this signal requeues the job (requeue=true): SLURM's warning before the time limit
+    (SIGUSR1), or the time limit itself (SIGTERM while the job times out); never a cancellation."""
+    import signal
+
+    return requeue and (signum == signal.SIGUSR1 or signum == signal.SIGTERM and batch_job() is not None
+                        and at_time_limit())
+
+
+def held_for() -> str:
+    """How long SLURM holds this requeued job before it may start again: the cluster's cred_expire (its AuthInfo
+    setting; 120 s by default). The job's own EligibleTime says it only once the job is pending again, after this
+    process has ended."""
+    import re
+
+    code, out = _scontrol("show", "config")
+    found = re.search(r"\bcred_expire=(\d+)", out) if code == 0 else None
+    seconds = int(found.group(1)) if found else 120
+    return f"for about {seconds} s, the cluster's cred_expire"
 
 
 def requeued_from_outside() -> bool:

@@ -4,6 +4,7 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from . import signals
 from .files import atomic_write, cannot_write
 
 
@@ -20,4 +21,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             folder.mkdir(exist_ok=True)
         except OSError as e:
             raise cannot_write(folder, e) from e
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)
+        with signals.saving():  # a signal that would end the run waits until the file is whole
+            atomic_write(Path(path), lambda f: torch.save(checkpoint, f), fsync=True)

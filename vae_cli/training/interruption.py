@@ -32,11 +32,16 @@ class Interruption(Checkpoint):
 
     def _save(self, trainer, signum: int, epoch_finished: bool) -> signals.Interrupted:
         ckpt = self.dirpath / "interrupted.ckpt"
-        trainer.save_checkpoint(ckpt, weights_only=False)
-        return signals.Interrupted(signum, ckpt, trainer.current_epoch + 1, trainer.global_step, epoch_finished)
+        trainer.save_checkpoint(ckpt, weights_only=False)  # whole before a later signal can end the stop
+        return signals.Interrupted(signum, ckpt, trainer.current_epoch + 1, trainer.global_step, epoch_finished,
+                                   phase=signals.TRAINING)
+
+    @staticmethod
+    def _progress(trainer):
+        return lambda: (trainer.current_epoch + 1, trainer.global_step)
 
     def on_train_start(self, trainer, pl_module):
-        signals.start(training=True)  # over the SIGTERM handler Lightning puts in place for fit
+        signals.enter(signals.TRAINING, self._progress(trainer))  # over the SIGTERM handler Lightning puts in place
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx + 1 >= trainer.num_training_batches:
@@ -44,6 +49,17 @@ class Interruption(Checkpoint):
         signum = self._agreed(trainer)
         if signum:
             raise self._save(trainer, signum, epoch_finished=False)
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # not the sanity check, before training
+            signals.enter(signals.VALIDATING, self._progress(trainer))
+
+    def on_validation_end(self, trainer, pl_module):
+        if signals.phase() == signals.VALIDATING:
+            signals.enter(signals.TRAINING, self._progress(trainer))
+
+    def on_test_start(self, trainer, pl_module):
+        signals.enter(signals.TESTING)  # nothing to save: a stop noted since training ended acts now
 
     def on_train_epoch_end(self, trainer, pl_module):
         # Called after the checkpoint callbacks' own (Checkpoint ordering); the loggers get the epoch's
@@ -57,9 +73,6 @@ class Interruption(Checkpoint):
             raise self._saved
 
     def on_train_end(self, trainer, pl_module):
-        signals.start(training=False)
         if self._saved is not None:
             raise self._saved
-
-    def on_exception(self, trainer, pl_module, exception):
-        signals.start(training=False)
+        signals.enter(signals.TESTING)  # training is over: what follows is the final test

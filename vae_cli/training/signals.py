@@ -1,62 +1,94 @@
-"""The signals that stop a run early: SIGINT (Ctrl-C), SIGTERM (kill, scancel, a preemption, a container's stop)
-and SIGUSR1 (what SLURM sends before a time limit, asked for with sbatch --signal=USR1@90).
+"""The signals that stop a run early: SIGINT (Ctrl-C), SIGTERM (kill, scancel, a preemption, a time limit, a
+container's stop) and SIGUSR1 (what SLURM sends before a time limit, asked for with sbatch --signal=USR1@90).
 
-A signal is noted when it arrives and acted on where the run is:
-- while training (between Lightning's train start and train end, training/interruption.py), at the next point
-  where the exact state can be saved: the end of the step, or, when the step was the epoch's last, the end of the
-  epoch (after its validation and checkpoints);
-- anywhere else before the run's results are written (start-up, loading data, the final test), at once: there is
-  none of this invocation's training to save, and the state it started from is on disk unchanged;
-- once the run's results are written, not in that run: a sweep running its jobs in this process stops before the
+A stop knows where it is: the run says which phase it is in (`phase`), and every signal is judged by it.
+- starting (from the command's start to training's), or testing (the final test): at once, there is none of this
+  invocation's training to save and the state it started from is on disk unchanged;
+- training or validating: at the next point where the exact state can be saved (the end of the step; when the step
+  was the epoch's last, or the signal came in validation, the end of the epoch);
+- saving (a checkpoint being written): once it is whole;
+- finished (the run's results are written): noted only; a sweep running its jobs in this process stops before the
   next one.
-A second signal while a stop is pending stops at once.
+Signals that come while a stop is under way are the same stop: SLURM signals a job's step and its batch shell
+(two SIGTERMs, about 100 ms apart), a user presses Ctrl-C twice. One that comes later than GRACE seconds after the
+first abandons the stop (the user insists): at once, or, while a checkpoint is being written, once it is whole;
+what the stop was to save is then lost, and the record says so.
 
 Standard library only, so the handlers are in place before torch and Lightning are imported."""
 import logging
 import signal
 import threading
+import time
+from contextlib import contextmanager
 
 log = logging.getLogger("vae_cli")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+GRACE = 10.0  # seconds after a stop's first signal in which the others are the same stop
+STARTING, TRAINING, VALIDATING, SAVING, TESTING, FINISHED = \
+    "starting", "training", "validating", "saving", "testing", "finished"
 
 
 class Interrupted(BaseException):
     """The run stopped on a signal. A BaseException, like KeyboardInterrupt, so that nothing between the
     point it is raised and the command's exit takes it for an error of the run.
 
-    checkpoint: the exact state to resume from, when this invocation saved one; epoch (1-based), global_step and
-    epoch_finished: where training stood when it was saved."""
+    phase: where the run was; checkpoint: the exact state to resume from, when this invocation saved one; epoch
+    (1-based), global_step and epoch_finished: where training stood; abandoned: a later signal ended the stop
+    before it saved (its steps since the last saved state are lost)."""
 
     def __init__(self, signum: int, checkpoint=None, epoch: int | None = None, global_step: int | None = None,
-                 epoch_finished: bool = False):
+                 epoch_finished: bool = False, phase: str | None = None, abandoned: bool = False):
         super().__init__(signum)
         self.signum, self.checkpoint, self.epoch, self.global_step = signum, checkpoint, epoch, global_step
-        self.epoch_finished = epoch_finished
-        self.where: str | None = None  # for a stop with nothing saved: before training, or in the final test
+        self.epoch_finished, self.abandoned = epoch_finished, abandoned
+        self.phase = phase or _state.phase
 
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
 
+    @property
+    def where(self) -> str:
+        """Where the run stopped, in the words of its record and log."""
+        if self.checkpoint and self.epoch_finished:
+            return f"after epoch {self.epoch} (step {self.global_step})"
+        if self.checkpoint or self.abandoned:
+            return f"in epoch {self.epoch} at step {self.global_step}"
+        return {STARTING: "before training", TESTING: "after training, in the final test",
+                FINISHED: "after its run finished"}.get(self.phase, f"in {self.phase}")
 
-class _Noted:
-    signum: int | None = None  # the first signal not yet acted on
-    training = False  # a stop waits for the end of the step
-    finished = False  # the run's results are written: signals are ignored
+
+class _State:
+    phase = STARTING
+    progress = None  # while training: () -> (epoch, 1-based, and optimiser steps taken), read when a signal comes
+    signum: int | None = None  # the stop's first signal, not yet acted on
+    since: float | None = None  # when it came
+    abandon: int | None = None  # a later signal, waiting for a save to be whole
 
 
-_noted = _Noted()
+_state = _State()
 
 
 def _handle(signum, frame) -> None:
-    if _noted.finished:
-        _noted.signum = _noted.signum or signum
+    s = _state
+    if s.phase == FINISHED:
+        s.signum = s.signum or signum
         return
-    if _noted.training and _noted.signum is None:
-        _noted.signum = signum
-        log.info("received %s: stopping at the end of this step", signal.Signals(signum).name)
+    if s.signum is not None:  # a stop is under way
+        if time.monotonic() - s.since < GRACE:
+            return  # the same stop
+        if s.phase == SAVING:
+            s.abandon = signum  # once the checkpoint being written is whole
+            return
+        raise _abandoned(signum)
+    s.signum, s.since = signum, time.monotonic()
+    if s.phase in (TRAINING, VALIDATING):
+        log.info("received %s: stopping at the end of this %s", signal.Signals(signum).name,
+                 "step" if s.phase == TRAINING else "epoch")
         return
+    if s.phase == SAVING:
+        return  # acted on by the training phase the save belongs to
     raise Interrupted(signum)
 
 
@@ -69,15 +101,42 @@ def catch() -> None:
             signal.signal(signum, _handle)
 
 
-def start(training: bool) -> None:
-    """Training starts (True): signals wait for the end of the step. Or it ended (False): they act at once."""
-    _noted.training = training
+def _abandoned(signum: int) -> Interrupted:
+    epoch, step = _state.progress() if _state.progress else (None, None)
+    return Interrupted(signum, epoch=epoch, global_step=step, abandoned=_state.progress is not None)
+
+
+def enter(phase: str, progress=None) -> None:
+    """The run is now in `phase`; while training, progress() says where (epoch, 1-based, and steps taken). A stop
+    noted in a phase that saves nothing acts when the run enters one that cannot wait (testing)."""
+    _state.phase = phase
+    _state.progress = progress if phase in (TRAINING, VALIDATING) else None
     catch()
+    if phase == TESTING and _state.signum is not None:
+        raise Interrupted(_state.signum)
+
+
+@contextmanager
+def saving():
+    """A checkpoint is being written: a signal that would abandon the stop waits until it is whole."""
+    before = _state.phase
+    _state.phase = SAVING
+    try:
+        yield
+    finally:
+        _state.phase = before
+        abandon, _state.abandon = _state.abandon, None
+        if abandon is not None:
+            raise _abandoned(abandon)
+
+
+def phase() -> str:
+    return _state.phase
 
 
 def pending() -> int | None:
     """The signal noted and not yet acted on, if any."""
-    return _noted.signum
+    return _state.signum
 
 
 def ignore() -> None:
@@ -91,14 +150,16 @@ def ignore() -> None:
 
 def finished() -> None:
     """From here a signal is noted and stops nothing of this run: its results are written, or its stop is being
-    recorded (where a requeued SLURM job gets SLURM's SIGTERM)."""
-    _noted.finished = True
+    recorded (where a requeued SLURM job gets SLURM's SIGTERM). A signal noted from here on stops the next run in
+    this process before it begins; the one this run has acted on does not."""
+    _state.phase, _state.signum, _state.abandon = FINISHED, None, None
 
 
 def reset() -> None:
     """A new run in this process (a sweep runs its jobs one after another in one process); a signal that came
     after the previous run's results were written stops it before it begins."""
-    after_a_run = _noted.signum if _noted.finished else None
-    _noted.signum, _noted.training, _noted.finished = None, False, False
+    after_a_run = _state.signum if _state.phase == FINISHED else None
+    _state.phase, _state.progress = STARTING, None
+    _state.signum = _state.since = _state.abandon = None
     if after_a_run:
         raise Interrupted(after_a_run)
