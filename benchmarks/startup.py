@@ -2,6 +2,7 @@
 beside the floor every command pays, `python -c "import torch"`.
 
     python benchmarks/startup.py --repeats 5 [--fashion-mnist] [--bin .venv/bin]
+    python benchmarks/startup.py --refusals --repeats 9 [--bin .venv/bin]
 
 A digits checkpoint is trained first (one epoch, in a temporary folder); then each round runs, in turn:
   floor        python -c "import torch"
@@ -11,6 +12,12 @@ A digits checkpoint is trained first (one epoch, in a temporary folder); then ea
   fm-train-1   (--fashion-mnist) the same on Fashion-MNIST with the 784-400-20 model
 so machine noise hits all of them alike. Prints one JSON object: the median seconds of each, and each one's
 ratio to the floor.
+
+--refusals: how fast a mistyped setting is refused, against the floor of a command that only composes its config:
+  floor        python -c "import hydra"
+  cfg-job      vae-train --cfg job (Hydra composes the config once, prints it, and exits)
+  train-K0     vae-train model.latent_dim=0 (refused, exit status 2)
+  eval-k0      vae-eval ckpt_path=none iw_samples=0 (refused, exit status 2)
 """
 import argparse
 import json
@@ -25,10 +32,34 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 ONE_STEP = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", *QUIET]
 
 
-def _seconds(cmd: list[str], cwd: Path) -> float:
+def _seconds(cmd: list[str], cwd: Path, exit_status: int = 0) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if done.returncode != exit_status:
+        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}, not {exit_status}")
     return time.perf_counter() - start
+
+
+def _report(times: dict[str, list[float]], repeats: int) -> None:
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    floor = medians["floor"]
+    print(json.dumps({"repeats": repeats, "median_s": {k: round(v, 2) for k, v in medians.items()},
+                      "x_floor": {k: round(v / floor, 2) for k, v in medians.items()}}, indent=2))
+
+
+def refusals(tool, repeats: int) -> None:
+    commands = {
+        "floor": ([sys.executable, "-c", "import hydra"], 0),
+        "cfg-job": ([tool("vae-train"), "--cfg", "job"], 0),
+        "train-K0": ([tool("vae-train"), "model.latent_dim=0"], 2),
+        "eval-k0": ([tool("vae-eval"), "ckpt_path=none", "iw_samples=0"], 2),
+    }
+    times = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for name, (cmd, status) in commands.items():
+                times[name].append(_seconds(cmd, Path(tmp), status))
+    _report(times, repeats)
 
 
 def main() -> None:
@@ -36,8 +67,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fashion-mnist", action="store_true", help="also time a one-step Fashion-MNIST run")
     parser.add_argument("--bin", default=str(Path(sys.executable).parent), help="where vae-train and the rest live")
+    parser.add_argument("--refusals", action="store_true", help="time refused commands instead (see above)")
     args = parser.parse_args()
     tool = lambda name: str(Path(args.bin) / name)  # noqa: E731
+    if args.refusals:
+        return refusals(tool, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = tmp / "digits"
@@ -57,10 +91,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, cmd in commands.items():
                 times[name].append(_seconds(cmd, tmp))
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    floor = medians["floor"]
-    print(json.dumps({"repeats": args.repeats, "median_s": {k: round(v, 2) for k, v in medians.items()},
-                      "x_floor": {k: round(v / floor, 2) for k, v in medians.items()}}, indent=2))
+    _report(times, args.repeats)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     proc = run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
                          "data.val_size=151", f"hydra.run.dir={run_dir}", *QUIET, cwd=tmp_path, timeout=600)
     assert "sync_dist" not in proc.stderr  # the epoch means are reduced exactly; nothing to recommend
+    lines = proc.stdout.splitlines()  # the first process's lines only, once each
+    assert sum("test: elbo" in line for line in lines) == 1 and sum("run directory:" in line for line in lines) == 1
+    assert sum(line.startswith("epoch 2/2") or "] - epoch 2/2" in line for line in lines) == 1, proc.stdout[-3000:]
+    assert "FileNotFoundError" not in proc.stdout + proc.stderr  # each process probes the directory with its own file
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 2 * 6  # 1,349 training examples split over 2 processes: 6 batches of 128 each
 

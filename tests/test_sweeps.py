@@ -281,3 +281,32 @@ def test_a_study_in_postgresql_with_its_password_never_written_or_shown(tmp_path
     assert url.replace(PASSWORD, "***") in (sweep / "0" / ".hydra" / "hydra.yaml").read_text()
     written = [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
     assert written == []
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_failed_job_ends_with_its_table_and_one_line(tmp_path):
+    """The failed job says why at once; the others run; the sweep ends with the table (and report.md) listing how
+    each job ended, then one line, and no account of Hydra's naming a job."""
+    sweep = tmp_path / "sweep"
+    proc = run_vae_train("--multirun", "model.latent_dim=0,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+                         *QUIET, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr + proc.stdout
+    assert "NOT FINISHED (1):" in proc.stdout and "job 0  model.latent_dim=0  (failed)" in proc.stdout
+    assert (sweep / "report.md").is_file() and (sweep / "1" / "metrics.json").is_file()
+    assert proc.stderr.splitlines()[-1] == (
+        "vae-train: error: 1 of the sweep's jobs did not finish (the table above says how each ended); job 0: "
+        "model.latent_dim=0 is not a valid latent dimension K; use an integer >= 1, e.g. 16.")
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_a_signal_ends_with_its_table(tmp_path, helpers):
+    sweep = tmp_path / "sweep"
+    proc = run_vae_train("--multirun", "seed=0,1", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}",
+                         "+callbacks.sig._target_=fault_helpers.SignalAt", "+callbacks.sig.at=step:5",
+                         "+callbacks.sig.signum=SIGINT", *QUIET, cwd=tmp_path, check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert "vae-train: sweep stopped:" in proc.stdout and "NOT FINISHED (1):" in proc.stdout
+    assert "SIGINT in epoch 1 at step 5; resume: vae-train ckpt_path=" in proc.stdout and (sweep / "report.md").is_file()
+    assert "SIGINT: stopped in epoch 1 at step 5; the exact state is in" in proc.stdout
+    assert not (sweep / "1").exists()  # the sweep stopped before its next job

@@ -25,6 +25,7 @@ from vae_cli.cli.errors import run_or_exit
 from vae_cli.cli.secrets import mask
 from vae_cli.cli.study import (Pruned, SearchConfig, built, make_pruner, open_storage, quiet_experimental, storage_url,
                                trial_id)
+from vae_cli.cli.sweep.jobs import JobFailed
 from vae_cli.errors import UserError
 from vae_cli.training import figures
 from vae_cli.training.files import atomic_write
@@ -178,6 +179,8 @@ class Search:
                 value = ret.return_value  # the job's result; Hydra writes the overrides of a failed one to stderr
             except Exception as error:
                 value = error
+            if isinstance(value, JobFailed):  # the job said why in one line, and recorded it in its error.json
+                value = UserError(value.message)
             if isinstance(value, Pruned):
                 study.tell(t, state=TrialState.PRUNED)
                 log.info("trial %d pruned at epoch %d (%.4f)", t.number, value.epoch, value.value)

@@ -7,8 +7,8 @@ launcher submits them, with three differences:
 - The launcher waits for the jobs itself, reading SLURM's queue (squeue) and the jobs' result files: a job that
   leaves the queue without a result (cancelled, timed out, its node lost, killed) ends its wait, with or without
   SLURM's accounting. Hydra's waits until accounting reports the job, or, without accounting, for ever.
-- When the jobs have ended it says how each that did not finish ended, and those count as failed, so the sweep
-  exits non-zero.
+- When the jobs have ended it says how each that did not finish ended; vae-train's sweep then ends with its table
+  and exits non-zero.
 
 A job requeued (after SLURM's warning before its time limit, a preemption, scontrol requeue) stays in the queue,
 and the launcher waits for it to start again and finish."""
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 from vae_cli.cli import run_files
+from vae_cli.cli.sweep.jobs import JobFailed
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -43,10 +43,6 @@ def _gpus_per_node(accelerator, devices) -> int:
 
 
 OmegaConf.register_new_resolver("vae_gpus_per_node", _gpus_per_node, replace=True)
-
-
-class JobDidNotFinish(CompactHydraException):
-    """A job that ended without its result; Hydra prints the message alone."""
 
 
 POLL_S = 5  # between looks at the queue
@@ -207,28 +203,21 @@ def wait(jobs: list, nums: list[int], job_dirs: list[Path], overrides: list[list
     return returns
 
 
-def _why_not_finished(num: int, job_dir: Path, ret: JobReturn) -> str:
-    """One line for a job that did not finish: the launcher's own account of it, or the run's error.json."""
-    import json
-
-    if isinstance(ret, _Failed):
-        return ret.message
-    try:
-        message = json.loads((job_dir / run_files.ERROR).read_text())["message"]
-    except (OSError, ValueError, KeyError):
-        message = "see its log"
-    return f"job {num} failed: {message} ({job_dir})"
+def _why_not_finished(num: int, job_dir: Path, failed: JobFailed) -> str:
+    """One line for a job that did not finish: the launcher's own account of it, or the job's (which it said in
+    its SLURM log)."""
+    return failed.message if isinstance(failed, _Unfinished) else f"job {num} failed: {failed.message} ({job_dir})"
 
 
-class _Failed(JobReturn):
+class _Unfinished(JobFailed):
     """A job that ended without a result, with the launcher's account of it."""
-
-    message = ""
 
 
 def _failed(overrides: list[str], message: str) -> JobReturn:
-    ret = _Failed(overrides=overrides, status=JobStatus.FAILED)
-    ret.return_value, ret.message = JobDidNotFinish(message), message
+    """A job that ended without a result: a result that says so (vae-train ends the sweep with its table, then
+    with the count of jobs that did not finish), not an exception Hydra would end the sweep with."""
+    ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+    ret.return_value = _Unfinished(message)
     return ret
 
 
@@ -297,9 +286,7 @@ if _SubmititSlurmLauncher is not None:
                                   "setting it names (configs/hydra/launcher/slurm.yaml lists them).")
             job_dirs = [self._job_dir(o, n) for o, n in zip(overrides, nums)]
             returns = wait(jobs, nums, job_dirs, overrides)
-            missing = [(n, d, r) for n, d, r in zip(nums, job_dirs, returns) if r.status != JobStatus.COMPLETED]
-            for num, job_dir, ret in missing:
-                print(f"vae-train: {_why_not_finished(num, job_dir, ret)}", flush=True)
-            if missing:
-                print(f"vae-train: {len(missing)} of {len(returns)} jobs did not finish: vae-report {sweep}", flush=True)
+            for num, job_dir, ret in zip(nums, job_dirs, returns):
+                if isinstance(ret.return_value, JobFailed):
+                    print(f"vae-train: {_why_not_finished(num, job_dir, ret.return_value)}", flush=True)
             return returns

@@ -153,9 +153,10 @@ def command(tool: str):
 def run_or_exit(tool: str, body, *args, job: bool = True):
     """body(*args), for an entry point: a UserError (a mistake the user can fix) becomes one line
     `<tool>: error: <message>` on stderr and exit status 2, with no traceback; any other exception, a bug, one
-    line saying so (exit status 1), its traceback in the run's log file. Inside a sweep (vae-train --multirun)
-    either is raised on instead, so Hydra records the failed job, runs the others and fails the sweep at the end.
-    job=False: the body is the sweep itself, which exits either way."""
+    line saying so (exit status 1), its traceback in the run's log file. Inside a sweep (vae-train --multirun) a
+    job's error is said at once and raised on, for the task function to return as the job's failure. job=False:
+    the body is the sweep itself, whose error is raised on for the command's boundary to say once the sweep's table
+    is printed."""
     # A log file on a full or read-only disk loses its lines without a traceback each; what stops the run
     # reaches stderr as its one message.
     logging.raiseExceptions = False
@@ -165,7 +166,9 @@ def run_or_exit(tool: str, body, *args, job: bool = True):
     except UserError as e:
         message = own_message(e)
         _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None))
-        if job and "hydra" in sys.modules and _in_multirun():
+        if not job:
+            raise
+        if "hydra" in sys.modules and _in_multirun():
             print(f"{tool}: error: {mask(message)}", file=sys.stderr)
             e.shown = True
             raise
@@ -175,6 +178,6 @@ def run_or_exit(tool: str, body, *args, job: bool = True):
             _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed", (), sys.exc_info()))
             raise
         e.traceback_in = _traceback_file(tool, e)
-        if job and "hydra" in sys.modules and _in_multirun():
+        if not job or "hydra" in sys.modules and _in_multirun():
             raise
         bug(tool, e)

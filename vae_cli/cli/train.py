@@ -18,10 +18,11 @@ from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
 from . import hparams, run_files, slurm
-from .errors import command, exit_without_collecting, run_or_exit
+from .errors import command, exit_without_collecting, own_message, run_or_exit
 from .loading import resolve_checkpoint
 from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
+from .sweep.jobs import JobFailed
 from .startup import check_callback_choices, check_config_files, check_logger_packages, check_optional_parts
 
 log = logging.getLogger("vae_cli")
@@ -148,7 +149,7 @@ def setup(cfg: DictConfig):
 
         callbacks.append(Pruning(trial_reporter(cfg.search.trial), _monitor(cfg) or "val/elbo"))
     plugins = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
+    if slurm.in_slurm():  # Interruption handles SLURM's signals, not Lightning's handler (cli/slurm.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = named("trainer", instantiate, cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     return LightningData(datamodule), module, trainer, ckpt_path
@@ -160,10 +161,16 @@ def fit(cfg: DictConfig) -> dict:
 
     run_dir = Path(cfg.run_dir)
     mask_log_lines()  # again: a job of a sweep may run in a process of its own (joblib, SLURM)
+    if not first_process():  # a data-parallel run's other processes: their lines would repeat the first's
+        logging.getLogger("vae_cli").setLevel(logging.WARNING)
     signals.reset()
     signals.catch()
     try:
-        check_train_config(cfg)  # before torch is imported, or anything written: a mistyped value is named at once
+        check_train_config(cfg)  # before torch is imported: a mistyped value is named at once
+    except UserError as refusal:  # a job of a sweep (a single run is refused before its directory is made)
+        record_failure(run_dir, refusal)  # the sweep's table reads why
+        raise
+    try:
         lock = claim(run_dir)
     except UserError:
         forget_refused_record()
@@ -240,9 +247,6 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     hparams_loggers = hparams.loggers_of(trainer, cfg, _monitor(cfg), record.record if record else None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except Interrupted as stop:
-        stop.where = stop.where or "before training"  # a stop in training says where it saved
-        raise
     except Exception as error:
         if type(error).__name__ == "MisconfigurationException":  # Lightning refusing a setting as it meets it
             from .checks import misconfigured
@@ -263,12 +267,8 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
 
     chosen = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
     best = chosen.best_model_path if chosen else ""
-    try:
-        (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
-                                       weights_only=True)
-    except Interrupted as stop:
-        stop.where = "after training, in the final test"
-        raise
+    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
+                                   weights_only=True)
     best_score = chosen.best_model_score if chosen else None
     summary = run_summary(_monitor(cfg))  # its last name is the best validation value's
     metrics = {
@@ -346,31 +346,59 @@ class CheckedSettings(Callback):
 
 
 class SweepSummary(Callback):
-    """Says where a sweep goes when it starts; when it ends, prints its table (vae-report's, which also writes
-    report.md, report.csv and the figures into the sweep directory) and where to see its curves."""
+    """Says where a sweep goes when it starts; when it ends, finished or not, prints its table (vae-report's, which
+    also writes report.md, report.csv and the figures into the sweep directory) and where to see its curves, and
+    says whether every job finished."""
+
+    started: str | None = None  # the sweep directory of the sweep this process runs, until its table is printed
+    unfinished: str | None = None  # what the command ends with when a job did not finish
+    search = False  # hparams_search=optuna: the study, not the folders, says how its trials ended (a retried one)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepSummary.started, SweepSummary.unfinished = str(config.hydra.sweep.dir), None
+        SweepSummary.search = "vae_cli_search" in str(config.hydra.sweeper.get("_target_"))
         print(f"vae-train: sweep directory {config.hydra.sweep.dir} (one run directory per job)", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import importlib.util
+        summarize_sweep(finished=True)
 
-        from . import report
 
-        sweep = config.hydra.sweep.dir
-        print(f"vae-train: sweep done: {sweep}   (curves: tensorboard --logdir {sweep})", flush=True)
-        figures = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
-        try:
-            report.report(report.parse_args([sweep, *figures]))
-        except (UserError, OSError) as e:  # the sweep itself is done and recorded: say why there is no table
-            print(f"vae-train: no report of the sweep ({e}); run vae-report {sweep} once that is fixed", flush=True)
+def summarize_sweep(finished: bool) -> None:
+    """The table of the sweep this process ran (once); SweepSummary.unfinished says when a job did not finish."""
+    import importlib.util
+
+    from . import report
+    from .sweep.jobs import read_sweep
+
+    sweep, SweepSummary.started = SweepSummary.started, None
+    if sweep is None:
+        return
+    said = "sweep done" if finished else "sweep stopped"
+    print(f"vae-train: {said}: {sweep}   (curves: tensorboard --logdir {sweep})", flush=True)
+    figures = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
+    try:
+        report.report(report.parse_args([sweep, *figures]))
+        unfinished = [j for j in read_sweep(Path(sweep)) if j.status not in ("ok", "pruned")]
+    except (UserError, OSError) as e:  # the sweep itself is done and recorded: say why there is no table
+        print(f"vae-train: no report of the sweep ({e}); run vae-report {sweep} once that is fixed", flush=True)
+        return
+    if unfinished and not SweepSummary.search:
+        first = unfinished[0]
+        SweepSummary.unfinished = (f"{len(unfinished)} of the sweep's jobs did not finish (the table above says how "
+                                   f"each ended); job {first.num}: {first.error or first.status}")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig):
     """Hydra's task function; returns the best value of the checkpoint's monitor (the validation ELBO by default)
-    so any sweeper can optimise what the run itself selects on."""
-    metrics = run_or_exit("vae-train", fit, cfg)
+    so any sweeper can optimise what the run itself selects on; in a sweep, a failed job's JobFailed."""
+    try:
+        metrics = run_or_exit("vae-train", fit, cfg)
+    except UserError as e:  # a job of a sweep (a single run exits instead): recorded and said; the others go on
+        return JobFailed(own_message(e))
+    except Exception as e:  # noqa: BLE001 (a bug in a job of a sweep: its traceback is in the job's log)
+        return JobFailed(f"a bug in vae-cli ({type(e).__name__}: {e}); the traceback is in "
+                         f"{getattr(e, 'traceback_in', 'the job log')}", exit_status=1)
     if "pruned" in metrics:
         from .study import Pruned
 
@@ -388,9 +416,20 @@ def main() -> None:
             check_optional_parts(sys.argv[1:])
             check_config_files(sys.argv[1:])
             check_callback_choices(sys.argv[1:])
-            train()
-    except Interrupted as stop:  # before a run began (composing the config), or between the jobs of a sweep
-        print(f"vae-train: stopped by {stop.name}", file=sys.stderr)
+            try:
+                train()
+            finally:  # a sweep ends with its table whatever ended it (a no-op when it was printed at its end)
+                signals.finished()
+                summarize_sweep(finished=False)
+            unfinished, SweepSummary.unfinished = SweepSummary.unfinished, None
+            if unfinished:
+                raise UserError(unfinished)
+    except Interrupted as stop:  # before a run began (composing the config), or in a sweep
+        then = ""
+        if slurm.batch_job() is not None and slurm.wanted(stop.signum, "requeue=false" not in sys.argv[1:]):
+            requeued, why = slurm.requeue()  # nothing to save: the restart starts (or resumes) the run afresh
+            then = "; SLURM has requeued the job" if requeued else f"; could not requeue the SLURM job ({why})"
+        print(f"vae-train: stopped by {stop.name} {stop.where}{then}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
     signals.ignore()
 

@@ -7,6 +7,7 @@ rendered without pyplot (PNG and TensorBoard images by the Agg canvas): no windo
 global registry of open figures in a long training run. Nothing here imports torch, so vae-report draws
 without loading it."""
 import io
+import warnings
 from pathlib import Path
 
 from .files import atomic_write
@@ -37,7 +38,9 @@ def write(fig, stem: Path) -> list[Path]:
     paths = []
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110)
+        with warnings.catch_warnings():  # a crowded figure keeps matplotlib's plain layout; nothing to act on
+            warnings.filterwarnings("ignore", "constrained_layout not applied")
+            fig.savefig(buf, format=fmt, dpi=110)
         path = stem.with_name(f"{stem.name}.{fmt}")
         atomic_write(path, lambda f, data=buf.getvalue(): f.write(data))
         paths.append(path)

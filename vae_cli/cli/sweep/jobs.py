@@ -20,6 +20,16 @@ EVAL_FILE = re.compile(r"eval_([a-z]+)_k(\d+)(?:_(.+))?\.json")
 
 
 @dataclass
+class JobFailed:
+    """What a job of a sweep returns when it failed (its error.json and log say why, and it said so in one line):
+    a result, not an exception, so the launcher runs the others and the sweep ends with its table, whatever the
+    launcher. exit_status: 2 for the user's error, 1 for a bug."""
+
+    message: str
+    exit_status: int = 2
+
+
+@dataclass
 class Job:
     num: str                  # the job's directory name, Hydra's job number
     overrides: dict           # key -> value, both as written on the command line
