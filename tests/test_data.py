@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import train
 from vae_cli.data import CIFAR10, DEBIAN_FASHION_MNIST, MNIST, Digits, FashionMNIST, ImageFolder
-from vae_cli.errors import UserError
+from vae_cli.errors import BadArgument, UserError
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -97,10 +97,17 @@ def test_loader_yields_whole_batches_of_aligned_rows():
     assert n == 150
 
 
-@pytest.mark.parametrize("val_size", [0, 1350 + 150, 2.5, -0.1])
-def test_bad_val_size_is_a_user_error(val_size):
+@pytest.mark.parametrize("val_size", [0, 2.5, -0.1, "10", True])
+def test_a_val_size_of_the_wrong_form_is_refused_when_the_datamodule_is_built(val_size):
+    with pytest.raises(BadArgument) as e:
+        Digits(val_size=val_size)
+    message = e.value.named(lambda name: f"data.{name}")
+    assert message.startswith("data.val_size=") and "not a valid number of examples" in message
+
+
+def test_a_val_size_larger_than_the_training_set_is_a_user_error():
     with pytest.raises(UserError, match="data.val_size"):
-        Digits(val_size=val_size).setup()
+        Digits(val_size=1350 + 150).setup()
 
 
 def test_missing_dataset_offline_gives_a_clear_message(tmp_path, monkeypatch):
@@ -364,7 +371,9 @@ def test_bad_folders_and_sizes_are_user_errors_naming_the_key(tmp_path, classes_
     with pytest.raises(UserError, match="leaving none to train on"):
         ImageFolder(path=str(classes_folder), val_size=15, test_size=15).setup()
     with pytest.raises(UserError, match="data.test_size"):
-        ImageFolder(path=str(classes_folder), test_size=0).setup()
+        ImageFolder(path=str(classes_folder), test_size=1000).setup()
+    with pytest.raises(BadArgument, match="test_size=0 is not a valid number of examples"):
+        ImageFolder(path=str(classes_folder), test_size=0)
     # data.channels, data.image_size, data.num_workers and data.batch_size are checked with the other
     # settings, before any data is read (test_config.py).
 

@@ -179,6 +179,7 @@ def _size(v) -> bool:
 
 
 def _folder_name(v) -> bool:
+    v = os.fspath(v) if isinstance(v, os.PathLike) else v
     return isinstance(v, str) and 0 < len(v) and "\0" not in v
 
 
@@ -201,7 +202,7 @@ DATA_RULES = {
                                  "reference code"),
     "likelihood": (lambda v: one_of(v, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}"),
     "data_dir": (lambda v: v is None or _folder_name(v), "folder", "a folder's path, e.g. {data_dir}=data"),
-    "path": (_folder_name, "folder", "the folder of your images, e.g. {path}=~/pictures"),
+    "path": (lambda v: v is not None and _folder_name(v), "folder", "the folder of your images, e.g. {path}=~/pictures"),
     "channels": (lambda v: one_of(v, (1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
     "image_size": (_size, "image size", "an integer >= 1 or a pair [height, width], e.g. {image_size}=[32,32]"),
     "num_workers": (lambda v: integer(v, 0), "number of workers", "an integer >= 0 (0: read images in the main process)"),

@@ -8,7 +8,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import UserError, integer, require
+from ..errors import UserError
+from ..settings import check_data
 from .batching import binarize
 
 
@@ -40,9 +41,8 @@ class BaseDataModule(ABC):
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int | float = 0.1,
                  binarize: bool | None = True, split_seed: int = 0, seed: int = 0, likelihood: str = "bernoulli"):
-        require("batch_size", batch_size, integer(batch_size, 1), "batch size", "an integer >= 1, e.g. {batch_size}=128")
-        require("eval_batch_size", eval_batch_size, integer(eval_batch_size, 1), "batch size",
-                "an integer >= 1, e.g. {eval_batch_size}=1000")
+        check_data(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, binarize=binarize,
+                   split_seed=split_seed, seed=seed, likelihood=likelihood)
         self.likelihood = likelihood  # the family of p(x|z) this data is modelled with unless model.likelihood says
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError, integer, one_of, require
+from ..errors import UserError
+from ..settings import check_data
 from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, binarize
 
@@ -155,15 +156,8 @@ class ImageFolder(BaseDataModule):
         # vae-eval and vae-sample pass data_dir= for data that has moved since training; for a folder
         # of images that is the folder itself.
         path = data_dir if data_dir is not None else path
-        require("path", path, path is not None, "folder", "the folder of your images, e.g. {path}=~/pictures")
-        require("channels", channels, one_of(channels, (1, 3)), "number of channels", "1 (grey) or 3 (RGB)")
-        size_ok = integer(image_size, 1) or (isinstance(image_size, (list, tuple)) and len(image_size) == 2
-                                              and all(integer(s, 1) for s in image_size))
-        require("image_size", image_size, size_ok, "image size",
-                "an integer >= 1 or a pair [height, width], e.g. {image_size}=[32,32]")
-        require("num_workers", num_workers, integer(num_workers, 0), "number of workers",
-                "an integer >= 0 (0: read images in the main process)")
-        require("skip_unreadable", skip_unreadable, isinstance(skip_unreadable, bool), "switch", "true or false")
+        check_data(path=path, channels=channels, image_size=image_size, test_size=test_size, num_workers=num_workers,
+                   skip_unreadable=skip_unreadable)
         self.path = Path(os.path.expanduser(str(path)))
         self.skip_unreadable = skip_unreadable
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError, integer, one_of, require
+from ..errors import UserError
+from ..settings import check_data
 from . import cache
 from .base import BaseDataModule, Feed
 from .batching import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, TensorBatches, binarize, binarize_numpy
 
 log = logging.getLogger(__name__)
-VAL_SPLITS = ("random", "last")
 
 
 class InMemoryDataModule(BaseDataModule):
@@ -37,12 +37,8 @@ class InMemoryDataModule(BaseDataModule):
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
                          binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
-        require("val_split", val_split, one_of(val_split, VAL_SPLITS), "validation split",
-                "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size examples, "
-                "in file order)")
-        require("eval_binarize_numpy_seed", eval_binarize_numpy_seed,
-                eval_binarize_numpy_seed is None or integer(eval_binarize_numpy_seed, 0), "seed",
-                "null (vae-cli's fixed seeds) or an integer >= 0, e.g. 777 as in the reference code")
+        check_data(val_split=val_split, eval_binarize_numpy_seed=eval_binarize_numpy_seed, on_device=on_device,
+                   data_dir=data_dir)
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
         self.on_device = bool(on_device)
         # "random": val_size examples drawn with split_seed; "last": the training file's last val_size examples.
@@ -180,6 +176,7 @@ class Digits(InMemoryDataModule):
 
     def __init__(self, test_size: int = 297, **kwargs):
         super().__init__(**kwargs)
+        check_data(test_size=test_size)
         self.test_size = test_size
 
     def sources(self) -> list[Path]:
