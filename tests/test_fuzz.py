@@ -4,6 +4,10 @@ or built (data, model, objective, optimiser, callbacks, loggers, trainer) withou
 which names the key; a checkpoint with any field removed, retyped or naming a callable is scored, sampled or
 refused in one line, and runs nothing. Marked slow: hostile states to resume from, and real vae-train processes."""
 import copy
+import json
+import os
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -271,5 +275,162 @@ def test_any_setting_on_the_command_line_keeps_the_process_contract(tmp_path):
             assert len(errors) == 1, proc.stderr
             assert _named(errors[0], key) or "override" in errors[0].lower(), errors[0]
         assert fuzz.snapshot(sentinel) == before
+
+    attack()
+
+
+# A sweep's records as vae-train writes them, for vae-report to read: every file a job leaves, and the search's.
+RECORDS = {
+    "0/.hydra/overrides.yaml": "- model.latent_dim=2\n- seed=0\n",
+    "0/.hydra/provenance.yaml": "vae_cli:\n  version: 0.1.0\nversions:\n  torch: 2.14.1\nmachine:\n  host: h\n",
+    "0/metrics.json": '{"test/elbo": -100.5, "test/kl": 3.25, "best_checkpoint": "checkpoints/best.ckpt"}',
+    "0/timing.json": '{"train_seconds": 12.5}',
+    "0/eval_test_k100.json": '{"nll_iw": 98.5, "iw_samples": 100}',
+    "1/.hydra/overrides.yaml": "- model.latent_dim=8\n- seed=0\n",
+    "1/error.json": '{"type": "vae_cli.errors.UserError", "message": "data.val_size=0 is not valid"}',
+    "2/.hydra/overrides.yaml": "- model.latent_dim=2\n- seed=1\n",
+    "2/interrupted.json": '{"signal": "SIGUSR1", "stopped": "in epoch 3", "epoch": 3, "global_step": 40, '
+                          '"checkpoint": "checkpoints/interrupted.ckpt", "resume": "vae-train ...", "requeued": false}',
+    "3/.hydra/overrides.yaml": "- model.latent_dim=8\n- seed=1\n",
+    "3/pruned.json": '{"epoch": 2, "monitor": "val/elbo", "value": -120.25}',
+    "3/train.log": "[2026-11-25 16:03:10,437][vae_cli][ERROR] - boom\n",
+    "optimization_results.yaml": "name: optuna\nbest_params:\n  model.latent_dim: 8\nbest_value: -99.5\n",
+}
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=30)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=3)),
+    max_leaves=8)
+
+
+@st.composite
+def _hostile_record(draw, name: str) -> tuple[str, object]:
+    """What a record may be instead of itself: other bytes, other JSON or YAML, the record with a field
+    removed or retyped, or no regular file at all."""
+    kind = draw(st.sampled_from(["bytes", "json", "field", "drop", "folder", "fifo", "device", "loop", "huge"]))
+    if kind == "bytes":
+        return kind, draw(st.binary(max_size=120))
+    if kind == "json":
+        return kind, json.dumps(draw(JSON_VALUES))
+    valid = RECORDS[name]
+    if kind in ("field", "drop") and name.endswith(".json"):
+        content = json.loads(valid)
+        key = draw(st.sampled_from(sorted(content)))
+        if kind == "drop":
+            del content[key]
+        else:
+            content[key] = draw(JSON_VALUES)
+        return kind, json.dumps(content)
+    if kind in ("field", "drop"):  # a YAML record: a line removed, or one replaced by any text
+        lines = valid.splitlines()
+        i = draw(st.integers(0, len(lines) - 1))
+        lines[i:i + 1] = [] if kind == "drop" else [draw(st.text(max_size=40))]
+        return kind, "\n".join(lines)
+    return kind, None
+
+
+def _write_hostile(path: Path, kind: str, content) -> None:
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # read without a writer, it would block forever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate((1 << 24) + 1)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, errors="surrogatepass")
+
+
+def test_a_hostile_sweep_record_is_reported_or_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    from vae_cli.cli import report
+
+    @settings(max_examples=fuzz.examples(60), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def attack(data):
+        name = data.draw(st.sampled_from(sorted(RECORDS)))
+        kind, content = data.draw(_hostile_record(name))
+        sweep = tmp_path / "sweep"
+        shutil.rmtree(sweep, ignore_errors=True)
+        for file, text in RECORDS.items():
+            (sweep / file).parent.mkdir(parents=True, exist_ok=True)
+            (sweep / file).write_text(text)
+        victim = tmp_path / "victim"
+        victim.write_text("kept")
+        (sweep / "report.csv").symlink_to(victim)  # a report is written beside the link, never through it
+        _write_hostile(sweep / name, kind, content)
+        code = 0
+        with warnings.catch_warnings(record=True) as raw:  # a library's warning is one a user cannot act on
+            warnings.simplefilter("always")
+            try:
+                report.main([str(sweep), "--figures" if data.draw(st.booleans()) else "--no-figures"])
+            except SystemExit as e:
+                code = e.code
+        assert not raw, (name, kind, [str(w.message) for w in raw])
+        out, err = capsys.readouterr()
+        assert code in (0, 2, None), (name, kind, err)
+        assert "Traceback" not in out + err, (name, kind, err)
+        assert code == 0 or len(err.strip().splitlines()) == 1, (name, kind, err)
+        assert victim.read_text() == "kept"
+        if code == 0:  # every job is in the table, whatever its records
+            assert all(f"| {n} " in (sweep / "report.md").read_text() for n in range(4)), (name, kind, out)
+
+    attack()
+
+
+def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_line(tmp_path):
+    from vae_cli.cli.evaluate import read_per_example
+    from vae_cli.data import Digits, cache
+
+    dm = Digits(data_dir=str(tmp_path / "data"), binarize=False)
+    dm.prepare_data()
+    dm.setup()
+    kept = next((tmp_path / "data").rglob("*.pt"))
+    good = kept.read_bytes()
+    per_image = tmp_path / "eval_test_k5_best.pt"
+    torch.save({"log_px": torch.zeros(3), "elbo": torch.zeros(3), "images_sha256": "ab"}, per_image)
+
+    @settings(max_examples=fuzz.examples(25), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(["bytes", "tensors", "cut", "folder", "fifo", "device", "loop"]), st.data())
+    def attack(kind, data):
+        value = None
+        for f in (kept, per_image):
+            if f.is_dir():
+                f.rmdir()
+            elif f.exists() or f.is_symlink():
+                f.unlink()
+        contents = {"bytes": data.draw(st.binary(max_size=200)), "cut": good[:data.draw(st.integers(0, len(good)))]}
+        if kind == "tensors":  # a torch file of other tensors and plain data
+            value = data.draw(st.recursive(st.one_of(st.integers(), st.text(max_size=5), st.just(torch.ones(2))),
+                                           lambda inner: st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                                           max_leaves=6))
+            for f in (kept, per_image):
+                torch.save(value, f)
+        else:
+            for f in (kept, per_image):
+                f.write_bytes(b"")
+                _write_hostile(f, kind, contents.get(kind, b""))
+        again = Digits(data_dir=str(tmp_path / "data"), binarize=False)
+        again.setup()  # a cache that is not what its name claims is prepared again, never trusted
+        assert len(again.eval_batches("test")) > 0
+        whole = kind == "tensors" and isinstance(value, dict) and {"log_px", "elbo", "images_sha256"} <= value.keys()
+        if not whole:
+            with pytest.raises(UserError, match="compare_to=") as e:
+                read_per_example(str(per_image), "test", 5)
+            assert "\n" not in str(e.value)
+        for f in (kept, per_image):  # the next example starts from files that are whole again
+            if f.is_dir():
+                f.rmdir()
+            elif f.exists() or f.is_symlink():
+                f.unlink()
+        kept.write_bytes(good)
 
     attack()

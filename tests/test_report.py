@@ -314,7 +314,7 @@ def test_a_failed_jobs_error_json_is_read_whatever_the_log_looks_like(sweep, cap
     assert [line.strip() for line in section[1:6:2]] == [
         ERROR_MSG,  # a UserError: its message, written for the user
         "torch.OutOfMemoryError: CUDA out of memory",  # a bug: its type too
-        "error.json is not valid (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+        "error.json: not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]
 
 
 def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):

@@ -8,7 +8,10 @@ and datamodules) or classes the user names (vae-eval trust=[...]); those classes
 arguments, never through Hydra's instantiate (which would resolve interpolations and call any `_target_`).
 Standard library at import: torch and PyYAML are imported where a file of theirs is read."""
 import importlib
+import json
 import math
+import os
+import stat
 from pathlib import Path
 
 from .errors import BadArgument, UserError
@@ -25,17 +28,134 @@ def _where(path, key: str) -> str:
     return f"{path}: {key}" if key else str(path)
 
 
+# A record vae-cli writes (metrics.json, a run's provenance, a sweep's YAML) is a few KiB; a file far larger is not one.
+RECORD_BYTES = 1 << 24
+
+
+class Unreadable(UserError):
+    """A file that is not what it is read as; `reason` says why in a phrase, for a caller that goes on without it."""
+
+    def __init__(self, path, what: str, reason: str, fix: str = ""):
+        super().__init__(f"{path} cannot be read as {what} ({reason}).{' ' + fix if fix else ''}")
+        self.path, self.reason = Path(path), reason
+
+
+def _regular(path, what: str) -> int:
+    """An open descriptor of `path` when it is a regular file: a FIFO, a device or a folder is refused, and is
+    never waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise Unreadable(path, what, e.strerror or type(e).__name__) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Unreadable(path, what, "it is not a file")
+    return fd
+
+
+def read_text(path, what: str, limit: int = RECORD_BYTES, errors: str = "strict") -> str:
+    """A regular file's text (UTF-8; bytes that are not, replaced with errors="replace"), of at most `limit` bytes."""
+    with os.fdopen(_regular(path, what), "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise Unreadable(path, what, e.strerror or type(e).__name__) from None
+    if len(data) > limit:
+        raise Unreadable(path, what, f"it is larger than any vae-cli writes, {limit} bytes")
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError:
+        raise Unreadable(path, what, "it is not UTF-8 text") from None
+
+
+def _unicode(value, path, what: str):
+    """`value` when every text in it is Unicode: JSON and YAML escapes can spell halves of a character (surrogates),
+    which no file, terminal or table can then write."""
+    texts = [value] if isinstance(value, str) else []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        items = list(v.items()) if isinstance(v, dict) else [(None, x) for x in v] if isinstance(v, list) else []
+        for k, x in items:
+            texts += [t for t in (k, x) if isinstance(t, str)]
+            stack += [x] if isinstance(x, (dict, list)) else []
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unreadable(path, what, "it spells text that is not Unicode (half a character)") from None
+    return value
+
+
+def read_json(path, what: str):
+    """A JSON file's content: plain data (objects, lists, strings, numbers, booleans, null)."""
+    try:
+        content = json.loads(read_text(path, what))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise Unreadable(path, what, f"not valid JSON: {' '.join(str(e).split())[:200]}") from None
+    return _unicode(content, path, what)
+
+
+def record(path, what: str, fields: dict) -> dict:
+    """A JSON object whose keys in `fields` hold values of the given types (a type or a tuple of types; a key that
+    may be absent has type(None) among them); anything else about it is refused, naming the key."""
+    content = read_json(path, what)
+    if not isinstance(content, dict):
+        raise Unreadable(path, what, f"it holds a {type(content).__name__}")
+    for key, kind in fields.items():
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if type(None) in kinds:
+            content.setdefault(key, None)
+        value = content.get(key)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise Unreadable(path, what, f"its {key} is {value!r:.60}")
+    return content
+
+
+def read_yaml(path, what: str, unique_keys: bool = False):
+    """A YAML file's content, read with PyYAML's safe loader (plain data, no tags that build objects). With
+    unique_keys, a key given twice in one mapping is refused as OmegaConf refuses it (PyYAML keeps the last)."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in keys:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice",
+                                                            key_node.start_mark)
+                keys.add(key)
+            return super().construct_mapping(node, deep)
+
+    text = read_text(path, what)
+    try:
+        content = yaml.load(text, Loader=Strict if unique_keys else yaml.SafeLoader)  # noqa: S506 (both are safe)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise UserError(f"{path}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, then run "
+                        "the command again.") from None
+    except (yaml.YAMLError, RecursionError, TypeError) as e:  # errors without a position; an unhashable key
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]}).") from None
+    return _unicode(content, path, what)
+
+
 def load_tensors(path: Path, what: str, mmap: bool = False):
     """torch.load of a file that may hold only tensors and plain containers (weights_only: nothing in it runs);
     a file it cannot read (truncated, corrupt, holding other objects, not a file) is a UserError naming it."""
+    import pickle
+
     import torch
 
+    os.close(_regular(path, what))
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:  # torch's own message advises loading it as a program, which is not for vae-cli
+        reason = "it holds objects other than tensors and plain data"
     except Exception as e:  # noqa: BLE001 (anything torch's unpickler raises means: not such a file)
         reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UserError(f"{path} cannot be read as {what} ({reason}). The file may be truncated or corrupt, or not "
-                        f"{what}; use another one.") from None
+    raise Unreadable(path, what, reason, f"The file may be truncated or corrupt, or not {what}; use another one.")
 
 
 def plain(value, path, key: str, depth: int = 0) -> None:

@@ -23,8 +23,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
+from vae_cli import inputs
 from vae_cli.cli import run_files
-from vae_cli.cli.sweep.jobs import JobFailed
+from vae_cli.cli.sweep.jobs import STOP_FIELDS, JobFailed
+from vae_cli.errors import UserError
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -149,16 +151,15 @@ def _final_state(job_id: str) -> str:
 def _ended_without_result(num: int, job, job_dir: Path) -> str:
     """What to say of a job that left the queue without a result: SLURM's word for its end, and the run's own
     record of a stop (interrupted.json), with the command that resumes it."""
-    import json
-
     state = _final_state(job.job_id)
     said = f"job {num} (SLURM job {job.job_id}) ended {state} without finishing"
     stop = job_dir / run_files.STOP
-    try:
-        record = json.loads(stop.read_text())
-        said += f": stopped by {record['signal']} {record['stopped']}; resume: {record['resume']}"
-    except (OSError, ValueError, KeyError):
-        pass
+    if stop.is_file():
+        try:
+            record = inputs.record(stop, "a run's stop record", STOP_FIELDS)
+            said += f": stopped by {record['signal']} {record['stopped']}; resume: {record['resume']}"
+        except UserError:
+            pass
     return f"{said}. Its log: {job.paths.stderr}"
 
 

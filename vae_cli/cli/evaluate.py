@@ -6,6 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from .. import inputs
 from ..errors import UserError
 from .errors import command, exit_without_collecting, run_or_exit
 
@@ -35,12 +36,15 @@ def read_per_example(path: str, split: str, iw_samples: int) -> dict:
     import torch
 
     try:
-        other = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        other = f"{type(e).__name__}: {e}"
-    if not (isinstance(other, dict) and {"log_px", "elbo", "images_sha256"} <= other.keys()):
-        raise UserError(f"compare_to={path!r}: {p} is not a vae-eval per-image file ({str(other)[:200]}). "
-                        "Rerun vae-eval on that checkpoint to write it again.")
+        other = inputs.load_tensors(p, "vae-eval's per-image results")
+    except UserError as e:
+        raise UserError(f"compare_to={path!r}: {e}") from None
+    values = (other.get("log_px"), other.get("elbo")) if isinstance(other, dict) else (None, None)
+    if not (isinstance(other, dict) and isinstance(other.get("images_sha256"), str)
+            and all(torch.is_tensor(v) and v.dim() == 1 and v.dtype.is_floating_point for v in values)
+            and len(values[0]) == len(values[1])):
+        raise UserError(f"compare_to={path!r}: {p} is not a vae-eval per-image file (one log p(x) and one ELBO per "
+                        "image, and the images' hash). Rerun vae-eval on that checkpoint to write it again.")
     other["file"] = str(p)
     return other
 

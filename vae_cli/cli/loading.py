@@ -4,6 +4,7 @@ data config describes. A checkpoint is read through the trust boundary (vae_cli/
 saved configs naming only classes vae-cli trusts."""
 from pathlib import Path
 
+from .. import inputs
 from ..errors import UserError
 
 # Where vae-train writes run directories (hydra.run.dir and hydra.sweep.dir in configs/train.yaml), from the
@@ -59,14 +60,9 @@ def newest_state(run_dir: Path) -> Path | None:
     """Of checkpoints/interrupted.ckpt and last.ckpt, the one further into training (by its step; at the same
     step, the newer file); None when there is neither. A file that cannot be read counts as the least advanced,
     so the other is taken (a broken one alone is named when it is loaded)."""
-    import torch
-
     def progress(f: Path) -> tuple[int, int]:
-        try:  # memory-mapped: only the step is read, not the weights
-            step = int(torch.load(f, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
-        except Exception:
-            step = -1
-        return step, f.stat().st_mtime_ns
+        step = saved_step(f)
+        return -1 if step is None else step, f.stat().st_mtime_ns
 
     found = [f for f in (Path(run_dir) / "checkpoints" / n for n in RESUMABLE) if f.is_file()]
     return max(found, key=progress, default=None)
@@ -74,12 +70,11 @@ def newest_state(run_dir: Path) -> Path | None:
 
 def saved_step(path: Path) -> int | None:
     """The training step a checkpoint holds the state after; None when it cannot be read."""
-    import torch
-
     try:  # memory-mapped: only the step is read, not the weights
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    except Exception:  # noqa: BLE001 (any file that is not a checkpoint)
+        ckpt = inputs.load_tensors(path, "a vae-cli checkpoint", mmap=True)
+    except UserError:
         return None
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 

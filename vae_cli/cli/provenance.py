@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from .. import inputs
+from ..errors import UserError
 from ..training.files import atomic_write
 from .secrets import mask
 
@@ -147,10 +149,16 @@ def read(run_dir: Path) -> list[dict]:
     paths = [record / FILE, *sorted(record.glob(f"*/{FILE}"))]
     out = []
     for p in paths:
-        try:
-            out.append(yaml.safe_load(p.read_text()) or {})
-        except (OSError, yaml.YAMLError):
+        if not p.is_file():
             continue
+        try:
+            content = inputs.read_yaml(p, "a run's provenance") or {}
+        except UserError:
+            continue
+        parts = ("machine", "vae_cli", "versions", "experiment_repository")
+        if isinstance(content, dict) and all(isinstance(content.get(k) or {}, dict) for k in parts) \
+                and isinstance((content.get("machine") or {}).get("gpu") or {}, dict):
+            out.append(content)  # a record of another shape is none of vae-train's, and is passed over
     return out
 
 

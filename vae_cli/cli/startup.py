@@ -81,37 +81,13 @@ def _config_dirs(argv: list[str]) -> list[Path]:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """A YAML file in the user's config folder that does not parse: named with its line and column and the
-    parser's reason, before Hydra reports it with a traceback."""
-    import yaml
-
-    class Strict(yaml.SafeLoader):
-        """PyYAML keeps the last of two equal keys without a word; OmegaConf refuses them: so is it refused here."""
-
-        def construct_mapping(self, node, deep=False):
-            keys = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                if key in keys:
-                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice",
-                                                            key_node.start_mark)
-                keys.add(key)
-            return super().construct_mapping(node, deep)
+    """A YAML file in the user's config folder that does not parse, or gives a key twice: named with its line and
+    column and the parser's reason, before Hydra reports it with a traceback."""
+    from .. import inputs
 
     for folder in _config_dirs(argv):
         for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
-            try:
-                loaded = yaml.load(f.read_text(), Loader=Strict)  # noqa: S506 (a safe loader: Strict is a SafeLoader)
-            except yaml.MarkedYAMLError as e:
-                mark = e.problem_mark or e.context_mark
-                at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-                raise UserError(f"{f}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, "
-                                "then run the command again.") from None
-            except yaml.YAMLError as e:  # an error without a position
-                raise UserError(f"{f}: not valid YAML ({' '.join(str(e).split())}).") from None
-            except (OSError, UnicodeDecodeError, RecursionError) as e:
-                raise UserError(f"{f}: cannot be read as YAML ({type(e).__name__}: {e}). Fix or remove the file.") \
-                    from None
+            loaded = inputs.read_yaml(f, "a config file", unique_keys=True)
             if not isinstance(loaded, (dict, type(None))):
                 raise UserError(f"{f}: holds a {type(loaded).__name__}, not settings (key: value lines). A config "
                                 "file is a mapping of settings, e.g. model:\\n  latent_dim: 8.")

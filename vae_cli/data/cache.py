@@ -17,13 +17,13 @@ import io
 import json
 import logging
 import os
-import pickle
-import stat
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
+from .. import inputs
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # what a file holds and how; raised when that changes
@@ -127,23 +127,19 @@ def read(file: Path, key: str, shape: tuple[int, ...]) -> dict | None:
     `key`, pixels shaped (N, *shape), whole (counts, dtypes and the hash of their bytes as written). None when there
     is no such file, or it is not that (then a warning names it, and the data is prepared again and written anew).
     Never raises: whatever is in the file is data."""
+    if not os.path.lexists(file):
+        return None
     try:
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO is not waited on
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ValueError("not a regular file")
-            with warnings.catch_warnings():  # torch's own about a foreign file: the one warning below says it
-                warnings.simplefilter("ignore")
-                kept = torch.load(f, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own about a foreign file: the one warning below says it
+            warnings.simplefilter("ignore")
+            kept = inputs.load_tensors(file, "a cache of prepared data")
         why = _mismatch(kept, key, tuple(shape))
         if why is None:
             return {s: (_unpack(kept["splits"][s]["x"], kept["splits"][s]["scale"]), kept["splits"][s]["y"])
                     for s in SPLITS}
-    except FileNotFoundError:
-        return None
-    except pickle.UnpicklingError:  # torch's message tells how to load it anyway, which is not for a cache
-        why = "torch does not read it as tensors and plain data"
-    except Exception as e:  # noqa: BLE001 (truncated by a full disk, or not a torch file: the same for the user)
+    except inputs.Unreadable as e:
+        why = f"it cannot be read as one: {e.reason}"
+    except Exception as e:  # noqa: BLE001 (a content _mismatch did not foresee: the same for the user)
         why = f"it cannot be read as one: {' '.join(str(e).split())[:200] or type(e).__name__}"
     log.warning("%s is not the cache of prepared data its name claims (%s); the data is prepared again", file, why)
     return None

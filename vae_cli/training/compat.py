@@ -4,6 +4,10 @@ so vae-report stays instant."""
 import re
 from pathlib import Path
 
+from .. import inputs
+from ..errors import UserError
+
+LOG_BYTES = 1 << 28  # a run's log is read whole: one far larger is not a run's
 # A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
 LOG_RECORD = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[([A-Z]+)\] - (.*)$")
 
@@ -24,7 +28,10 @@ def error_of(log_file: Path) -> str | None:
     traceback anywhere in the file; None when the log records no error."""
     if not log_file.is_file():
         return None
-    lines = log_file.read_text(errors="replace").splitlines()
+    try:
+        lines = inputs.read_text(log_file, "a run's log", limit=LOG_BYTES, errors="replace").splitlines()
+    except UserError:
+        return None
     for i, line in enumerate(lines):
         record = LOG_RECORD.match(line)
         if record and record.group(1) in ("ERROR", "CRITICAL"):

@@ -46,7 +46,9 @@ def unit(metric: str) -> str:
 
 
 def finished(jobs: list[Job], *metrics: str) -> list[Job]:
-    return [j for j in jobs if j.status == "ok" and all(is_number(j.metrics.get(m)) for m in metrics)]
+    """The jobs that finished with a finite value of each metric (a point to draw)."""
+    return [j for j in jobs if j.status == "ok"
+            and all(is_number(j.metrics.get(m)) and math.isfinite(float(j.metrics[m])) for m in metrics)]
 
 
 class Axis:
@@ -55,7 +57,7 @@ class Axis:
 
     def __init__(self, values):
         self.values = sorted(set(values), key=sortable)
-        self.numeric = all(is_number(v) for v in self.values)
+        self.numeric = bool(self.values) and all(is_number(v) for v in self.values)
         numbers = [float(v) for v in self.values] if self.numeric else []
         self.log = self.numeric and min(numbers) > 0 and max(numbers) / min(numbers) >= LOG_SPAN
 
@@ -71,7 +73,9 @@ class Axis:
             ax.set_xticks([self.position(v) for v in self.values], labels, rotation=30 if crowded else 0,
                           ha="right" if crowded else "center")
             ax.minorticks_off()
-        if not self.numeric:
+        if not self.values:  # no finished job sets it (a job's record of its settings was unreadable)
+            ax.text(0.5, 0.5, "no finished job sets it", transform=ax.transAxes, ha="center", color="0.4")
+        elif not self.numeric:
             ax.set_xlim(-0.5, len(self.values) - 0.5)
         ax.set_xlabel(key)
 
@@ -178,6 +182,8 @@ def rate_distortion_figure(jobs: list[Job], keys: list[str], split: str = "test"
 def _legend(ax, entries: int, **kwargs) -> None:
     # A few entries find room inside the axes; more go beside them rather than over the data.
     where = {} if entries <= 4 else {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)}
+    if not ax.get_legend_handles_labels()[0]:
+        return  # nothing labelled: no legend box
     ax.legend(fontsize="x-small", title_fontsize="small", frameon=False, **where, **kwargs)
 
 

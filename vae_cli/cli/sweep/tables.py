@@ -6,8 +6,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ... import inputs
 from ...core.metrics import RUN_SUMMARY
 from ...errors import UserError
 from .jobs import Job, is_number, sortable
@@ -145,8 +144,11 @@ def optuna_note(sweep: Path) -> list[str]:
     f = sweep / "optimization_results.yaml"
     if not f.is_file():
         return []
-    res = yaml.safe_load(f.read_text()) or {}
-    if "best_params" not in res:
+    try:
+        res = inputs.read_yaml(f, "the search's result") or {}
+    except UserError as e:
+        return [f"Optimizer results: {e}"]
+    if not isinstance(res, dict) or not isinstance(res.get("best_params"), dict):
         return [f"Optimizer results: see {f.name}"]
     params = " ".join(f"{k}={v}" for k, v in res["best_params"].items())
     trial = f"trial {res['best_trial']} ({res.get('best_run_dir')}), " if "best_trial" in res else ""
