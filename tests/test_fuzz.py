@@ -434,3 +434,42 @@ def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_l
         kept.write_bytes(good)
 
     attack()
+
+
+@pytest.mark.parametrize("tool", ["train", "eval", "sample"])
+def test_a_value_refused_before_the_config_is_composed_is_refused_alike_after(tool):
+    """The command line's values are judged before Hydra composes the config (startup.py), for speed: never a
+    refusal the composed config's check would not make, and the same message."""
+    from vae_cli.cli import checks
+    from vae_cli.cli.startup import check_command_line_values
+
+    rules = {"train": checks.TRAIN_RULES, "eval": checks.EVAL_RULES, "sample": checks.SAMPLE_RULES}[tool]
+    base = [] if tool == "train" else ["ckpt_path=run"]  # the one key they need set
+    keys = [k for k in fuzz.leaves(compose(tool, *base)) if k not in PATHS and k != "ckpt_path"]
+
+    def verdict(check, *args) -> str | None:
+        try:
+            check(*args)
+        except UserError as e:
+            return str(e)
+        return None
+
+    def composed_check(cfg):
+        if tool == "train":
+            checks.check_train_config(cfg)
+        else:
+            checks.check_values(cfg, rules)
+
+    @settings(max_examples=fuzz.examples(40), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(keys), fuzz.VALUES)
+    def attack(key, value):
+        line = fuzz.override(key, value)
+        early = verdict(check_command_line_values, [line], rules)
+        try:
+            cfg = compose(tool, *base, line)
+        except Exception:  # noqa: BLE001 (Hydra refuses the command line itself: any refusal before it is as good)
+            return
+        assert early is None or verdict(composed_check, cfg) == early, (line, early)
+
+    attack()

@@ -1,6 +1,7 @@
 """vae-eval: score a checkpoint on a data split: the ELBO's terms, the importance-weighted estimate
 of log p(x) with k samples, the inference gap log p(x) - ELBO, active units and the KL per latent
 dimension (core/scoring.py), printed and written beside the run with the per-image values."""
+import sys
 from pathlib import Path
 
 import hydra
@@ -8,7 +9,9 @@ from omegaconf import DictConfig
 
 from .. import inputs
 from ..errors import UserError
+from .checks import EVAL_RULES
 from .errors import command, exit_without_collecting, run_or_exit
+from .startup import check_command_line_values
 
 
 def report_path(ckpt: Path, split: str, iw_samples: int, limit: int | None = None) -> Path:
@@ -141,6 +144,7 @@ def evaluate(cfg: DictConfig) -> None:
 def main() -> None:
     exit_without_collecting()
     with command("vae-eval"):
+        check_command_line_values(sys.argv[1:], EVAL_RULES)
         evaluate()
 
 

@@ -1,5 +1,6 @@
 """vae-sample: PNG grids from a checkpoint: prior samples, reconstructions, latent traversals,
 interpolations, and the 2-D manifold when K = 2."""
+import sys
 from pathlib import Path
 
 import hydra
@@ -55,6 +56,10 @@ def sample(cfg: DictConfig) -> None:
 def main() -> None:
     exit_without_collecting()
     with command("vae-sample"):
+        from .checks import SAMPLE_RULES
+        from .startup import check_command_line_values
+
+        check_command_line_values(sys.argv[1:], SAMPLE_RULES)
         sample()
 
 

@@ -91,3 +91,54 @@ def check_config_files(argv: list[str]) -> None:
             if not isinstance(loaded, (dict, type(None))):
                 raise UserError(f"{f}: holds a {type(loaded).__name__}, not settings (key: value lines). A config "
                                 "file is a mapping of settings, e.g. model:\\n  latent_dim: 8.")
+
+
+# Options that bring configs other than the shipped ones, whose classes may read a key by rules of their own.
+OWN_CONFIGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def check_command_line_values(argv: list[str], rules: list) -> None:
+    """A value typed on the command line that breaks its key's rule, refused before Hydra composes the config (most
+    of a refusal's time): with the message the composed config's check would give. Only where the shipped configs
+    are in use (no config of the user's, no _target_ overridden), so each key means what its rule says; only a plain
+    `key=value` (no sweep, no interpolation); and only the rules that judge a value alone: `rules` (key, test, what,
+    use) and the model's, objective's and data's single-argument rules (settings.py), called with one argument and
+    their defaults for the rest. Anything else is judged once the config is composed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .. import settings
+    from ..errors import BadArgument
+    from .checks import _short
+
+    if any(a.split("=")[0] in OWN_CONFIGS for a in argv):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 (a command line Hydra refuses: it says why, in one line)
+        return
+    if any(o.key_or_group.endswith("_target_") or o.key_or_group.startswith("hydra.searchpath") for o in overrides):
+        return
+    table = {key: (ok, what, use) for key, ok, what, use in rules}
+    classes = {"model": settings.check_model, "objective": settings.check_objective, "data": settings.check_data}
+    for o in overrides:
+        if o.is_sweep_override() or o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        key, value = o.key_or_group, o.value()
+        if isinstance(value, str) and ("${" in value or value == "???"):  # resolved, or marked missing, once composed
+            continue
+        if key in table:
+            ok, what, use = table[key]
+            if not ok(value):
+                raise UserError(f"{key}={_short(value)} is not a valid {what}; use {use}.")
+        group, _, name = key.partition(".")
+        if group in classes and name and "." not in name and (group == "data" or name in _arguments(classes[group])):
+            try:
+                classes[group](**{name: value})
+            except BadArgument as e:
+                raise UserError(e.named(lambda n: f"{group}.{n}")) from None
+
+
+def _arguments(check) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(check).parameters)

@@ -23,7 +23,9 @@ from .loading import resolve_checkpoint
 from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
 from .sweep.jobs import JobFailed
-from .startup import check_callback_choices, check_config_files, check_logger_packages, check_optional_parts
+from .checks import TRAIN_RULES
+from .startup import (check_callback_choices, check_command_line_values, check_config_files, check_logger_packages,
+                      check_optional_parts)
 
 log = logging.getLogger("vae_cli")
 
@@ -414,6 +416,7 @@ def main() -> None:
     try:
         with command("vae-train"):
             check_optional_parts(sys.argv[1:])
+            check_command_line_values(sys.argv[1:], TRAIN_RULES)
             check_config_files(sys.argv[1:])
             check_callback_choices(sys.argv[1:])
             try:
