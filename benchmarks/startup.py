@@ -18,6 +18,7 @@ ratio to the floor.
   cfg-job      vae-train --cfg job (Hydra composes the config once, prints it, and exits)
   train-K0     vae-train model.latent_dim=0 (refused, exit status 2)
   eval-k0      vae-eval ckpt_path=none iw_samples=0 (refused, exit status 2)
+  train-pair   vae-train model.likelihood=gaussian model.gaussian_std=-1 (refused once composed: a pair of settings)
 """
 import argparse
 import json
@@ -53,6 +54,7 @@ def refusals(tool, repeats: int) -> None:
         "cfg-job": ([tool("vae-train"), "--cfg", "job"], 0),
         "train-K0": ([tool("vae-train"), "model.latent_dim=0"], 2),
         "eval-k0": ([tool("vae-eval"), "ckpt_path=none", "iw_samples=0"], 2),
+        "train-pair": ([tool("vae-train"), "model.likelihood=gaussian", "model.gaussian_std=-1"], 2),
     }
     times = {name: [] for name in commands}
     with tempfile.TemporaryDirectory() as tmp:
