@@ -4,7 +4,7 @@ Trains `vae-train experiment=fashion_mnist_vae` (plus any overrides), then score
 `vae-eval iw_samples=K` (k = 5000 by default, as in the reference results) and prints one Markdown row:
 test nll_iw with its standard error, test ELBO, active units, epochs, wall times and the machine.
 
-    python benchmarks/fashion_mnist_nll.py [--k 5000] [--append BENCHMARKS.md] [--run-dir DIR] [-- OVERRIDES...]
+    python benchmarks/fashion_mnist_nll.py [--k 5000] [--append docs/benchmarks-history.md] [--run-dir DIR] [-- OVERRIDES...]
     python benchmarks/fashion_mnist_nll.py -- model=conv 'model.hidden_dims=[32,64,128]' model.activation=relu trainer.accelerator=gpu
 """
 import argparse
@@ -32,7 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
     p.add_argument("--run-dir", default=f"outputs/bench/fashion_mnist_vae-{time.strftime('%Y%m%d-%H%M%S')}")
-    p.add_argument("--append", help="append the row to this Markdown file (e.g. BENCHMARKS.md)")
+    p.add_argument("--append", help="append the row to this Markdown file (e.g. docs/benchmarks-history.md)")
     p.add_argument("overrides", nargs="*", help="vae-train overrides, after --")
     args = p.parse_args()
     run_dir = Path(args.run_dir)

@@ -6,8 +6,8 @@ The copy holds the run's record (Hydra's configs and provenance of every invocat
 timing.json, vae-eval's results) and checkpoints/best.ckpt reduced to what vae-eval and vae-sample read: the
 weights they score (a weight average's, when the run kept one), the model's settings and the data config. The
 optimiser's state, the raw weights beside an average, last.ckpt and the TensorBoard event files stay behind.
-Then `vae-eval ckpt_path=benchmarks/runs/fm_WE iw_samples=5000` scores it again, writing beside the copy, and
-`git diff` shows whether anything changed.
+Then `vae-eval ckpt_path=benchmarks/runs/fm_WE iw_samples=5000 out=/tmp/fm_WE.json` scores it again elsewhere (the
+committed results stay as they are), and comparing the two JSON files shows whether anything changed.
 """
 import argparse
 import shutil
