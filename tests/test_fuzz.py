@@ -387,7 +387,7 @@ def test_a_hostile_sweep_record_is_reported_or_refused_in_one_line(tmp_path, cap
 
 def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_line(tmp_path):
     from vae_cli.cli.evaluate import read_per_example
-    from vae_cli.data import Digits, cache
+    from vae_cli.data import Digits
 
     dm = Digits(data_dir=str(tmp_path / "data"), binarize=False)
     dm.prepare_data()

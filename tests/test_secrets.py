@@ -2,6 +2,7 @@
 password in any form (userinfo, query parameter, percent-encoded, inside another URL), in the text a message, a log
 line, a YAML record or a command line puts around them. The search's own records are in test_sweeps.py."""
 import json
+import logging
 import shlex
 import string
 from urllib.parse import quote, quote_plus
@@ -84,6 +85,7 @@ CONTEXTS = [
     (lambda u: shlex.join(["vae-train", "--multirun", f"hydra.sweeper.storage='{u}'", "hydra.sweeper.n_trials=2"]),
      str),
     (lambda u: f"GET https://proxy.example/login?next={quote(u, safe='')}&lang=en 302", lambda s: quote(s, safe="")),
+    (lambda u: f"redirect to login?next={quote(u, safe='')}", lambda s: quote(s, safe="")),  # no plain :// at all
 ]
 
 
@@ -107,6 +109,28 @@ def test_no_password_in_any_url_form_or_text_around_it_is_shown(drawn, password,
     if reads is str:
         premasked = render(mask(url(password)))
         assert mask(premasked) == premasked
+
+
+def test_log_lines_and_records_are_masked_where_they_are_written(tmp_path, caplog):
+    from vae_cli.cli.secrets import mask_folder, mask_log_lines
+
+    url = "postgresql://alice:S3cretPW@db/vae"
+    before = logging.getLogRecordFactory()
+    try:
+        mask_log_lines()
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("optuna").info("study in %s", url)
+    finally:
+        logging.setLogRecordFactory(before)
+    assert "S3cretPW" not in caplog.text and f"alice:{HIDDEN}@db" in caplog.text
+    (tmp_path / "hydra.yaml").write_text(f"storage: {url}\n")
+    (tmp_path / "plain.yaml").write_text("n_trials: 2\n")
+    (tmp_path / "notes.txt").write_text(url)  # not a record of Hydra's: left as it is
+    stamp = (tmp_path / "plain.yaml").stat().st_mtime_ns
+    mask_folder(tmp_path)
+    assert (tmp_path / "hydra.yaml").read_text() == f"storage: postgresql://alice:{HIDDEN}@db/vae\n"
+    assert (tmp_path / "plain.yaml").stat().st_mtime_ns == stamp  # nothing to hide: not rewritten
+    assert (tmp_path / "notes.txt").read_text() == url
 
 
 @pytest.mark.slow

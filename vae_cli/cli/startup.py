@@ -135,7 +135,7 @@ def check_command_line_values(argv: list[str], rules: list) -> None:
             try:
                 classes[group](**{name: value})
             except BadArgument as e:
-                raise UserError(e.named(lambda n: f"{group}.{n}")) from None
+                raise UserError(e.named(lambda n, group=group: f"{group}.{n}")) from None
 
 
 def _arguments(check) -> set[str]:
