@@ -61,8 +61,8 @@ def format_table(res: dict) -> str:
         ("inference_gap", f"{res['inference_gap']:.4f} ± {res['inference_gap_se']:.4f}"),
         ("active_units", f"{res['active_units']} / {res['latent_dim']}"),
     ]
-    order = sorted(range(res["latent_dim"]), key=lambda j: -res["kl_per_dim"][j])
-    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order)
+    order = sorted(range(len(res["kl_per_dim"])), key=lambda j: -res["kl_per_dim"][j])
+    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order) or "none (the KL is not a sum over dimensions)"
     head = f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
     lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
     if "compared_to" in res:
