@@ -101,7 +101,7 @@ def run_eval(cfg: DictConfig) -> dict:
         scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, limit=cfg.limit,
                        progress=progress)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
-           **summarize(scored, vae.n_dims)}
+           **summarize(scored, vae.n_dims), "kl_estimate": getattr(vae, "kl_estimate", "analytic")}
     mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
             "images_sha256": images, "checkpoint": str(ckpt)}
     if baseline is not None:
