@@ -105,3 +105,12 @@ def test_a_checkpoint_without_the_families_is_diagonal_and_standard(tmp_path):
     out = tmp_path / "eval.json"
     run_here("vae-eval", f"ckpt_path={tmp_path / 'old.ckpt'}", "iw_samples=5", f"out={out}", cwd=tmp_path)
     assert len(json.loads(out.read_text())["kl_per_dim"]) == 4
+
+
+def test_a_run_with_learned_families_averages_their_weights(tmp_path):
+    """callbacks.ema averages every parameter, the flow's and the pseudo-inputs' too."""
+    run = train(tmp_path, "run", *SMALL, *IAF_VAMP, "callbacks=[default,ema]", "trainer.max_epochs=2")
+    ckpt = checkpoint(run / "checkpoints" / "last.ckpt")
+    raw, average = ckpt["current_model_state"], ckpt["state_dict"]
+    for name in ("vae.prior.pseudo_inputs", "vae.posterior.steps.0.layers.0.weight"):
+        assert name in average and not torch.equal(raw[name], average[name])

@@ -26,9 +26,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.elbo import iwae_bound, kl_mc_dims
+from ..core.elbo import iwae_bound, kl_analytic, kl_mc_dims, log_standard_normal
+from ..core.families import Diagonal, QParams
 from ..core.vae import Terms
-from ..errors import BadArgument
 from ..settings import check_families, check_objective
 
 
@@ -84,6 +84,8 @@ class Objective:
         return Step(terms.recon.mean() + c * kl, terms)
 
     def _importance_weighted(self, vae, x: torch.Tensor, c: float) -> Step:
+        if not hasattr(vae, "encode_q"):  # a user's own network with encode() and log_px_given_z() only
+            vae = _DiagonalStandard(vae)
         q = vae.encode_q(x)
         z, log_q = vae.sample_q(q, self.iw_samples)  # (k, B, K), (k, B)
         log_px_z = vae.log_px_given_z(x, z)  # (k, B)
@@ -103,6 +105,33 @@ class Objective:
         terms = Terms(-log_px_z[0], kl_dims, z[0], q.mu, q.logvar, None if kl_dims is not None else kl,
                       (log_q - log_p)[0])
         return Step(-bound.mean(), terms, true_bound if self.iw_samples > 1 else None)
+
+
+class _DiagonalStandard:
+    """A network that has only encode(x) -> (mu, log sigma^2) and log_px_given_z (a user's own, written before the
+    families), with q = N(mu, diag(sigma^2)) and p(z) = N(0, I), the families' methods the objective calls."""
+
+    def __init__(self, vae):
+        self.vae, self.posterior = vae, Diagonal()
+
+    def encode_q(self, x):
+        return QParams(*self.vae.encode(x))
+
+    def sample_q(self, q, k=None):
+        return self.posterior.rsample(q, k)
+
+    def log_q(self, z, q, detach=False):
+        return self.posterior.log_prob(z, q.detached() if detach else q)
+
+    def log_px_given_z(self, x, z):
+        return self.vae.log_px_given_z(x, z)
+
+    def log_prior(self, z):
+        return log_standard_normal(z)
+
+    def kl(self, q, log_q, log_p):
+        kl_dims = kl_analytic(q.mu, q.logvar)
+        return kl_dims, kl_dims.sum(-1)
 
 
 def _log_weights(log_px_z: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor, c: float) -> torch.Tensor:
