@@ -203,3 +203,54 @@ def test_the_default_families_draw_and_score_as_before():
     z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
     torch.testing.assert_close(t.z, z)
     torch.testing.assert_close(t.kl_dims, kl_analytic(mu, logvar))
+
+
+class _FullAffineEncoder(torch.nn.Module):
+    """q(z|x) = N(x A + a, L L^T) with L's log-diagonal and below-diagonal entries constant parameters, in float64:
+    the linear-Gaussian model's true posterior (its covariance does not depend on x) when set to it."""
+
+    def __init__(self, model):
+        super().__init__()
+        cov = torch.linalg.inv(torch.eye(K, dtype=torch.float64) + model.w.T @ model.w / 0.5**2)
+        low = torch.linalg.cholesky(cov)
+        self.a = torch.nn.Parameter(model.w @ cov / 0.5**2)
+        self.a0 = torch.nn.Parameter(-(model.b @ model.w) @ cov / 0.5**2)
+        self.logvar = torch.nn.Parameter(2 * torch.diagonal(low).log())
+        self.below = torch.nn.Parameter(low[1:, :1].flatten())
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return x @ self.a + self.a0, self.logvar.expand(len(x), K), self.below.expand(len(x), 1)
+
+
+@pytest.mark.parametrize("k,gradient", [(1, "stl"), (5, "dreg")])
+def test_at_a_full_covariance_true_posterior_stl_and_dreg_have_no_encoder_gradient_in_any_draw(k, gradient):
+    """With q = p(z|x) every log-weight is log p(x) whatever z: held fixed in log q (stl, dreg), q's parameters get
+    no gradient in any draw, while the standard gradient's score-function term moves them in each."""
+    model = LinearGaussian()
+    model.w = torch.stack([model.w[:, 0], 0.9 * model.w[:, 0] + 0.3 * model.w[:, 1]], dim=1)
+    vae = _linear_gaussian_vae(model, "full", _FullAffineEncoder(model))
+    x = _data(model, 8).view(-1, 1, 1, D)
+
+    def grads(objective):
+        torch.manual_seed(0)
+        vae.zero_grad()
+        objective(vae, x, 0, 1).loss.backward()
+        return torch.cat([p.grad.flatten() for p in vae.encoder.parameters()])
+
+    assert grads(Objective(iw_samples=k, gradient=gradient)).abs().max() < 1e-9
+    assert grads(Objective(iw_samples=k)).abs().max() > 1e-3
+
+
+def test_the_iafs_density_held_fixed_gives_its_parameters_no_gradient_and_z_the_full_one():
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16], posterior={"family": "iaf", "hidden_dims": [8]}).double()
+    q = vae.encode_q(torch.rand(4, 1, 8, 8, dtype=torch.float64))
+    z = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    held = vae.log_q(z, q, detach=True).sum()
+    free = vae.log_q(z, q).sum()
+    params = list(vae.posterior.parameters()) + list(vae.encoder.parameters())
+    assert all(g is None for g in torch.autograd.grad(held, params, allow_unused=True, retain_graph=True))
+    dz_held, = torch.autograd.grad(held, z)
+    dz_free, = torch.autograd.grad(free, z)
+    torch.testing.assert_close(dz_held, dz_free)
