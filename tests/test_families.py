@@ -254,3 +254,19 @@ def test_the_iafs_density_held_fixed_gives_its_parameters_no_gradient_and_z_the_
     dz_held, = torch.autograd.grad(held, z)
     dz_free, = torch.autograd.grad(free, z)
     torch.testing.assert_close(dz_held, dz_free)
+
+
+@pytest.mark.parametrize("posterior,prior", FAMILY_PAIRS)
+def test_the_terms_stay_float32_and_close_under_bf16_autocast(posterior, prior):
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), latent_dim=4, hidden_dims=[64], posterior=posterior, prior=prior)
+    x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
+    torch.manual_seed(1)
+    t32 = vae.terms(x)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t16 = vae.terms(x)
+        iw = vae.importance_weighted(x, 3)
+    assert t16.recon.dtype == t16.kl.dtype == iw.log_px.dtype == torch.float32
+    torch.testing.assert_close(t16.recon, t32.recon, rtol=0.02, atol=0.5)
+    torch.testing.assert_close(t16.kl, t32.kl, rtol=0.05, atol=0.1)

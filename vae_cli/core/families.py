@@ -42,6 +42,22 @@ class QParams(NamedTuple):
         return QParams(*(None if t is None else t[i] for t in self))
 
 
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """At least float32: a network's output under bf16 autocast, before the densities' sums (as vae.py's)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _no_autocast(f):
+    """f with autocast off: its matrix products stay in the inputs' precision (float32 at least), not bf16."""
+    def wrapped(*args, **kwargs):
+        device = next(a for a in args if torch.is_tensor(a) or isinstance(a, QParams))
+        device = (device.mu if isinstance(device, QParams) else device).device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return f(*args, **kwargs)
+    wrapped.__doc__, wrapped.__name__ = f.__doc__, f.__name__
+    return wrapped
+
+
 def _samples(mu: torch.Tensor, k: int | None) -> torch.Tensor:
     return mu if k is None else mu.expand(k, *mu.shape)
 
@@ -83,11 +99,13 @@ class Full(nn.Module):
         lower[..., rows, cols] = q.extra
         return lower + torch.diag_embed(torch.exp(0.5 * q.logvar))
 
+    @_no_autocast
     def rsample(self, q: QParams, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         eps = torch.randn_like(_samples(q.mu, k))
         z = q.mu + (self.cholesky(q) @ eps.unsqueeze(-1)).squeeze(-1)
         return z, log_standard_normal(eps) - 0.5 * q.logvar.sum(-1)
 
+    @_no_autocast
     def log_prob(self, z: torch.Tensor, q: QParams, detach: bool = False) -> torch.Tensor:
         """log N(z; mu, L L^T) = log N(L^-1 (z - mu); 0, I) - sum_i log L_ii, z's leading axes broadcast."""
         low = self.cholesky(q)
@@ -135,7 +153,8 @@ class MADE(nn.Module):
         h = z
         for layer in self.layers[:-1]:
             h = F.elu(layer(h, detach))
-        return self.layers[-1](h, detach).chunk(2, dim=-1)
+        m, s = self.layers[-1](h, detach).chunk(2, dim=-1)
+        return _float32(m), _float32(s)
 
 
 class IAF(nn.Module):
