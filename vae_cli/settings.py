@@ -49,8 +49,75 @@ FAMILIES = {
 }
 
 
+# The families of q(z|x) and p(z) (core/families.py builds them by these names): each one's settings, with the rule
+# of each (what it is, what to use) and its default.
+POSTERIORS = {
+    "diagonal": {},
+    "full": {},
+    "iaf": {"n_steps": (lambda v: integer(v, 1), "number of flow steps", "an integer >= 1, e.g. 2", 2),
+            "hidden_dims": (lambda v: isinstance(v, (list, tuple)) and all(integer(h, 1) for h in v),
+                            "list of layer widths", "zero or more integers >= 1, e.g. [128]", [128])},
+}
+PRIORS = {
+    "standard": {},
+    "mog": {"n_components": (lambda v: integer(v, 1), "number of components", "an integer >= 1, e.g. 10", 10)},
+    "vamp": {"n_components": (lambda v: integer(v, 1), "number of pseudo-inputs", "an integer >= 1, e.g. 500", 500)},
+}
+
+
+def _check_family(name: str, spec, families: dict, default: str) -> str:
+    """The family a posterior or prior setting names (a dict {family: ..., settings}, a name, or None: `default`),
+    each of its settings checked; refused as {name}.<key>."""
+    if spec is None:
+        return default
+    if isinstance(spec, str):
+        spec = {"family": spec}
+    if not isinstance(spec, dict):
+        raise BadArgument(f"{{{name}}}={spec!r} is not a valid {name} family; use one of {', '.join(families)}, "
+                          f"e.g. {name}={next(iter(families))} on the command line.")
+    family = spec.get("family", default)
+    if not one_of(family, families):
+        raise BadArgument(f"{{{name}}}.family={family!r} is not a valid {name} family; use one of "
+                          f"{', '.join(families)}.")
+    rules = families[family]
+    for key, value in spec.items():
+        if key == "family":
+            continue
+        if key not in rules:
+            known = ", ".join(["family", *rules])
+            raise BadArgument(f"{{{name}}}.{key} is not a setting of the {family} {name}; its settings are {known}.")
+        ok, what, use, _ = rules[key]
+        if not ok(value):
+            raise BadArgument(f"{{{name}}}.{key}={value!r} is not a valid {what}; use {use}.")
+    return family
+
+
+def family_of(spec, default: str) -> str:
+    """The family's name a (checked) posterior or prior setting names."""
+    if spec is None:
+        return default
+    return spec if isinstance(spec, str) else spec.get("family", default)
+
+
+def kl_estimate(posterior: str, prior: str) -> str:
+    """Which estimate of KL(q(z|x) || p(z)) the logged kl is for these families: "analytic" (closed form: a Gaussian
+    q against N(0, I)) or "mc" (log q(z|x) - log p(z) at the ELBO's sample z; no closed form exists)."""
+    return "analytic" if posterior in ("diagonal", "full") and prior == "standard" else "mc"
+
+
+def check_families(*, posterior=None, prior=None, free_bits=0.0, kl_estimator="analytic") -> None:
+    """Refuse an objective the families' math does not allow: free bits needs the KL per latent dimension in
+    closed form (a diagonal q against N(0, I)). Names the keys as {posterior}, {prior}, {free_bits}."""
+    q, p = family_of(posterior, "diagonal"), family_of(prior, "standard")
+    if free_bits > 0 and (q, p) != ("diagonal", "standard"):
+        raise BadArgument(f"{{free_bits}}={free_bits} floors the KL of each latent dimension, which only "
+                          f"{{posterior}}.family=diagonal with {{prior}}.family=standard has (here {{posterior}}.family="
+                          f"{q} and {{prior}}.family={p}: the KL is not a sum over dimensions). Set {{free_bits}}=0, "
+                          "or use posterior=diagonal prior=standard.")
+
+
 def check_model(*, latent_dim=16, hidden_dims=(512, 256), arch="mlp", activation="relu", likelihood="bernoulli",
-                gaussian_std=0.1, logvar_range=None, init_output_bias=False) -> None:
+                gaussian_std=0.1, logvar_range=None, init_output_bias=False, posterior=None, prior=None) -> None:
     """Refuse settings a VAE cannot be built from, before the data's shape is known."""
     require("latent_dim", latent_dim, integer(latent_dim, 1), "latent dimension K", "an integer >= 1, e.g. 16")
     require("arch", arch, one_of(arch, ARCHS), "architecture", f"one of {', '.join(ARCHS)}")
@@ -68,6 +135,8 @@ def check_model(*, latent_dim=16, hidden_dims=(512, 256), arch="mlp", activation
     require("logvar_range", logvar_range, logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
             "range", "null, or [lo, hi] with lo < hi, e.g. [-6,2]")
     require("init_output_bias", init_output_bias, isinstance(init_output_bias, bool), "switch", "true or false")
+    _check_family("posterior", posterior, POSTERIORS, "diagonal")
+    _check_family("prior", prior, PRIORS, "standard")
 
 
 def check_std(likelihood: str, gaussian_std) -> None:

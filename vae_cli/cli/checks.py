@@ -142,7 +142,11 @@ def check_train_config(cfg: DictConfig) -> None:
             why = settings.folder_key(f"data.{key}", data.get(key), must_exist)
             if why:
                 raise UserError(f"{why}.")
+    for key in ("posterior", "prior"):  # the families' groups (configs/posterior, configs/prior), named by their keys
+        if isinstance(cfg.get(key), DictConfig):
+            _by_key(settings.check_model, **{key: _container(cfg[key])})
     model = _container(cfg.model)
+    families = {k: model.get(k) for k in ("posterior", "prior")} if model.get("_target_") in TRUSTED_MODELS else {}
     if model.get("_target_") in TRUSTED_MODELS:  # a user's own class checks itself when built
         model.pop("_target_")
         model.pop("data_shape", None)
@@ -154,6 +158,9 @@ def check_train_config(cfg: DictConfig) -> None:
     objective = _container(cfg.objective)
     _known_keys("objective", objective, settings.check_objective)
     named("objective", settings.check_objective, **objective)
+    if families:  # what the families' math allows of the objective (free bits: a KL per dimension in closed form)
+        _by_key(settings.check_families, **families,
+                **{k: objective[k] for k in ("free_bits", "kl_estimator") if k in objective})
     for group in ("callbacks", "logger"):
         for name, part in (_container(cfg[group]) if cfg.get(group) else {}).items():
             target = part.get("_target_") if isinstance(part, dict) else None
@@ -164,6 +171,14 @@ def check_train_config(cfg: DictConfig) -> None:
                     if why:
                         raise UserError(f"{why}.")
     check_accelerator(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1))
+
+
+def _by_key(check, **kwargs) -> None:
+    """check(**kwargs), a refusal naming posterior and prior by their own top-level keys, the rest as the group's."""
+    try:
+        check(**kwargs)
+    except BadArgument as e:
+        raise UserError(e.named(lambda n: n if n in ("posterior", "prior") else f"objective.{n}")) from None
 
 
 def _resolved(cfg, key: str):

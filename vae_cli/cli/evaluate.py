@@ -68,8 +68,8 @@ def format_table(res: dict) -> str:
         ("inference_gap", f"{res['inference_gap']:.4f} ± {res['inference_gap_se']:.4f}"),
         ("active_units", f"{res['active_units']} / {res['latent_dim']}"),
     ]
-    order = sorted(range(res["latent_dim"]), key=lambda j: -res["kl_per_dim"][j])
-    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order)
+    order = sorted(range(len(res["kl_per_dim"])), key=lambda j: -res["kl_per_dim"][j])
+    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order) or "none (the KL is not a sum over dimensions)"
     head = f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
     lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
     if "compared_to" in res:
@@ -108,7 +108,7 @@ def run_eval(cfg: DictConfig) -> dict:
         scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, limit=cfg.limit,
                        progress=progress)
     res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
-           **summarize(scored, vae.n_dims)}
+           **summarize(scored, vae.n_dims), "kl_estimate": getattr(vae, "kl_estimate", "analytic")}
     mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
             "images_sha256": images, "checkpoint": str(ckpt)}
     if baseline is not None:

@@ -1,6 +1,7 @@
 """Encoder and decoder networks.
 
-The encoder maps x to the parameters (mu, log sigma^2) of q(z|x) = N(mu, diag(sigma^2));
+The encoder maps x to the parameters (mu, log sigma^2) of q(z|x) = N(mu, diag(sigma^2)) (and, for a posterior
+family that needs them, further outputs: core/families.py);
 the decoder maps z to the parameters of p(x|z): `params_per_dim` values per data dimension,
 shaped (B, params_per_dim * C, H, W) for x of shape (B, C, H, W).
 """
@@ -43,14 +44,21 @@ def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
-    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str):
-        super().__init__()
-        self.net = _mlp([math.prod(data_shape), *hidden_dims, 2 * latent_dim], activation)
+def _split(out: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, ...]:
+    """(mu, log sigma^2), or (mu, log sigma^2, extra) where the posterior family takes more outputs."""
+    if out.shape[-1] == 2 * latent_dim:
+        return tuple(out.chunk(2, dim=-1))
+    return out[..., :latent_dim], out[..., latent_dim:2 * latent_dim], out[..., 2 * latent_dim:]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.net(x.flatten(1)).chunk(2, dim=-1)
-        return mu, logvar
+
+class MLPEncoder(nn.Module):
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str, extra_outputs: int = 0):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = _mlp([math.prod(data_shape), *hidden_dims, 2 * latent_dim + extra_outputs], activation)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _split(self.net(x.flatten(1)), self.latent_dim)
 
 
 class MLPDecoder(nn.Module):
@@ -80,8 +88,9 @@ class ConvEncoder(nn.Module):
     """Stride-2 3x3 convolutions with hidden_dims channels, then a linear map to (mu, log sigma^2).
     Any image size works: each layer halves it, rounding up."""
 
-    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str):
+    def __init__(self, data_shape, hidden_dims: list[int], latent_dim: int, activation: str, extra_outputs: int = 0):
         super().__init__()
+        self.latent_dim = latent_dim
         act = ACTIVATIONS[activation]
         c, h, w = data_shape
         layers: list[nn.Module] = []
@@ -89,11 +98,10 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
         self.convs = nn.Sequential(*layers)
         h_last, w_last = _halvings((h, w), len(hidden_dims))[-1]
-        self.fc = nn.Linear(hidden_dims[-1] * h_last * w_last, 2 * latent_dim)
+        self.fc = nn.Linear(hidden_dims[-1] * h_last * w_last, 2 * latent_dim + extra_outputs)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.fc(self.convs(x).flatten(1)).chunk(2, dim=-1)
-        return mu, logvar
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _split(self.fc(self.convs(x).flatten(1)), self.latent_dim)
 
 
 class ConvDecoder(nn.Module):
@@ -127,13 +135,14 @@ class ConvDecoder(nn.Module):
 
 
 def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
-                  params_per_dim: int) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) of the architecture `arch` (settings the VAE has checked)."""
+                  params_per_dim: int, extra_outputs: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) of the architecture `arch` (settings the VAE has checked); the encoder has
+    `extra_outputs` outputs beyond (mu, log sigma^2) for a posterior family that takes more (core/families.py)."""
     if arch == "mlp":
-        return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation),
+        return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
                 MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
     if arch == "conv":
         if len(data_shape) != 3:
             raise ValueError(f"a conv network needs image data shaped (C, H, W), not {tuple(data_shape)}")
-        return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation),
+        return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
                 ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))

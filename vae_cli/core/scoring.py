@@ -29,11 +29,11 @@ def score(vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None =
         if limit is not None and seen >= limit:
             break
         keep = len(piece) if limit is None else min(len(piece), limit - seen)
-        parts.append(tuple(t[:keep] for t in vae.importance_weighted(piece, k, max_pairs)))
+        parts.append(tuple(None if t is None else t[:keep] for t in vae.importance_weighted(piece, k, max_pairs)))
         seen += keep
         if progress is not None:
             progress(keep)
-    return ImportanceWeighted(*(torch.cat(p) for p in zip(*parts)))
+    return ImportanceWeighted(*(None if p[0] is None else torch.cat(p) for p in zip(*parts)))
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -44,7 +44,8 @@ def mean_se(v: torch.Tensor) -> tuple[float, float]:
 
 
 def summarize(s: ImportanceWeighted, n_dims: int) -> dict:
-    """Means over examples (with standard errors where they are estimates), in nats per example."""
+    """Means over examples (with standard errors where they are estimates), in nats per example. kl_per_dim is
+    empty where the posterior and prior families have no KL per dimension (core/families.py)."""
     elbo, elbo_se = mean_se(s.elbo)
     nll, nll_se = mean_se(-s.log_px)
     gap, gap_se = mean_se(s.log_px - s.elbo)
@@ -53,7 +54,7 @@ def summarize(s: ImportanceWeighted, n_dims: int) -> dict:
     return {
         "elbo": elbo, "elbo_se": elbo_se,
         "recon_loss": s.recon.double().mean().item(),
-        "kl": s.kl_dims.double().sum(-1).mean().item(),
+        "kl": (s.kl if s.kl is not None else s.kl_dims.sum(-1)).double().mean().item(),
         "bpd": bits_per_dim(-elbo, n_dims),
         "nll_iw": nll, "nll_iw_se": nll_se,
         "inference_gap": gap, "inference_gap_se": gap_se,

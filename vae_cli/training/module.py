@@ -35,8 +35,11 @@ class VAEModule(pl.LightningModule):
                  data_config: dict | None = None):
         super().__init__()
         # The optimizer and its schedule are the run's config's, built again whenever it trains.
+        # kl_estimate: whether the logged kl is in closed form ("analytic") or log q(z|x) - log p(z) at the ELBO's
+        # sample ("mc"), as the posterior and prior families allow (settings.kl_estimate).
         self.save_hyperparameters({"model": model, "objective": asdict(objective), "normalize_grads": normalize_grads,
-                                   "monitor": monitor}, logger=False)
+                                   "monitor": monitor, "kl_estimate": getattr(vae, "kl_estimate", "analytic")},
+                                  logger=False)
         self.vae, self.objective = vae, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.normalize_grads, self.monitor = normalize_grads, monitor
