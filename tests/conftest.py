@@ -13,6 +13,10 @@ import pytest
 
 # Short runs with quiet output; every test writes only under its own tmp_path.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# The small run of the tests that stop, signal, kill or resume vae-train (and of test_slurm's jobs): a network of 16
+# hidden units and 3 latents, 3 epochs of 11 steps each (digits' 1,350 training images in batches of 128).
+SMALL_NET = ("model.hidden_dims=[16]", "model.latent_dim=3")
+SMALL = (*SMALL_NET, "trainer.max_epochs=3", *QUIET)
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # an in-process run that fails shows its whole traceback
 
 
