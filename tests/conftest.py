@@ -18,6 +18,71 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 SMALL_NET = ("model.hidden_dims=[16]", "model.latent_dim=3")
 SMALL = (*SMALL_NET, "trainer.max_epochs=3", *QUIET)
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # an in-process run that fails shows its whole traceback
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+# -- Nothing is written into the checkout --------------------------------------------------------------------------
+# The tests run in a folder of the session's (a command's relative paths, e.g. digits' data_dir=data and its prepared
+# splits in data/vae-cli-cache, land there), Hypothesis keeps its files there, and a check at the end of the session
+# fails it when the checkout gained a file or folder. What tools write by themselves is not counted: Python's
+# bytecode (__pycache__), pytest's cache (.pytest_cache), git's files, and virtual environments.
+TOOLS_OWN = {".git", "__pycache__", ".pytest_cache"}
+_CHECKOUT_BEFORE = pytest.StashKey[set]()
+_CHECKOUT_GAINED = pytest.StashKey[list]()
+
+
+def checkout_paths(root: Path = CHECKOUT, skip: Path | None = None) -> set[str]:
+    """Every file and folder under `root`, relative to it, but the tools' own (TOOLS_OWN, virtual environments) and
+    `skip` (pytest's --basetemp, when given inside the checkout)."""
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in TOOLS_OWN and not (Path(folder, d) / "pyvenv.cfg").exists()
+                   and (skip is None or Path(folder, d).resolve() != skip)]
+        found.update(os.path.relpath(os.path.join(folder, name), root) for name in (*dirs, *files))
+    return found
+
+
+def _basetemp(config) -> Path | None:
+    return Path(config.option.basetemp).resolve() if config.option.basetemp else None
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_CHECKOUT_BEFORE] = checkout_paths(skip=_basetemp(session.config))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_CHECKOUT_BEFORE, None)
+    if before is None:
+        return
+    gained = sorted(checkout_paths(skip=_basetemp(session.config)) - before)
+    session.config.stash[_CHECKOUT_GAINED] = gained
+    if gained:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    gained = config.stash.get(_CHECKOUT_GAINED, [])
+    if gained:
+        terminalreporter.write_sep("=", "FAILED: files written into the checkout", red=True)
+        terminalreporter.write_line(f"The tests wrote into the checkout {CHECKOUT}; a test must write under its tmp_path:")
+        for p in gained[:20]:
+            terminalreporter.write_line(f"  {p}")
+        if len(gained) > 20:
+            terminalreporter.write_line(f"  ... and {len(gained) - 20} more")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Every test starts in a folder of the session's, not where pytest was started (the checkout); Hypothesis's
+    files (.hypothesis) go there too."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    here = tmp_path_factory.mktemp("cwd")
+    set_hypothesis_home_dir(here / ".hypothesis")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(here)
+        yield here
+    set_hypothesis_home_dir(None)
 
 
 def _exe(tool: str) -> str:
