@@ -23,8 +23,8 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 # -- Nothing is written into the checkout --------------------------------------------------------------------------
 # The tests run in a folder of the session's (a command's relative paths, e.g. digits' data_dir=data and its prepared
-# splits in data/vae-cli-cache, land there), Hypothesis keeps its files there, and a check at the end of the session
-# fails it when the checkout gained a file or folder. What tools write by themselves is not counted: Python's
+# splits in data/vae-cli-cache, land there), Hypothesis keeps its caches in the user's cache folder (pytest_configure),
+# and a check at the end of the session fails it when the checkout gained a file or folder. What tools write by themselves is not counted: Python's
 # bytecode (__pycache__), pytest's cache (.pytest_cache), git's files, and virtual environments.
 TOOLS_OWN = {".git", "__pycache__", ".pytest_cache"}
 _CHECKOUT_BEFORE = pytest.StashKey[set]()
@@ -71,18 +71,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(f"  ... and {len(gained) - 20} more")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def outside_the_checkout(tmp_path_factory):
-    """Every test starts in a folder of the session's, not where pytest was started (the checkout); Hypothesis's
-    files (.hypothesis) go there too."""
+def pytest_configure(config):
+    """Hypothesis keeps its caches (the Unicode tables text strategies draw from, a few seconds to build; the
+    constants it reads from the code) outside the checkout: in HYPOTHESIS_STORAGE_DIRECTORY when set, else in the
+    user's cache folder, so that later sessions find them. Set before collection, where Hypothesis first writes."""
     from hypothesis.configuration import set_hypothesis_home_dir
 
-    here = tmp_path_factory.mktemp("cwd")
-    set_hypothesis_home_dir(here / ".hypothesis")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-cli-tests" / "hypothesis"
+    set_hypothesis_home_dir(os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or cache)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Every test starts in a folder of the session's, not where pytest was started (the checkout)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(here)
-        yield here
-    set_hypothesis_home_dir(None)
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 def _exe(tool: str) -> str:
