@@ -72,26 +72,26 @@ FIELDS = ["state_dict", "hyper_parameters", "data_config", "global_step", "epoch
 
 
 def _hostile_checkpoints() -> dict:
-    """Changes to a checkpoint's content, by kind: a field removed, retyped, or a saved config naming a callable."""
-    removed = st.tuples(st.just("remove"), st.sampled_from(FIELDS + ["hyper_parameters.model", "state_dict.one"]))
-    retyped = st.tuples(st.just("retype"), st.sampled_from(FIELDS + ["hyper_parameters.model", "state_dict.one",
-                                                                   *(f"hyper_parameters.model.{k}" for k in (
-                                                                       "latent_dim", "hidden_dims", "arch",
-                                                                       "likelihood", "data_shape", "activation")),
-                                                                   *(f"data_config.{k}" for k in (
-                                                                       "val_size", "test_size", "binarize",
-                                                                       "data_dir", "batch_size"))]),
-                        st.one_of(fuzz.VALUES, st.just(torch.zeros(3)), st.just(torch.zeros(2, 2, dtype=torch.int8))))
+    """Changes to a checkpoint's content, by kind: a field removed, a field or a saved setting retyped, or a saved
+    config naming a callable."""
+    fields = FIELDS + ["hyper_parameters.model", "state_dict.one"]
+    removed = st.tuples(st.just("remove"), st.sampled_from(fields))
+    values = st.one_of(fuzz.VALUES, st.just(torch.zeros(3)), st.just(torch.zeros(2, 2, dtype=torch.int8)))
+    settings_ = [*(f"hyper_parameters.model.{k}" for k in ("latent_dim", "hidden_dims", "arch", "likelihood",
+                                                             "data_shape", "activation")),
+                 *(f"data_config.{k}" for k in ("val_size", "test_size", "binarize", "data_dir", "batch_size"))]
+    retyped_field = st.tuples(st.just("retype"), st.sampled_from(fields), values)
+    retyped_setting = st.tuples(st.just("retype"), st.sampled_from(settings_), values)
     called = st.tuples(st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config",
                                                          "hyper_parameters.model.hidden_dims", "data_config.val_size"]),
                        st.sampled_from(WRITERS))
-    return {"removed": removed, "retyped": retyped, "called": called}
+    return {"removed": removed, "retyped-field": retyped_field, "retyped-setting": retyped_setting, "called": called}
 
 
 # Examples per kind, 25 a command in all as when the kinds were drawn together (removed: each of its 7 fields once),
 # in a test per kind and command, each a few seconds at most.
 HOSTILE = _hostile_checkpoints()
-HOSTILE_EXAMPLES = {"removed": 7, "retyped": 10, "called": 8}
+HOSTILE_EXAMPLES = {"removed": 7, "retyped-field": 5, "retyped-setting": 5, "called": 8}
 
 
 def _apply(ckpt: dict, change, victim: Path) -> dict:
