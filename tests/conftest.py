@@ -24,8 +24,9 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 # -- Nothing is written into the checkout --------------------------------------------------------------------------
 # The tests run in a folder of the session's (a command's relative paths, e.g. digits' data_dir=data and its prepared
 # splits in data/vae-cli-cache, land there), Hypothesis keeps its caches in the user's cache folder (pytest_configure),
-# and a check at the end of the session fails it when the checkout gained a file or folder. What tools write by themselves is not counted: Python's
-# bytecode (__pycache__), pytest's cache (.pytest_cache), git's files, and virtual environments.
+# and a check at the end of the session fails it when the checkout gained a file or folder. What tools write by
+# themselves is not counted: Python's bytecode (__pycache__), pytest's cache (.pytest_cache), git's files, and
+# virtual environments.
 TOOLS_OWN = {".git", "__pycache__", ".pytest_cache"}
 _CHECKOUT_BEFORE = pytest.StashKey[set]()
 _CHECKOUT_GAINED = pytest.StashKey[list]()
@@ -64,7 +65,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     gained = config.stash.get(_CHECKOUT_GAINED, [])
     if gained:
         terminalreporter.write_sep("=", "FAILED: files written into the checkout", red=True)
-        terminalreporter.write_line(f"The tests wrote into the checkout {CHECKOUT}; a test must write under its tmp_path:")
+        terminalreporter.write_line(f"The tests wrote into the checkout {CHECKOUT}; a test writes under its tmp_path:")
         for p in gained[:20]:
             terminalreporter.write_line(f"  {p}")
         if len(gained) > 20:
