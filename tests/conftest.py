@@ -13,7 +13,81 @@ import pytest
 
 # Short runs with quiet output; every test writes only under its own tmp_path.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# The small run of the tests that stop, signal, kill or resume vae-train (and of test_slurm's jobs): a network of 16
+# hidden units and 3 latents, 3 epochs of 11 steps each (digits' 1,350 training images in batches of 128).
+SMALL_NET = ("model.hidden_dims=[16]", "model.latent_dim=3")
+SMALL = (*SMALL_NET, "trainer.max_epochs=3", *QUIET)
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # an in-process run that fails shows its whole traceback
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+# -- Nothing is written into the checkout --------------------------------------------------------------------------
+# The tests run in a folder of the session's (a command's relative paths, e.g. digits' data_dir=data and its prepared
+# splits in data/vae-cli-cache, land there), Hypothesis keeps its caches in the user's cache folder (pytest_configure),
+# and a check at the end of the session fails it when the checkout gained a file or folder. What tools write by
+# themselves is not counted: Python's bytecode (__pycache__), pytest's cache (.pytest_cache), git's files, and
+# virtual environments.
+TOOLS_OWN = {".git", "__pycache__", ".pytest_cache"}
+_CHECKOUT_BEFORE = pytest.StashKey[set]()
+_CHECKOUT_GAINED = pytest.StashKey[list]()
+
+
+def checkout_paths(root: Path = CHECKOUT, skip: Path | None = None) -> set[str]:
+    """Every file and folder under `root`, relative to it, but the tools' own (TOOLS_OWN, virtual environments) and
+    `skip` (pytest's --basetemp, when given inside the checkout)."""
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in TOOLS_OWN and not (Path(folder, d) / "pyvenv.cfg").exists()
+                   and (skip is None or Path(folder, d).resolve() != skip)]
+        found.update(os.path.relpath(os.path.join(folder, name), root) for name in (*dirs, *files))
+    return found
+
+
+def _basetemp(config) -> Path | None:
+    return Path(config.option.basetemp).resolve() if config.option.basetemp else None
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_CHECKOUT_BEFORE] = checkout_paths(skip=_basetemp(session.config))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_CHECKOUT_BEFORE, None)
+    if before is None:
+        return
+    gained = sorted(checkout_paths(skip=_basetemp(session.config)) - before)
+    session.config.stash[_CHECKOUT_GAINED] = gained
+    if gained:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    gained = config.stash.get(_CHECKOUT_GAINED, [])
+    if gained:
+        terminalreporter.write_sep("=", "FAILED: files written into the checkout", red=True)
+        terminalreporter.write_line(f"The tests wrote into the checkout {CHECKOUT}; a test writes under its tmp_path:")
+        for p in gained[:20]:
+            terminalreporter.write_line(f"  {p}")
+        if len(gained) > 20:
+            terminalreporter.write_line(f"  ... and {len(gained) - 20} more")
+
+
+def pytest_configure(config):
+    """Hypothesis keeps its caches (the Unicode tables text strategies draw from, a few seconds to build; the
+    constants it reads from the code) outside the checkout: in HYPOTHESIS_STORAGE_DIRECTORY when set, else in the
+    user's cache folder, so that later sessions find them. Set before collection, where Hypothesis first writes."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-cli-tests" / "hypothesis"
+    set_hypothesis_home_dir(os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or cache)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Every test starts in a folder of the session's, not where pytest was started (the checkout)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 def _exe(tool: str) -> str:
@@ -104,155 +178,19 @@ def refused(tool, *args, cwd, capsys) -> str:
     return capsys.readouterr().err
 
 
-# Faults injected from inside a run: callbacks that a user (or a test) can add with
-# +callbacks.<name>._target_=fault_helpers.<Class>, which Hydra instantiates.
-HELPERS = '''
-import os, shutil, signal, subprocess, time
-import torch
-import pytorch_lightning as pl
-
-class AtStep(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if trainer.global_step == self.step:
-            self.act(pl_module)
-
-class KillAtStep(AtStep):
-    def act(self, pl_module):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-class SignalAtStep(AtStep):
-    def __init__(self, step, signum):
-        super().__init__(step)
-        self.signum = signum
-    def act(self, pl_module):
-        os.kill(os.getpid(), getattr(signal, self.signum))
-
-class SignalAt(pl.Callback):
-    """Sends this process a signal at one point of the run: at="step:N" after training step N, "validation:E" in
-    the validation of epoch E (1-based), "setup" when fit begins (before training), "test" in the final test;
-    rank=R: only in that process of a data-parallel run."""
-    def __init__(self, at, signum, rank=None):
-        self.at, self.signum, self.rank = at, getattr(signal, signum), rank
-        self.global_rank = 0
-    def _send(self, here):
-        if here == self.at and self.rank in (None, self.global_rank):
-            os.kill(os.getpid(), self.signum)
-    def setup(self, trainer, pl_module, stage):
-        self.global_rank = trainer.global_rank
-        if stage == "fit":
-            self._send("setup")
-    def on_train_batch_end(self, trainer, *args):
-        self._send(f"step:{trainer.global_step}")
-    def on_validation_batch_end(self, trainer, *args):
-        if not trainer.sanity_checking:
-            self._send(f"validation:{trainer.current_epoch + 1}")
-    def on_test_batch_end(self, trainer, *args):
-        self._send("test")
-
-class SignalTwiceAt(SignalAt):
-    """SignalAt, and the same signal again `gap` seconds later from another thread: what SLURM does at a time limit
-    (it signals the job's step and its batch shell), or a user pressing Ctrl-C twice."""
-    def __init__(self, at, signum, gap, rank=None):
-        super().__init__(at, signum, rank)
-        self.gap = gap
-    def _send(self, here):
-        if here == self.at and self.rank in (None, self.global_rank):
-            import threading
-            os.kill(os.getpid(), self.signum)
-            threading.Timer(self.gap, os.kill, (os.getpid(), self.signum)).start()
-            time.sleep(2 * self.gap)  # the second arrives while this step is still running
-
-class SignalInsistingAt(SignalAt):
-    """SignalAt, then the same signal again `after` seconds later, in the same step: a user who does not wait."""
-    def __init__(self, at, signum, after):
-        super().__init__(at, signum)
-        self.after = after
-    def _send(self, here):
-        if here == self.at:
-            os.kill(os.getpid(), self.signum)
-            time.sleep(self.after)
-            os.kill(os.getpid(), self.signum)
-
-class SignalWhenBuilt(pl.Callback):
-    """A signal while vae-train builds the run (loading data, making the model), before training starts; under
-    SLURM, first_start_only: in the job's first start only (SLURM_RESTART_COUNT unset or 0)."""
-    def __init__(self, signum, first_start_only=False):
-        if not first_start_only or os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
-            os.kill(os.getpid(), getattr(signal, signum))
-
-class SlowAfterRequeue(pl.Callback):
-    """A machine too busy to record its stop before SLURM's SIGTERM arrives: the requeue (vae_cli.cli.slurm's,
-    real) is followed by `seconds` of waiting, inside which SLURM ends the job's processes with a SIGTERM."""
-    def __init__(self, seconds):
-        from vae_cli.cli import slurm
-        real = slurm.requeue
-        def requeue():
-            done = real()
-            time.sleep(seconds)
-            return done
-        slurm.requeue = requeue
-
-class SlowEpochs(pl.Callback):
-    """A slower machine: `seconds` of waiting after each training epoch, so a job outlasts a SLURM time slot however
-    fast the machine is (the numbers trained are unchanged)."""
-    def __init__(self, seconds):
-        self.seconds = seconds
-    def on_train_epoch_end(self, trainer, pl_module):
-        time.sleep(self.seconds)
-
-class FillDiskAtStep(AtStep):
-    def __init__(self, step, path):
-        super().__init__(step)
-        self.path = path
-    def act(self, pl_module):
-        try:
-            with open(self.path, "wb") as f:
-                while True:
-                    f.write(bytes(4096))
-                    f.flush()
-        except OSError:
-            pass
-
-class RemountReadOnlyAtStep(AtStep):
-    def __init__(self, step, mount):
-        super().__init__(step)
-        self.mount = mount
-    def act(self, pl_module):
-        for _ in range(100):  # busy for the moment TensorBoard's thread has its file open
-            if subprocess.run(["mount", "-o", "remount,ro", self.mount], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"could not remount {self.mount} read-only")
-
-class RemoveAtStep(AtStep):
-    def __init__(self, step, path):
-        super().__init__(step)
-        self.path = path
-    def act(self, pl_module):
-        shutil.rmtree(self.path)
-
-class RemoveBeforeCheckpoints(pl.Callback):  # at the end of the second epoch's validation
-    def __init__(self, path):
-        self.path = path
-    def on_validation_end(self, trainer, *args):
-        if not trainer.sanity_checking and trainer.current_epoch == 1:
-            shutil.rmtree(self.path)
-
-class PoisonDecoderAtStep(AtStep):
-    def act(self, pl_module):
-        with torch.no_grad():
-            pl_module.vae.decoder.net[-1].weight.fill_(float("nan"))
-'''
+# The modules a vae-train process started by a test may be told to import: tests/helpers/fault_helpers.py's callbacks,
+# added with +callbacks.<name>._target_=fault_helpers.<Class> (see its docstring).
+HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
 @pytest.fixture
-def helpers(tmp_path, monkeypatch):
-    (tmp_path / "fault_helpers.py").write_text(HELPERS)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(tmp_path))  # for runs in this process
-    return tmp_path
+def helpers(monkeypatch) -> Path:
+    """tests/helpers importable in this process (runs here) and, by its absolute path on PYTHONPATH, in every process
+    the test starts: vae-train subprocesses, and SLURM jobs (sbatch exports the environment to the job, srun to its
+    tasks). Nothing is written: the folder is the module's own, in the checkout."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.syspath_prepend(str(HELPERS))  # for runs in this process
+    return HELPERS
 
 
 @pytest.fixture

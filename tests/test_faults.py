@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, read_scalars, refused, remount, run_tool, run_vae_train, train
+from conftest import QUIET, SMALL, SMALL_NET, read_scalars, refused, remount, run_tool, run_vae_train, train
 
-SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "trainer.max_epochs=3", *QUIET)  # 11 steps per epoch
 
 
 def _metrics(run_dir):
@@ -193,7 +192,7 @@ def test_a_second_run_in_a_directory_a_live_run_writes_is_refused(tmp_path):
 def test_a_full_disk_stops_the_run_with_the_file_and_the_reason_and_damages_nothing(helpers, tmp_path,
                                                                                       small_filesystem):
     run = small_filesystem / "run"
-    args = ("model.hidden_dims=[16]", "model.latent_dim=3", "trainer.max_epochs=3", *QUIET)
+    args = SMALL
     proc = run_vae_train(*args, f"hydra.run.dir={run}", "+callbacks.fill._target_=fault_helpers.FillDiskAtStep",
                          "+callbacks.fill.step=15", f"+callbacks.fill.path={small_filesystem / 'filler'}",
                          cwd=tmp_path, check=False)
@@ -252,7 +251,7 @@ def test_every_command_refuses_a_read_only_file_system_cleanly_and_changes_nothi
                                                                                   capsys):
     run, sweep = small_filesystem / "run", small_filesystem / "sweep"
     # In a process of its own, which leaves no file open: an open file keeps a file system from going read-only.
-    run_vae_train(*SMALL[:2], "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={run}", cwd=tmp_path)
+    run_vae_train(*SMALL_NET, "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={run}", cwd=tmp_path)
     job = sweep / "0"  # a sweep's job as vae-report reads it
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n")

@@ -7,16 +7,16 @@ import shlex
 import pytest
 import torch
 
-from conftest import QUIET, read_scalars, run_vae_train, train
+from conftest import QUIET, SMALL, SMALL_NET, read_scalars, run_vae_train, train
 
 pytestmark = pytest.mark.slow  # each test trains, is stopped by a signal and resumes in vae-train processes
 
-SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "trainer.max_epochs=3", "seed=4")  # 11 steps per epoch
+RUN = (*SMALL, "seed=4")  # 11 steps per epoch
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("u"), "run", *SMALL)
+    return train(tmp_path_factory.mktemp("u"), "run", *RUN)
 
 
 def _curves(run):
@@ -39,7 +39,7 @@ POINTS = [
 def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tmp_path, uninterrupted, at, step,
                                                                      stopped):
     run = tmp_path / "run"
-    proc = run_vae_train(*SMALL, *QUIET, f"hydra.run.dir={run}", "+callbacks.sig._target_=fault_helpers.SignalAt",
+    proc = run_vae_train(*RUN, f"hydra.run.dir={run}", "+callbacks.sig._target_=fault_helpers.SignalAt",
                          f"+callbacks.sig.at={at}", "+callbacks.sig.signum=SIGTERM", cwd=tmp_path, check=False)
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not (run / "metrics.json").exists() and not (run / ".vae-train.lock").exists()
@@ -54,7 +54,7 @@ def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tm
     assert f"Resume with: {record['resume']}" in proc.stdout
 
     if record["checkpoint"]:  # the natural command: the run directory, whose newest state is taken, and said
-        again = run_vae_train(*SMALL, *QUIET, f"ckpt_path={run}", cwd=tmp_path)
+        again = run_vae_train(*RUN, f"ckpt_path={run}", cwd=tmp_path)
         assert f"resuming {record['checkpoint']}" in again.stdout
         assert "Warning" not in again.stderr and "exists and is not empty" not in again.stdout + again.stderr
     else:  # nothing was saved: the command it gave runs the run again in its directory (here without the signal)
@@ -76,7 +76,7 @@ def test_a_signal_while_the_finished_process_shuts_down_is_ignored(tmp_path):
     import subprocess
     import sys
 
-    argv = ["vae-train", *SMALL[:2], "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'r'}"]
+    argv = ["vae-train", *SMALL_NET, "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'r'}"]
     script = (f"import os, signal, sys; from vae_cli.cli.train import main; sys.argv = {argv!r}; main(); "
               "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]); "
               "os.kill(os.getpid(), signal.SIGUSR1)")

@@ -6,11 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import QUIET, compose, read_scalars, refused, train
+from conftest import QUIET, SMALL_NET, compose, read_scalars, refused, train
 from vae_cli.cli.checks import optimizer_and_schedule
-
-SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", *QUIET)
-
 
 def _built(*overrides):
     make_optimizer, make_schedule = optimizer_and_schedule(compose("train", *overrides))
@@ -51,20 +48,20 @@ def test_each_schedule_from_its_group(overrides, cls):
     (["scheduler=cosine"], lambda e: 1e-3 * (1 + math.cos(math.pi * e / 3)) / 2),  # eta_min 0, T_max 3 epochs
 ])
 def test_a_run_logs_the_learning_rate_its_schedule_gives_each_epoch(tmp_path, schedule, expected):
-    run = train(tmp_path, "run", *SMALL, "trainer.max_epochs=3", "optimizer=adamw", *schedule)
+    run = train(tmp_path, "run", *SMALL_NET, "trainer.max_epochs=3", "optimizer=adamw", *schedule)
     logged = sorted(read_scalars(run)["lr-AdamW"])
     assert [step for step, _ in logged] == [0, 11, 22]  # once per epoch, 11 steps each
     assert [lr for _, lr in logged] == pytest.approx([expected(e) for e in range(3)], rel=1e-6)
 
 
 def test_settings_the_optimizer_refuses_stop_the_run_naming_them(tmp_path, capsys):
-    err = refused("vae-train", *SMALL, "optimizer._target_=torch.optim.NAdam", f"hydra.run.dir={tmp_path / 'r'}",
-                  cwd=tmp_path, capsys=capsys)
+    err = refused("vae-train", *SMALL_NET, *QUIET, "optimizer._target_=torch.optim.NAdam",
+                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, capsys=capsys)
     assert ("optimizer._target_='torch.optim.NAdam' refused its settings (optimizer.fused=True): "
             "NAdam.__init__() got an unexpected keyword argument 'fused'") in err
     assert not (tmp_path / "r" / "checkpoints").exists()
-    err = refused("vae-train", *SMALL, "scheduler=cosine", "+scheduler.warmup=5", f"hydra.run.dir={tmp_path / 'r2'}",
-                  cwd=tmp_path, capsys=capsys)
+    err = refused("vae-train", *SMALL_NET, *QUIET, "scheduler=cosine", "+scheduler.warmup=5",
+                  f"hydra.run.dir={tmp_path / 'r2'}", cwd=tmp_path, capsys=capsys)
     assert "scheduler._target_='torch.optim.lr_scheduler.CosineAnnealingLR' refused its settings (scheduler.warmup=5)" \
         in err
 
@@ -72,7 +69,7 @@ def test_settings_the_optimizer_refuses_stop_the_run_naming_them(tmp_path, capsy
 def test_an_optimizer_argument_given_as_a_list_reaches_it_as_a_list(tmp_path):
     # A config list would ride in the optimiser's state into every checkpoint, which then loads only with code
     # running (weights_only refuses OmegaConf's ListConfig): the final test could not load best.ckpt.
-    run = train(tmp_path, "run", *SMALL, "trainer.max_epochs=1", "+optimizer.betas=[0.8,0.9]")
+    run = train(tmp_path, "run", *SMALL_NET, "trainer.max_epochs=1", "+optimizer.betas=[0.8,0.9]")
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert tuple(ckpt["optimizer_states"][0]["param_groups"][0]["betas"]) == (0.8, 0.9)
     assert (run / "metrics.json").is_file()  # the final test loaded best.ckpt

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET
+from conftest import QUIET, SMALL_NET
 from vae_cli.cli import provenance
 from slurm_cluster import REQUEUE_DELAY_S, Cluster, missing
 
 pytestmark = pytest.mark.slow  # real SLURM daemons and vae-train jobs
 
 VAE_TRAIN = str(Path(sys.executable).parent / "vae-train")
-SMALL = ("model.hidden_dims=[16]", "model.latent_dim=3", "seed=2", *QUIET)
+SMALL = (*SMALL_NET, "seed=2", *QUIET)
 CPU_JOBS = ("trainer.accelerator=cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
 
 
