@@ -90,7 +90,8 @@ CONTEXTS = [
 
 
 CONTEXT_IDS = ["study-log", "storage-refused", "connect-error", "override-error", "in-parentheses", "hydra-yaml",
-               "yaml-single-quoted", "yaml-double-quoted", "json", "command-line", "percent-encoded"]
+               "yaml-single-quoted", "yaml-double-quoted", "json", "command-line", "percent-encoded",
+               "percent-encoded-only"]
 
 
 # 46 examples a context: the 500 there were when the contexts were drawn with the URLs, in a test per context.
