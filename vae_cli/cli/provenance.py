@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..training.files import atomic_write
+from ..writers.files import atomic_write
 from .secrets import mask
 
 FILE = "provenance.yaml"

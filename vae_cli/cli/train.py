@@ -224,7 +224,7 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint, Timer
     from pytorch_lightning.loggers import WandbLogger
 
-    from ..training.files import write_json
+    from ..writers.files import write_json
 
     try:
         datamodule, module, trainer, ckpt_path = setup(cfg)
@@ -312,7 +312,7 @@ def _monitor(cfg: DictConfig) -> str | None:
 
 def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -> dict:
     """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
-    from ..training.files import write_json
+    from ..writers.files import write_json
 
     monitor = _monitor(cfg) or "val/elbo"
     record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from ..core.elbo import kl_analytic
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
 from ..errors import UserError, number, require
-from . import figures, images, projector
+from ..writers import figures, images, projector
 
 log = logging.getLogger("vae_cli")
 
