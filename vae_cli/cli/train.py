@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..compat import raised_restoring
 from ..core.metrics import SUMMARY, best_val_key, run_summary
 from ..errors import UserError
 from ..training import signals
@@ -252,7 +253,7 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
             from .checks import misconfigured
 
             raise UserError(misconfigured(cfg, error)) from None
-        if ckpt_path is not None and _in_restore(error):
+        if ckpt_path is not None and raised_restoring(error):
             forget_refused_record()
             raise UserError(f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
                             f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
@@ -291,18 +292,6 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     shown = [m for m in (*SUMMARY, "iwae") if f"test/{m}" in metrics]  # iwae: trained on k > 1 samples
     log.info("test: %s  (%s)", "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in shown), run_dir / run_files.METRICS)
     return metrics
-
-
-# Where Lightning puts a checkpoint's state back into the trainer, the module, the optimisers and the callbacks.
-_RESTORE = ("on_load_checkpoint", "load_state_dict", "_restore_modules_and_callbacks", "restore_training_state")
-
-
-def _in_restore(error: BaseException) -> bool:
-    """Whether an error was raised while a checkpoint's state was put back (a state the run cannot take)."""
-    import traceback
-
-    return any(f.name in _RESTORE or f.filename.endswith("checkpoint_connector.py")
-               for f in traceback.extract_tb(error.__traceback__))
 
 
 def _monitor(cfg: DictConfig) -> str | None:
