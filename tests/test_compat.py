@@ -1,6 +1,8 @@
 """vae_cli/compat.py, the one module that uses other libraries' private names: no other module does, and each name
-still exists and behaves as compat.py assumes, in every version the constraints files install."""
+still exists and behaves as compat.py assumes, in every version the constraints files install; and the parts of
+Hydra's submitit launcher that hydra/launcher=slurm builds on."""
 import ast
+import inspect
 import types
 from pathlib import Path
 
@@ -232,3 +234,21 @@ def test_wandb_init_gets_the_arguments_dict_as_changed(tmp_path, monkeypatch):
     arguments.pop("resume")
     logger.experiment  # noqa: B018 (calls wandb.init)
     assert got["project"] == "p" and "resume" not in got
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hydra's submitit launcher, which hydra/launcher=slurm extends (no private names; the parts it relies on that its
+# documentation does not state)
+
+def test_the_submitit_launcher_keeps_its_settings_and_runs_a_job_as_the_slurm_launcher_calls_it():
+    submitit_launcher = pytest.importorskip("hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+
+    base = submitit_launcher.BaseSubmititLauncher
+    # slurm_launcher.launch maps the launcher itself over the jobs, one list per argument.
+    assert list(inspect.signature(base.__call__).parameters) == \
+        ["self", "sweep_overrides", "job_dir_key", "job_num", "job_id", "singleton_state"]
+    launcher = submitit_launcher.SlurmLauncher(submitit_folder="f", max_num_timeout=0)
+    context, config = object(), object()
+    launcher.setup(hydra_context=context, task_function=print, config=config)
+    assert launcher.params == {"submitit_folder": "f", "max_num_timeout": 0}
+    assert launcher.hydra_context is context and launcher.config is config
