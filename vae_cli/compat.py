@@ -1,8 +1,8 @@
 """Every private name of another library that vae-cli uses (Lightning's, torch's, and those of the TensorBoard, MLflow
 and W&B loggers), each behind a function named for what it does: the rest of the package uses public names only, and
-tests/test_compat.py pins each one, so a release that changes one fails its test rather than a run. Nothing is
-imported at the top: a command that never trains (vae-eval, vae-sample, vae-report, a refused vae-train) loads no
-library through this module."""
+tests/test_compat.py pins each one, so a release that changes one fails its test rather than a run. No library is
+imported at the top: a command that never trains (vae-eval, vae-sample, vae-report, a refused vae-train) loads none
+through this module."""
 import traceback
 
 
