@@ -63,7 +63,8 @@ def _foreign_private_uses(path: Path, own: dict[str, set[str]]) -> list[str]:
                 if foreign:
                     found.append(f"{path.name}:{child.lineno} {ast.unparse(child)}")
             elif isinstance(child, (ast.Import, ast.ImportFrom)) and not getattr(child, "level", 0):
-                modules = [a.name for a in child.names] if isinstance(child, ast.Import) else [child.module]
+                modules = [a.name if isinstance(child, ast.Import) else f"{child.module}.{a.name}"
+                           for a in child.names]  # from torch import _C: the name is private
                 found.extend(f"{path.name}:{child.lineno} import {m}" for m in modules
                              if any(_private(part) for part in m.split(".")))
             visit(child, child.name if isinstance(child, ast.ClassDef) else cls)
