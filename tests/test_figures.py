@@ -15,7 +15,7 @@ from conftest import read_scalars, run_here, train
 from vae_cli.cli import report
 from vae_cli.cli.sweep import figures as sweep_figures
 from vae_cli.cli.sweep.jobs import read_sweep
-from vae_cli.training import figures
+from vae_cli.writers import figures
 
 pytest.importorskip("matplotlib", reason="install the plots extra: pip install -e '.[test]'")
 

@@ -1,4 +1,4 @@
-"""Files vae-cli writes are never written through links (training/files.py: a temporary file made with O_EXCL and
+"""Files vae-cli writes are never written through links (writers/files.py: a temporary file made with O_EXCL and
 O_NOFOLLOW, renamed over its destination), and the lock a vae-train holds on its run directory (cli/run_dir.py) names
 its owner by process id, host and start time: a stale lock whose id now belongs to another process does not hold, a
 live owner's refuses with the lock's path, and a lock that is a link or junk is replaced, never written through."""
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import QUIET, refused, train
 from vae_cli.cli.run_dir import LOCK, claim, release
 from vae_cli.errors import UserError
-from vae_cli.training.files import atomic_write, write_json
+from vae_cli.writers.files import atomic_write, write_json
 
 TINY = ("model.hidden_dims=[8]", "model.latent_dim=2", "trainer.max_epochs=1", *QUIET)
 

@@ -71,7 +71,7 @@ def _checkpoint(tmp_path: Path) -> Path:
 
 
 WRITERS = ["pathlib.Path.write_text", "builtins.open", "shutil.copyfile", "shutil.rmtree", "os.remove", "torch.save",
-           "numpy.save", "subprocess.run", "builtins.exec", "vae_cli.training.files.write_json"]
+           "numpy.save", "subprocess.run", "builtins.exec", "vae_cli.writers.files.write_json"]
 FIELDS = ["state_dict", "hyper_parameters", "data_config", "global_step", "epoch"]
 
 

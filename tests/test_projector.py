@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vae_cli.training import projector
+from vae_cli.writers import projector
 
 werkzeug_test = pytest.importorskip("werkzeug.test")  # installed with TensorBoard
 

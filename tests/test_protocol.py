@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from conftest import compose
 from vae_cli.core.vae import VAE
@@ -73,10 +74,12 @@ def test_normalised_gradients_have_unit_norm_per_tensor_before_the_step():
 def _stopping_epoch(callback, values) -> int | None:
     """The 1-based epoch after which the callback stops a run whose monitored metric takes these values."""
     trainer = types.SimpleNamespace(fast_dev_run=False, should_stop=False, current_epoch=0, callback_metrics={},
-                                    strategy=types.SimpleNamespace(reduce_boolean_decision=lambda d, all: d))
+                                    strategy=types.SimpleNamespace(reduce_boolean_decision=lambda d, all: d),
+                                    state=types.SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False)
     for epoch, v in enumerate(values):
         trainer.current_epoch, trainer.callback_metrics = epoch, {"val/elbo": torch.tensor(v)}
-        callback._run_early_stopping_check(trainer)
+        callback.on_train_epoch_end(trainer, None)  # Lightning's two hooks: the callback checks in one of them
+        callback.on_validation_end(trainer, None)
         if trainer.should_stop:
             return epoch + 1
     return None

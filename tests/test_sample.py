@@ -106,8 +106,8 @@ def test_grids_and_pngs_are_torchvisions_pixel_for_pixel(shape, nrow):
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from vae_cli.training.images import make_grid as our_grid
-    from vae_cli.training.images import png
+    from vae_cli.writers.images import make_grid as our_grid
+    from vae_cli.writers.images import png
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     ours, theirs = our_grid(x, nrow), make_grid(x, nrow=nrow, padding=2, pad_value=0.5)

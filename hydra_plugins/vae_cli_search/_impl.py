@@ -27,8 +27,8 @@ from vae_cli.cli.study import (Pruned, SearchConfig, built, make_pruner, open_st
                                trial_id)
 from vae_cli.cli.sweep.jobs import JobFailed
 from vae_cli.errors import UserError
-from vae_cli.training import figures
-from vae_cli.training.files import atomic_write
+from vae_cli.writers import figures
+from vae_cli.writers.files import atomic_write
 
 log = logging.getLogger("vae_cli")
 

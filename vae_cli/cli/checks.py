@@ -110,9 +110,10 @@ def check_known(cfg: DictConfig, tool: str) -> None:
 
 def check_values(cfg: DictConfig, rules) -> None:
     """Each rule's key, when the config has it; the first value that fails stops with its message."""
-    for group in cfg:  # an interpolation that does not resolve names its key (Hydra's own are resolved later)
+    # An interpolation that does not resolve names its key (Hydra's own are resolved later).
+    for group, node in cfg.items_ex(resolve=False):
         if group != "hydra":
-            _container(cfg._get_node(group)) if isinstance(cfg._get_node(group), DictConfig) else _resolved(cfg, group)
+            _container(node) if isinstance(node, DictConfig) else _resolved(cfg, group)
     missing = sorted(k for group in cfg if group != "hydra" and isinstance(cfg[group], DictConfig)
                      for k in OmegaConf.missing_keys(cfg[group]))
     if missing:

@@ -90,7 +90,7 @@ def run_eval(cfg: DictConfig) -> dict:
     import torch
 
     from ..core.scoring import fingerprint, paired_difference, score, summarize
-    from ..training.files import make_folder, write_json, write_tensors
+    from ..writers.files import make_folder, write_json, write_tensors
     from .progress import Progress
 
     device = resolve_device(cfg.device)
@@ -128,7 +128,7 @@ def run_eval(cfg: DictConfig) -> dict:
 def write_figure(stem: Path, res: dict, gap: list[float]) -> str:
     """The KL bars and the inference-gap histogram as stem.png and stem.svg; what to tell the user."""
     from ..core.scoring import ACTIVE_UNIT_THRESHOLD
-    from ..training import figures
+    from ..writers import figures
 
     fig = figures.evaluation_figure(res, gap, ACTIVE_UNIT_THRESHOLD)
     if fig is None:

@@ -5,6 +5,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ..compat import event_file_writer
 from ..core.metrics import run_summary
 from .run_dir import RECORD
 from .secrets import mask
@@ -53,7 +54,7 @@ def declare(logger, settings: dict, metrics: list[str]) -> None:
     from torch.utils.tensorboard.summary import hparams
 
     experiment, start, end = hparams(settings, dict.fromkeys(metrics, 0.0))  # only the metrics' names are written
-    writer = logger.experiment._get_file_writer()  # as Lightning's TensorBoardLogger writes the same summaries
+    writer = event_file_writer(logger.experiment)  # as Lightning's TensorBoardLogger writes the same summaries
     if writer is None:  # a data-parallel process after the first: its logger writes nothing
         return
     for summary in (experiment, start, end):

@@ -19,7 +19,7 @@ import yaml
 
 from .. import inputs
 from ..errors import UserError
-from ..training.files import atomic_write
+from ..writers.files import atomic_write
 from .secrets import mask
 
 FILE = "provenance.yaml"

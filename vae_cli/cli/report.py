@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.files import atomic_write
+from ..writers.files import atomic_write
 from .errors import command, run_or_exit
 from .loading import LATEST, latest
 from .sweep.jobs import read_sweep

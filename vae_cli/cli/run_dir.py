@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 from ..training import signals
-from ..training.files import cannot_write, create
+from ..writers.files import cannot_write, create
 from . import run_files
 from .errors import fail
 from .loading import LATEST, latest
@@ -98,7 +98,7 @@ def record_failure(run_dir: Path, error: Exception) -> None:
     """Write error.json in the run directory: the exception's type and message, the traceback of a bug (not of
     a UserError, a message for the user), the invocation's overrides and the time. Not for an invocation that
     was refused and withdrew its record (forget_refused_record): that one leaves the directory as it was."""
-    from ..training.files import write_json
+    from ..writers.files import write_json
     from .errors import own_message
 
     hydra = HydraConfig.get()
@@ -121,7 +121,7 @@ def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
     """A run a signal stopped: requeue its SLURM job when asked to (SIGUSR1, requeue=true, a batch job), and say
     in interrupted.json and in one line of the log where it stopped, what holds its state, whether SLURM runs it
     again, and otherwise the command that resumes it. Once, from the first process of a data-parallel run."""
-    from ..training.files import write_json
+    from ..writers.files import write_json
     from . import slurm
     from .loading import newest_state
 

@@ -18,8 +18,8 @@ def run_sample(cfg: DictConfig) -> dict[str, Path]:
     ckpt = resolve_checkpoint(cfg.ckpt_path, default_name="best.ckpt")
     import torch
 
-    from ..training import images
-    from ..training.files import atomic_write, make_folder
+    from ..writers import images
+    from ..writers.files import atomic_write, make_folder
 
     device = resolve_device(cfg.device)
     trust = tuple(cfg.trust)

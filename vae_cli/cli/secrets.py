@@ -8,7 +8,7 @@ import logging
 import re
 from pathlib import Path
 
-from ..training.files import atomic_write
+from ..writers.files import atomic_write
 
 HIDDEN = "***"
 # Characters that close a quote or a bracket around a URL, or end a sentence after one.

@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..compat import raised_restoring
 from ..core.metrics import SUMMARY, best_val_key, run_summary
 from ..errors import UserError
 from ..training import signals
@@ -226,7 +227,7 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint, Timer
     from pytorch_lightning.loggers import WandbLogger
 
-    from ..training.files import write_json
+    from ..writers.files import write_json
 
     try:
         datamodule, module, trainer, ckpt_path = setup(cfg)
@@ -254,7 +255,7 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
             from .checks import misconfigured
 
             raise UserError(misconfigured(cfg, error)) from None
-        if ckpt_path is not None and _in_restore(error):
+        if ckpt_path is not None and raised_restoring(error):
             forget_refused_record()
             raise UserError(f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
                             f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
@@ -295,18 +296,6 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     return metrics
 
 
-# Where Lightning puts a checkpoint's state back into the trainer, the module, the optimisers and the callbacks.
-_RESTORE = ("on_load_checkpoint", "load_state_dict", "_restore_modules_and_callbacks", "restore_training_state")
-
-
-def _in_restore(error: BaseException) -> bool:
-    """Whether an error was raised while a checkpoint's state was put back (a state the run cannot take)."""
-    import traceback
-
-    return any(f.name in _RESTORE or f.filename.endswith("checkpoint_connector.py")
-               for f in traceback.extract_tb(error.__traceback__))
-
-
 def _monitor(cfg: DictConfig) -> str | None:
     """The metric best.ckpt is chosen on (None when the run keeps no best checkpoint)."""
     return (cfg.callbacks.get("model_checkpoint") or {}).get("monitor")
@@ -314,7 +303,7 @@ def _monitor(cfg: DictConfig) -> str | None:
 
 def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -> dict:
     """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
-    from ..training.files import write_json
+    from ..writers.files import write_json
 
     monitor = _monitor(cfg) or "val/elbo"
     record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,

@@ -165,7 +165,7 @@ def write(file: Path, key: str, splits: dict) -> None:
 def create(path: Path):
     """A new file at `path`, open for writing, made without following a link: whatever already has that name (a
     part a killed process left, a link someone planted) is removed first, never written through. (The same as
-    training/files.py's, which this layer does not import.)"""
+    writers/files.py's, which this layer does not import.)"""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666), "wb")

@@ -1,2 +1,2 @@
-"""Training with Lightning: the thin LightningModule, the objective, the callbacks, checkpoint files
-and image grids. Imports the core; never Hydra."""
+"""Training with Lightning: the thin LightningModule, the objective, the callbacks, the loggers and checkpoint
+files. Imports the core and the writers; never Hydra."""

@@ -6,6 +6,7 @@ generators travel in checkpoints), checkpointing, and the weight average.
 The diagnostics read data through the datamodule's data (head() and eval_batches()) and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
 loses that state when an older run resumes."""
+import contextlib
 import logging
 import math
 import sys
@@ -20,10 +21,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from ..compat import average_model
 from ..core.elbo import kl_analytic
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
 from ..errors import UserError, number, require
-from . import figures, images, projector
+from ..writers import figures, images, projector
 
 log = logging.getLogger("vae_cli")
 
@@ -336,15 +338,24 @@ class EarlyStopping(pl.callbacks.EarlyStopping):
         super().__init__(*args, **kwargs)
         self.start_epoch = start_epoch
 
-    # Lightning's EarlyStopping has no public way to track the best score while not counting epochs without
-    # improvement; its check, called by its own public hooks, is the one place both happen.
-    def _run_early_stopping_check(self, trainer):
+    # Lightning's EarlyStopping checks in one of these two hooks (which, its setup decides); the check both tracks
+    # the best score and counts epochs without improvement, so before start_epoch it runs with no patience limit.
+    def on_train_epoch_end(self, trainer, pl_module):
+        with self._counting_from_start(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        with self._counting_from_start(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    @contextlib.contextmanager
+    def _counting_from_start(self, trainer):
         counting = trainer.current_epoch + 1 >= self.start_epoch
         patience = self.patience
         if not counting:
             self.patience = math.inf  # no stop for patience before start_epoch (a non-finite metric still stops)
         try:
-            super()._run_early_stopping_check(trainer)
+            yield
         finally:
             self.patience = patience
         if not counting:
@@ -395,7 +406,7 @@ class EMA(WeightAveraging):
     def on_fit_start(self, trainer, pl_module):
         # Lightning builds the average in setup(), before the module moves to its device; keep the
         # two on one device so each update is a few fused kernels, not a copy across the bus.
-        self._average_model.to(pl_module.device)
+        average_model(self).to(pl_module.device)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Lightning would load the raw weights in every stage; only training continues from them.

@@ -5,7 +5,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from . import signals
-from .files import atomic_write, cannot_write
+from ..writers.files import atomic_write, cannot_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

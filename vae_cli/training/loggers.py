@@ -5,6 +5,8 @@ from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
 from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 
+from ..compat import log_checkpoint_files, mlflow_run_started, wandb_init_arguments
+
 
 class TensorBoardLogger(LightningTensorBoardLogger):
     """Lightning's TensorBoard logger without the `epoch` scalar Lightning adds to every logged step: a straight
@@ -28,18 +30,19 @@ class MLFlowLogger(LightningMLFlowLogger):
             tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
             artifact_location = artifact_location or str(store / "mlartifacts")
         super().__init__(tracking_uri=tracking_uri, artifact_location=artifact_location, **kwargs)
-        self._checkpoint_callbacks = {}  # by folder and file name: Lightning hands over a new proxy each time
+        self.log_every_callback = kwargs.get("log_model") is True  # "all" logs each file as it is saved
+        self.checkpoint_callbacks = {}  # by folder and file name: Lightning hands over a new proxy each time
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        if self._log_model is True:
+        if self.log_every_callback:
             key = (checkpoint_callback.dirpath, checkpoint_callback.filename)
-            self._checkpoint_callbacks[key] = checkpoint_callback
+            self.checkpoint_callbacks[key] = checkpoint_callback
         super().after_save_checkpoint(checkpoint_callback)
 
     def finalize(self, status: str = "success") -> None:
-        if self._initialized:
-            for callback in self._checkpoint_callbacks.values():
-                self._scan_and_log_checkpoints(callback)  # each file once: Lightning remembers what it logged
+        if mlflow_run_started(self):
+            for callback in self.checkpoint_callbacks.values():
+                log_checkpoint_files(self, callback)
         super().finalize(status)
 
 
@@ -47,9 +50,10 @@ class WandbLogger(LightningWandbLogger):
     """Lightning's W&B logger, without two settings it always hands to wandb.init, about which wandb warns:
     `anonymous` (retired, warned about even as None) and, offline, `resume` (which has no effect offline)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
-        if self._offline:
-            self._wandb_init.pop("resume", None)
+    def __init__(self, *, offline: bool = False, **kwargs):
+        super().__init__(offline=offline, **kwargs)
+        init = wandb_init_arguments(self)
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)
+        if offline:
+            init.pop("resume", None)

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
+from ..compat import attached_trainer, divide_by_norms
 from ..core.metrics import batch_metrics
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD
 from ..inputs import upgrade_checkpoint
@@ -159,7 +160,7 @@ class VAEModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_config"] = self.data_config
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         mid_epoch = trainer is not None and \
             trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches
         if mid_epoch and "train" in self._sums:  # the epoch's means so far carry on after a resume
@@ -173,7 +174,7 @@ class VAEModule(pl.LightningModule):
         # A run trained with a weight average (callbacks.ema) saves the average as its state_dict and
         # the raw weights beside it. Resumed without the average, training goes on from the raw
         # weights, which the optimiser's state belongs to (with it, the EMA callback restores them).
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if ("current_model_state" in checkpoint and trainer is not None and trainer.state.fn == TrainerFn.FITTING
                 and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)):
             checkpoint["state_dict"] = checkpoint["current_model_state"]
@@ -182,10 +183,7 @@ class VAEModule(pl.LightningModule):
         if self.normalize_grads:
             # Each tensor's gradient to unit L2 norm (+1e-7), as the reference code's AdamNormGrad does:
             # Adam then sees the direction of each tensor's gradient, not its scale.
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            norms = torch._foreach_norm(grads)
-            torch._foreach_add_(norms, 1e-7)
-            torch._foreach_div_(grads, norms)
+            divide_by_norms([p.grad for p in self.parameters() if p.grad is not None], 1e-7)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

@@ -1,13 +1,13 @@
 """vae-report's figures of a sweep, beside its tables: a metric against each swept setting (mean ± sample
 standard deviation over seeds), and the rate-distortion plane (KL against reconstruction, one point per job,
-with lines of equal ELBO). Drawn with matplotlib when it is installed (training/figures.py)."""
+with lines of equal ELBO). Drawn with matplotlib when it is installed (writers/figures.py)."""
 import math
 from pathlib import Path
 from statistics import fmean, stdev
 
 from ...errors import UserError
-from ...training import figures
-from ...training.figures import LOG_SPAN
+from ...writers import figures
+from ...writers.figures import LOG_SPAN
 from .jobs import Job, is_number, sortable
 
 MAX_LEGEND = 8  # colours for more distinct values than this go in a colour bar, not a legend

@@ -1,6 +1,6 @@
 """A sweep's jobs as vae-train left them in <sweep>/<job number>/: .hydra/overrides.yaml (the job's command-line
 overrides), metrics.json (written only when the job finished), timing.json, interrupted.json, pruned.json,
-error.json (why a job failed; in directories written before it, its train.log: training/compat.py) and vae-eval's
+error.json (why a job failed; in directories written before it, its train.log: sweep/train_log.py) and vae-eval's
 eval_<split>_k<k>_<checkpoint>.json, and each invocation's provenance.yaml. Nothing here imports torch or Hydra,
 so reading a sweep is instant."""
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ... import inputs
 from ...errors import UserError
-from ...training.compat import error_of
+from .train_log import error_of
 from .. import provenance, run_files
 
 NO_ERROR = "no metrics.json and no error recorded"

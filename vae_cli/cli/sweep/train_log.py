@@ -1,6 +1,6 @@
-"""What earlier versions of vae-cli wrote, read as today's: in a sweep's job folder from before error.json, why the
-job failed (its train.log). (A checkpoint's earlier layouts are read by vae_cli/inputs.py.) Standard library only,
-so vae-report stays instant."""
+"""Why a job failed, read from its train.log: in a sweep's job folders written before error.json, the log is the
+only record of it. (A checkpoint's earlier layouts are read by vae_cli/inputs.py.) Standard library only, so
+vae-report stays instant."""
 import re
 from pathlib import Path
 
