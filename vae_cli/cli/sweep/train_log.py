@@ -1,11 +1,11 @@
 """Why a job failed, read from its train.log: in a sweep's job folders written before error.json, the log is the
-only record of it. (A checkpoint's earlier layouts are read by vae_cli/inputs.py.) Standard library only, so
+only record of it, read through vae_cli/inputs.py like every file. Standard library only, so
 vae-report stays instant."""
 import re
 from pathlib import Path
 
-from .. import inputs
-from ..errors import UserError
+from ... import inputs
+from ...errors import UserError
 
 LOG_BYTES = 1 << 28  # a run's log is read whole: one far larger is not a run's
 # A record of Hydra's job log: "[2026-11-25 16:03:10,437][vae_cli][ERROR] - message".
