@@ -13,6 +13,10 @@ A digits checkpoint is trained first (one epoch, in a temporary folder); then ea
 so machine noise hits all of them alike. Prints one JSON object: the median seconds of each, and each one's
 ratio to the floor.
 
+--without-matplotlib: each command also as it runs where matplotlib is not installed (hidden from the import
+system by a sitecustomize on PYTHONPATH), named <command>-no-mpl: what the figures' dependency costs a command that
+draws none (a training process imports it through torchmetrics when it is installed).
+
 --refusals: how fast a mistyped setting is refused, against the floor of a command that only composes its config:
   floor        python -c "import hydra"
   cfg-job      vae-train --cfg job (Hydra composes the config once, prints it, and exits)
@@ -22,6 +26,7 @@ ratio to the floor.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,9 +38,37 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 ONE_STEP = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trainer.limit_val_batches=1", *QUIET]
 
 
-def _seconds(cmd: list[str], cwd: Path, exit_status: int = 0) -> float:
+# Imported by Python at start-up from PYTHONPATH: matplotlib then reads as not installed, to the import system and
+# to the package metadata that libraries consult (torchmetrics imports it only when it is installed).
+NO_MATPLOTLIB = """import importlib.metadata
+import sys
+
+_version = importlib.metadata.version
+
+
+def version(name):
+    if name.lower() == "matplotlib":
+        raise importlib.metadata.PackageNotFoundError(name)
+    return _version(name)
+
+
+importlib.metadata.version = version
+
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoMatplotlib())
+"""
+
+
+def _seconds(cmd: list[str], cwd: Path, exit_status: int = 0, env: dict | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     if done.returncode != exit_status:
         raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}, not {exit_status}")
     return time.perf_counter() - start
@@ -70,6 +103,8 @@ def main() -> None:
     parser.add_argument("--fashion-mnist", action="store_true", help="also time a one-step Fashion-MNIST run")
     parser.add_argument("--bin", default=str(Path(sys.executable).parent), help="where vae-train and the rest live")
     parser.add_argument("--refusals", action="store_true", help="time refused commands instead (see above)")
+    parser.add_argument("--without-matplotlib", action="store_true",
+                        help="also time each command where matplotlib is not installed (see above)")
     args = parser.parse_args()
     tool = lambda name: str(Path(args.bin) / name)  # noqa: E731
     if args.refusals:
@@ -89,10 +124,18 @@ def main() -> None:
         if args.fashion_mnist:
             commands["fm-train-1"] = [tool("vae-train"), "data=fashion_mnist", "model.hidden_dims=[400]",
                                       "model.latent_dim=20", *ONE_STEP, f"hydra.run.dir={tmp / 'fm'}"]
+        envs = {name: None for name in commands}
+        if args.without_matplotlib:
+            (tmp / "no-mpl").mkdir()
+            (tmp / "no-mpl" / "sitecustomize.py").write_text(NO_MATPLOTLIB)
+            hidden = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp / "no-mpl"),
+                                                                                 os.environ.get("PYTHONPATH")]))}
+            for name in [n for n in commands if n != "floor"]:
+                commands[f"{name}-no-mpl"], envs[f"{name}-no-mpl"] = commands[name], hidden
         times = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, cmd in commands.items():
-                times[name].append(_seconds(cmd, tmp))
+                times[name].append(_seconds(cmd, tmp, env=envs[name]))
     _report(times, args.repeats)
 
 

@@ -40,7 +40,7 @@ def parse_args(argv):
                    "(default: SWEEP_DIR/report.csv)")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the figures beside report.md, as PNG and SVG (default; needs matplotlib: "
-                        "pip install 'vae-cli[plots]'): the plotted metric against each swept setting, and the "
+                        "matplotlib): the plotted metric against each swept setting, and the "
                         "rate-distortion plane")
     p.add_argument("--plot-metric", metavar="METRIC", default="test/elbo",
                    help="the metric plotted against the settings (default: test/elbo)")

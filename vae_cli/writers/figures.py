@@ -2,7 +2,8 @@
 the per-image inference gap as a histogram (vae-eval); and the plumbing every figure shares: matplotlib
 found or not, and a figure written as PNG and SVG.
 
-matplotlib is optional (the `plots` extra) and imported only when a figure is drawn. Figures are made and
+matplotlib is a dependency, imported only when a figure is drawn (an installation without it still runs, and
+says once what it did not draw). Figures are made and
 rendered without pyplot (PNG and TensorBoard images by the Agg canvas): no window, no backend to choose, no
 global registry of open figures in a long training run. Nothing here imports torch, so vae-report draws
 without loading it."""
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .files import atomic_write
 
-INSTALL = "pip install 'vae-cli[plots]'"
+INSTALL = "pip install matplotlib"
 ACTIVE, INACTIVE = "tab:blue", "0.65"  # bar colours of active and inactive units
 LOG_SPAN = 100  # an axis is logarithmic when its values span two decades or more
 
