@@ -2,6 +2,7 @@
 vae_cli/_build.json into the built package, naming the version and, when built from a git checkout, its commit and
 whether tracked files differed from it. The installed copy reads that file, as the checkout may move on after the
 install; an editable install runs the checkout's live code, so it has no such file and asks git at run time."""
+
 import json
 import subprocess
 from pathlib import Path
@@ -19,8 +20,13 @@ def git_state(folder: Path) -> dict | None:
     if not (folder / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(folder), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid ")), "(initial)")

@@ -7,6 +7,7 @@ test nll_iw with its standard error, test ELBO, active units, epochs, wall times
     python benchmarks/fashion_mnist_nll.py [--k 5000] [--append docs/benchmarks-history.md] [--run-dir DIR] [-- OVERRIDES...]
     python benchmarks/fashion_mnist_nll.py -- model=conv 'model.hidden_dims=[32,64,128]' model.activation=relu trainer.accelerator=gpu
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,13 @@ def main() -> None:
     args = p.parse_args()
     run_dir = Path(args.run_dir)
 
-    train = [str(BIN / "vae-train"), "experiment=fashion_mnist_vae", f"hydra.run.dir={run_dir}",
-             "trainer.enable_progress_bar=false", *args.overrides]
+    train = [
+        str(BIN / "vae-train"),
+        "experiment=fashion_mnist_vae",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+        *args.overrides,
+    ]
     subprocess.run(train, check=True)
     start = time.perf_counter()
     subprocess.run([str(BIN / "vae-eval"), f"ckpt_path={run_dir}", f"iw_samples={args.k}"], check=True)
@@ -48,10 +54,14 @@ def main() -> None:
     t = json.loads((run_dir / "timing.json").read_text())
     e = json.loads((run_dir / f"eval_test_k{args.k}_best.json").read_text())
     accelerated = any("accelerator=gpu" in o or "accelerator=cuda" in o for o in args.overrides)
-    row = (f"| {' '.join(args.overrides) or '(protocol as configured)'} | {e['nll_iw']:.2f} ± {e['nll_iw_se']:.2f} "
-           f"| {e['elbo']:.2f} | {e['active_units']}/{e['latent_dim']} | {m['epochs']} | {t['train_seconds'] / 60:.1f} "
-           f"| {eval_seconds / 60:.1f} | {machine(accelerated)} |")
-    print(f"\n| overrides | test nll_iw (k={args.k}) | test ELBO | active units | epochs | train min | eval min | machine |")
+    row = (
+        f"| {' '.join(args.overrides) or '(protocol as configured)'} | {e['nll_iw']:.2f} ± {e['nll_iw_se']:.2f} "
+        f"| {e['elbo']:.2f} | {e['active_units']}/{e['latent_dim']} | {m['epochs']} | {t['train_seconds'] / 60:.1f} "
+        f"| {eval_seconds / 60:.1f} | {machine(accelerated)} |"
+    )
+    print(
+        f"\n| overrides | test nll_iw (k={args.k}) | test ELBO | active units | epochs | train min | eval min | machine |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     print(row)
     if args.append:

@@ -13,6 +13,7 @@ at KL weight 1, without free bits.
 
     python benchmarks/grad_variance.py ckpt_path=outputs/DATE/TIME [draws=200] [batch=128] [seed=0] [ks=1,5,50]
 """
+
 import json
 import sys
 
@@ -26,10 +27,17 @@ def estimators(ks: list[int]) -> dict[str, Objective]:
     out = {}
     for k in ks:
         if k == 1:
-            out.update({"k1 analytic KL": Objective(), "k1 mc KL": Objective(kl_estimator="mc"),
-                        "k1 stl": Objective(gradient="stl")})
+            out.update(
+                {
+                    "k1 analytic KL": Objective(),
+                    "k1 mc KL": Objective(kl_estimator="mc"),
+                    "k1 stl": Objective(gradient="stl"),
+                }
+            )
         else:
-            out.update({f"k{k} reparam": Objective(iw_samples=k), f"k{k} dreg": Objective(iw_samples=k, gradient="dreg")})
+            out.update(
+                {f"k{k} reparam": Objective(iw_samples=k), f"k{k} dreg": Objective(iw_samples=k, gradient="dreg")}
+            )
     return out
 
 
@@ -60,11 +68,17 @@ def main(argv: list[str]) -> None:
         torch.manual_seed(int(args["seed"]))
         grads = gradient_draws(vae, x, objective, int(args["draws"]))
         results[name] = {net: summary(g) for net, g in grads.items()}
-        print(f"{name:16} encoder trace Cov {results[name]['encoder']['trace_cov']:12.4g}  SNR "
-              f"{results[name]['encoder']['snr']:.4f}   decoder SNR {results[name]['decoder']['snr']:.4f}",
-              file=sys.stderr)
-    print(json.dumps({"checkpoint": args["ckpt_path"], "draws": int(args["draws"]), "batch": len(x),
-                      "results": results}, indent=2))
+        print(
+            f"{name:16} encoder trace Cov {results[name]['encoder']['trace_cov']:12.4g}  SNR "
+            f"{results[name]['encoder']['snr']:.4f}   decoder SNR {results[name]['decoder']['snr']:.4f}",
+            file=sys.stderr,
+        )
+    print(
+        json.dumps(
+            {"checkpoint": args["ckpt_path"], "draws": int(args["draws"]), "batch": len(x), "results": results},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

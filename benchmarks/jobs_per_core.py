@@ -9,6 +9,7 @@ as a sweep pays it), interleaved over repeats; medians.
 
     python benchmarks/jobs_per_core.py [--steps 1000] [--repeats 3] [--data-dir data] [--extra OVERRIDES...]
 """
+
 import argparse
 import json
 import os
@@ -27,8 +28,15 @@ def jobs(n: int, threads: int, steps: int, data_dir: str, extra: list[str]) -> t
     with tempfile.TemporaryDirectory() as tmp:
         runs = [Path(tmp) / f"run{i}" for i in range(n)]
         start = time.perf_counter()
-        procs = [subprocess.Popen(vae_train_cmd(data_dir, r, steps, "cpu", extra), env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for r in runs]
+        procs = [
+            subprocess.Popen(
+                vae_train_cmd(data_dir, r, steps, "cpu", extra),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for r in runs
+        ]
         if any(p.wait() != 0 for p in procs):
             raise SystemExit("a vae-train job failed; run its command by hand to see why")
         wall = time.perf_counter() - start
@@ -51,18 +59,29 @@ def main() -> None:
     for _ in range(args.repeats):
         one.append(jobs(1, cores, args.steps, args.data_dir, args.extra))
         many.append(jobs(cores, 1, args.steps, args.data_dir, args.extra))
-    rate = {"one_job_all_threads": statistics.median(r for r, _ in one),
-            "one_job_per_core": statistics.median(r for r, _ in many)}
+    rate = {
+        "one_job_all_threads": statistics.median(r for r, _ in one),
+        "one_job_per_core": statistics.median(r for r, _ in many),
+    }
     # Wall time per job's worth of work: `cores` jobs did `cores` times the work of one.
-    wall = {"one_job_all_threads": statistics.median(w for _, w in one),
-            "one_job_per_core": statistics.median(w for _, w in many) / cores}
-    print(json.dumps({
-        "cores": cores, "steps": args.steps, "repeats": args.repeats,
-        "samples_per_s": {k: round(v) for k, v in rate.items()},
-        "ratio_per_core/all_threads": round(rate["one_job_per_core"] / rate["one_job_all_threads"], 3),
-        "wall_s_per_job": {k: round(v, 2) for k, v in wall.items()},
-        "wall_ratio": round(wall["one_job_all_threads"] / wall["one_job_per_core"], 3),
-    }, indent=2))
+    wall = {
+        "one_job_all_threads": statistics.median(w for _, w in one),
+        "one_job_per_core": statistics.median(w for _, w in many) / cores,
+    }
+    print(
+        json.dumps(
+            {
+                "cores": cores,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "samples_per_s": {k: round(v) for k, v in rate.items()},
+                "ratio_per_core/all_threads": round(rate["one_job_per_core"] / rate["one_job_all_threads"], 3),
+                "wall_s_per_job": {k: round(v, 2) for k, v in wall.items()},
+                "wall_ratio": round(wall["one_job_all_threads"] / wall["one_job_per_core"], 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ optimiser's state, the raw weights beside an average, last.ckpt and the TensorBo
 Then `vae-eval ckpt_path=benchmarks/runs/fm_WE iw_samples=5000 out=/tmp/fm_WE.json` scores it again elsewhere (the
 committed results stay as they are), and comparing the two JSON files shows whether anything changed.
 """
+
 import argparse
 import shutil
 from pathlib import Path

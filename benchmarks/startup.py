@@ -24,6 +24,7 @@ draws none (a training process imports it through torchmetrics when it is instal
   eval-k0      vae-eval ckpt_path=none iw_samples=0 (refused, exit status 2)
   train-pair   vae-train model.likelihood=gaussian model.gaussian_std=-1 (refused once composed: a pair of settings)
 """
+
 import argparse
 import json
 import os
@@ -77,8 +78,16 @@ def _seconds(cmd: list[str], cwd: Path, exit_status: int = 0, env: dict | None =
 def _report(times: dict[str, list[float]], repeats: int) -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     floor = medians["floor"]
-    print(json.dumps({"repeats": repeats, "median_s": {k: round(v, 2) for k, v in medians.items()},
-                      "x_floor": {k: round(v / floor, 2) for k, v in medians.items()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "repeats": repeats,
+                "median_s": {k: round(v, 2) for k, v in medians.items()},
+                "x_floor": {k: round(v / floor, 2) for k, v in medians.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 def refusals(tool, repeats: int) -> None:
@@ -103,8 +112,11 @@ def main() -> None:
     parser.add_argument("--fashion-mnist", action="store_true", help="also time a one-step Fashion-MNIST run")
     parser.add_argument("--bin", default=str(Path(sys.executable).parent), help="where vae-train and the rest live")
     parser.add_argument("--refusals", action="store_true", help="time refused commands instead (see above)")
-    parser.add_argument("--without-matplotlib", action="store_true",
-                        help="also time each command where matplotlib is not installed (see above)")
+    parser.add_argument(
+        "--without-matplotlib",
+        action="store_true",
+        help="also time each command where matplotlib is not installed (see above)",
+    )
     args = parser.parse_args()
     tool = lambda name: str(Path(args.bin) / name)  # noqa: E731
     if args.refusals:
@@ -112,24 +124,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = tmp / "digits"
-        subprocess.run([tool("vae-train"), "trainer.max_epochs=1", f"hydra.run.dir={run}", *QUIET], cwd=tmp,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [tool("vae-train"), "trainer.max_epochs=1", f"hydra.run.dir={run}", *QUIET],
+            cwd=tmp,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         commands = {
             "floor": [sys.executable, "-c", "import torch"],
             "vae-sample": [tool("vae-sample"), f"ckpt_path={run}", f"out={tmp / 'png'}", "n=16"],
-            "vae-eval": [tool("vae-eval"), f"ckpt_path={run}", "iw_samples=5", f"out={tmp / 'eval.json'}",
-                         "figures=false"],
+            "vae-eval": [
+                tool("vae-eval"),
+                f"ckpt_path={run}",
+                "iw_samples=5",
+                f"out={tmp / 'eval.json'}",
+                "figures=false",
+            ],
             "train-1": [tool("vae-train"), *ONE_STEP, f"hydra.run.dir={tmp / 'one'}"],
         }
         if args.fashion_mnist:
-            commands["fm-train-1"] = [tool("vae-train"), "data=fashion_mnist", "model.hidden_dims=[400]",
-                                      "model.latent_dim=20", *ONE_STEP, f"hydra.run.dir={tmp / 'fm'}"]
+            commands["fm-train-1"] = [
+                tool("vae-train"),
+                "data=fashion_mnist",
+                "model.hidden_dims=[400]",
+                "model.latent_dim=20",
+                *ONE_STEP,
+                f"hydra.run.dir={tmp / 'fm'}",
+            ]
         envs = {name: None for name in commands}
         if args.without_matplotlib:
             (tmp / "no-mpl").mkdir()
             (tmp / "no-mpl" / "sitecustomize.py").write_text(NO_MATPLOTLIB)
-            hidden = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp / "no-mpl"),
-                                                                                 os.environ.get("PYTHONPATH")]))}
+            hidden = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp / "no-mpl"), os.environ.get("PYTHONPATH")])),
+            }
             for name in [n for n in commands if n != "floor"]:
                 commands[f"{name}-no-mpl"], envs[f"{name}-no-mpl"] = commands[name], hidden
         times = {name: [] for name in commands}

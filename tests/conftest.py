@@ -2,6 +2,7 @@
 Hydra entry point, with sys.argv set: the same config composition, run directory and log file, without
 paying for a new Python process); tests of an entry point's process contract (exit status, what
 reaches stderr, signals, several processes) run it as a subprocess."""
+
 import os
 import shutil
 import signal
@@ -37,8 +38,13 @@ def checkout_paths(root: Path = CHECKOUT, skip: Path | None = None) -> set[str]:
     `skip` (pytest's --basetemp, when given inside the checkout)."""
     found = set()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in TOOLS_OWN and not (Path(folder, d) / "pyvenv.cfg").exists()
-                   and (skip is None or Path(folder, d).resolve() != skip)]
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in TOOLS_OWN
+            and not (Path(folder, d) / "pyvenv.cfg").exists()
+            and (skip is None or Path(folder, d).resolve() != skip)
+        ]
         found.update(os.path.relpath(os.path.join(folder, name), root) for name in (*dirs, *files))
     return found
 
@@ -98,8 +104,9 @@ def _exe(tool: str) -> str:
     return found
 
 
-def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300,
-             warnings: bool = True) -> subprocess.CompletedProcess:
+def run_tool(
+    tool: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300, warnings: bool = True
+) -> subprocess.CompletedProcess:
     """Run one of the installed console scripts in a new process, as a user would (warnings=True: with
     Python's warnings shown, as a user sees them)."""
     env = {**os.environ}
@@ -111,8 +118,9 @@ def run_tool(tool: str, *args: str, cwd: Path, check: bool = True, timeout: int 
     return proc
 
 
-def run_vae_train(*args: str, cwd: Path, check: bool = True, timeout: int = 300,
-                  warnings: bool = True) -> subprocess.CompletedProcess:
+def run_vae_train(
+    *args: str, cwd: Path, check: bool = True, timeout: int = 300, warnings: bool = True
+) -> subprocess.CompletedProcess:
     return run_tool("vae-train", *args, cwd=cwd, check=check, timeout=timeout, warnings=warnings)
 
 
@@ -198,7 +206,9 @@ def small_filesystem(tmp_path):
     """A real 3 MB file system (tmpfs), where this machine lets the tests mount one."""
     mount = tmp_path / "fs"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
     yield mount

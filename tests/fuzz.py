@@ -2,6 +2,7 @@
 attacks, and the contract every command keeps whatever it is given: exit 0 or 2 (1 only with the bug line), no
 traceback on the terminal, a refusal naming the key or the file, nothing written outside the run directory, and
 nothing already in a run directory rewritten. Run it longer than the suite does with FUZZ_EXAMPLES=N."""
+
 import math
 import os
 from pathlib import Path
@@ -24,15 +25,60 @@ def _names():
 
 # Wrong types, zero, negative, huge, nan and inf, empty lists, unicode and very long strings.
 VALUES = st.one_of(
-    st.none(), st.booleans(),
-    st.sampled_from([0, -1, 1, 2, 3, -(2**63), 2**63, 10**12, 10**30, 0.0, -0.0, 0.5, 1.5, -1e-9, 1e308,
-                     math.inf, -math.inf, math.nan]),
-    st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    _names(), st.text(min_size=200, max_size=400).map(lambda s: s.replace("/", "_")),
-    st.sampled_from(["", " ", "null", "true", "auto", "cpu", "cuda", "mlp", "${oc.env:HOME}", "${nope}", "???",
-                     "é漢🙂", "builtins.dict", "collections.OrderedDict", "-1", "1e3", "inf"]),
-    st.just([]), st.lists(st.integers(-3, 600), min_size=1, max_size=3), st.lists(_names(), max_size=2),
-    st.just({}), st.fixed_dictionaries({"a": st.integers()}),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(
+        [
+            0,
+            -1,
+            1,
+            2,
+            3,
+            -(2**63),
+            2**63,
+            10**12,
+            10**30,
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            -1e-9,
+            1e308,
+            math.inf,
+            -math.inf,
+            math.nan,
+        ]
+    ),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    _names(),
+    st.text(min_size=200, max_size=400).map(lambda s: s.replace("/", "_")),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "null",
+            "true",
+            "auto",
+            "cpu",
+            "cuda",
+            "mlp",
+            "${oc.env:HOME}",
+            "${nope}",
+            "???",
+            "é漢🙂",
+            "builtins.dict",
+            "collections.OrderedDict",
+            "-1",
+            "1e3",
+            "inf",
+        ]
+    ),
+    st.just([]),
+    st.lists(st.integers(-3, 600), min_size=1, max_size=3),
+    st.lists(_names(), max_size=2),
+    st.just({}),
+    st.fixed_dictionaries({"a": st.integers()}),
 )
 
 

@@ -1,5 +1,6 @@
 """A model whose log p(x) and posterior are known in closed form, as a core VAE: the reference the
 estimators are tested against (test_evaluate.py, test_iwae.py)."""
+
 import math
 
 import torch

@@ -1,6 +1,7 @@
 """A real single-node SLURM for the tests: munged, slurmctld and slurmd from Debian's slurm-wlm and munge, started
 on localhost from a generated slurm.conf in a temporary folder, and stopped by their process ids. Commands (sbatch,
 squeue, scancel, and vae-train's launcher) find it through SLURM_CONF in the environment the tests pass on."""
+
 import contextlib
 import os
 import shutil
@@ -71,22 +72,51 @@ class Cluster:
         key = f / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        self.run(_exe("munged"), f"--key-file={key}", f"--socket={f / 'munge.sock'}", f"--pid-file={f / 'munged.pid'}",
-                 f"--log-file={f / 'munged.log'}", f"--seed-file={f / 'munged.seed'}", "--force")
-        self.conf.write_text("\n".join([
-            "ClusterName=vaecli", f"SlurmctldHost={self.host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo=socket={f / 'munge.sock'},cred_expire={REQUEUE_DELAY_S}",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            f"StateSaveLocation={f / 'state'}", f"SlurmdSpoolDir={f / 'spool'}",
-            f"SlurmctldPidFile={f / 'slurmctld.pid'}", f"SlurmdPidFile={f / 'slurmd.pid'}",
-            f"SlurmctldLogFile={f / 'slurmctld.log'}", f"SlurmdLogFile={f / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SchedulerType=sched/builtin",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "ReturnToService=2", "MpiDefault=none",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "PlugStackConfig=/dev/null", "KillWait=10", "InactiveLimit=0",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.run(
+            _exe("munged"),
+            f"--key-file={key}",
+            f"--socket={f / 'munge.sock'}",
+            f"--pid-file={f / 'munged.pid'}",
+            f"--log-file={f / 'munged.log'}",
+            f"--seed-file={f / 'munged.seed'}",
+            "--force",
+        )
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=vaecli",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={f / 'munge.sock'},cred_expire={REQUEUE_DELAY_S}",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    f"StateSaveLocation={f / 'state'}",
+                    f"SlurmdSpoolDir={f / 'spool'}",
+                    f"SlurmctldPidFile={f / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={f / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={f / 'slurmctld.log'}",
+                    f"SlurmdLogFile={f / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SchedulerType=sched/builtin",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_CPU",
+                    "ReturnToService=2",
+                    "MpiDefault=none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "PlugStackConfig=/dev/null",
+                    "KillWait=10",
+                    "InactiveLimit=0",
+                    f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN",
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         self.run(_exe("slurmctld"), "-f", str(self.conf), "-i")
         self.run(_exe("slurmd"), "-f", str(self.conf))
         deadline = time.monotonic() + 60

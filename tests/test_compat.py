@@ -1,6 +1,7 @@
 """vae_cli/compat.py, the one module that uses other libraries' private names: no other module does, and each name
 still exists and behaves as compat.py assumes, in every version the constraints files install; and the parts of
 Hydra's submitit launcher that hydra/launcher=slurm builds on."""
+
 import ast
 import inspect
 import types
@@ -13,8 +14,12 @@ import torch
 from vae_cli import compat
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted(p for top in ("vae_cli", "hydra_plugins") for p in (ROOT / top).rglob("*.py")
-                 if "configs" not in p.relative_to(ROOT).parts)
+SOURCES = sorted(
+    p
+    for top in ("vae_cli", "hydra_plugins")
+    for p in (ROOT / top).rglob("*.py")
+    if "configs" not in p.relative_to(ROOT).parts
+)
 
 
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}  # config keys, not private names
@@ -36,8 +41,12 @@ def _own_private_names() -> dict[str, set[str]]:
                 names = [child.name]
             elif isinstance(child, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
                 targets = child.targets if isinstance(child, ast.Assign) else [child.target]
-                names = [n.attr if isinstance(n, ast.Attribute) else n.id for target in targets
-                         for n in ast.walk(target) if isinstance(n, (ast.Attribute, ast.Name))]
+                names = [
+                    n.attr if isinstance(n, ast.Attribute) else n.id
+                    for target in targets
+                    for n in ast.walk(target)
+                    if isinstance(n, (ast.Attribute, ast.Name))
+                ]
             for name in filter(_private, names):
                 own.setdefault(name, set()).add(cls)
             visit(child, child.name if isinstance(child, ast.ClassDef) else cls)
@@ -63,10 +72,14 @@ def _foreign_private_uses(path: Path, own: dict[str, set[str]]) -> list[str]:
                 if foreign:
                     found.append(f"{path.name}:{child.lineno} {ast.unparse(child)}")
             elif isinstance(child, (ast.Import, ast.ImportFrom)) and not getattr(child, "level", 0):
-                modules = [a.name if isinstance(child, ast.Import) else f"{child.module}.{a.name}"
-                           for a in child.names]  # from torch import _C: the name is private
-                found.extend(f"{path.name}:{child.lineno} import {m}" for m in modules
-                             if any(_private(part) for part in m.split(".")))
+                modules = [
+                    a.name if isinstance(child, ast.Import) else f"{child.module}.{a.name}" for a in child.names
+                ]  # from torch import _C: the name is private
+                found.extend(
+                    f"{path.name}:{child.lineno} import {m}"
+                    for m in modules
+                    if any(_private(part) for part in m.split("."))
+                )
             visit(child, child.name if isinstance(child, ast.ClassDef) else cls)
 
     visit(ast.parse(path.read_text()), "")
@@ -75,13 +88,18 @@ def _foreign_private_uses(path: Path, own: dict[str, set[str]]) -> list[str]:
 
 def test_no_module_but_compat_uses_another_librarys_private_names():
     own = _own_private_names()
-    found = [use for path in SOURCES if path.name != "compat.py" or path.parent.name != "vae_cli"
-             for use in _foreign_private_uses(path, own)]
+    found = [
+        use
+        for path in SOURCES
+        if path.name != "compat.py" or path.parent.name != "vae_cli"
+        for use in _foreign_private_uses(path, own)
+    ]
     assert found == [], "put these behind a function in vae_cli/compat.py, with a test here"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Lightning
+
 
 class _Tiny(pl.LightningModule):
     def __init__(self, n: int = 2, fail_in_step: bool = False):
@@ -101,8 +119,15 @@ class _Tiny(pl.LightningModule):
 
 
 def _trainer(tmp_path) -> pl.Trainer:
-    return pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_attached_trainer_is_none_until_a_trainer_attaches(tmp_path):
@@ -147,6 +172,7 @@ def test_the_checkpoint_connector_has_the_methods_named():
 # ---------------------------------------------------------------------------------------------------------------
 # torch
 
+
 def test_divide_by_norms_divides_each_tensor_in_place_by_its_own_norm():
     torch.manual_seed(0)
     tensors = [torch.randn(3, 4) * 5, torch.randn(7), torch.zeros(2)]
@@ -176,6 +202,7 @@ def test_the_event_file_writer_takes_summaries_and_is_made_again_after_close(tmp
 # ---------------------------------------------------------------------------------------------------------------
 # The MLflow and W&B loggers (installed with the mlflow and wandb extras)
 
+
 def _checkpoint_callback(folder: Path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -196,8 +223,9 @@ def test_mlflow_logs_each_checkpoint_file_once(tmp_path):
     class Recorded(MLFlowLogger):
         @property
         def experiment(self):  # the MLflow client, without a store
-            return types.SimpleNamespace(log_artifact=lambda run, path, folder: logged.append((path, folder)),
-                                         log_artifacts=lambda *args: None)
+            return types.SimpleNamespace(
+                log_artifact=lambda run, path, folder: logged.append((path, folder)), log_artifacts=lambda *args: None
+            )
 
     logger = Recorded(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", log_model=True)
     assert compat.mlflow_run_started(logger) is False  # made, not started
@@ -241,13 +269,20 @@ def test_wandb_init_gets_the_arguments_dict_as_changed(tmp_path, monkeypatch):
 # Hydra's submitit launcher, which hydra/launcher=slurm extends (no private names; the parts it relies on that its
 # documentation does not state)
 
+
 def test_the_submitit_launcher_keeps_its_settings_and_runs_a_job_as_the_slurm_launcher_calls_it():
     submitit_launcher = pytest.importorskip("hydra_plugins.hydra_submitit_launcher.submitit_launcher")
 
     base = submitit_launcher.BaseSubmititLauncher
     # slurm_launcher.launch maps the launcher itself over the jobs, one list per argument.
-    assert list(inspect.signature(base.__call__).parameters) == \
-        ["self", "sweep_overrides", "job_dir_key", "job_num", "job_id", "singleton_state"]
+    assert list(inspect.signature(base.__call__).parameters) == [
+        "self",
+        "sweep_overrides",
+        "job_dir_key",
+        "job_num",
+        "job_id",
+        "singleton_state",
+    ]
     launcher = submitit_launcher.SlurmLauncher(submitit_folder="f", max_num_timeout=0)
     context, config = object(), object()
     launcher.setup(hydra_context=context, task_function=print, config=config)

@@ -1,6 +1,7 @@
 """The names users type: every override the README documents composes and passes the checks, and every
 bad value is refused at start-up with a message naming the key, checked in this process against the
 composed config (the process contract, exit status 2 and no traceback, is in test_train_cli.py)."""
+
 import json
 import re
 from pathlib import Path
@@ -47,7 +48,10 @@ BAD = [
     (["objective.beta=-1.0"], "objective.beta=-1.0 is not a valid KL weight"),
     (["objective.warmup_steps=-5"], "objective.warmup_steps=-5"),
     (["objective.warmup_epochs=1.5"], "objective.warmup_epochs=1.5"),
-    (["objective.warmup_steps=10", "objective.warmup_epochs=2"], "objective.warmup_steps=10 and objective.warmup_epochs=2"),
+    (
+        ["objective.warmup_steps=10", "objective.warmup_epochs=2"],
+        "objective.warmup_steps=10 and objective.warmup_epochs=2",
+    ),
     (["objective.free_bits=-1"], "objective.free_bits=-1"),
     (["objective.kl_estimator=exact"], "objective.kl_estimator='exact'"),
     (["objective.iw_samples=0"], "objective.iw_samples=0 is not a valid number of importance samples"),
@@ -70,7 +74,10 @@ BAD = [
     (["objective.beta=nan"], "objective.beta=nan"),
     (["compile=maybe"], "compile='maybe' is not a valid switch"),
     (["trainer.devices=0"], "trainer.devices=0 is not a valid device count"),
-    (["trainer.accelerator=cpu", "trainer.devices=507"], "trainer.devices=507: one training process per device, each needing"),
+    (
+        ["trainer.accelerator=cpu", "trainer.devices=507"],
+        "trainer.devices=507: one training process per device, each needing",
+    ),
     (["trainer.precision=8"], "trainer.precision=8 is not a valid precision"),
     (["trainer.limit_train_batches=-1"], "trainer.limit_train_batches=-1"),
     (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
@@ -111,18 +118,28 @@ def test_each_rule_is_written_once():
     assert not [key for key, *_ in TRAIN_RULES if key.split(".")[0] in ("model", "objective", "callbacks", "data")]
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: VAE([1, 8, 8], latent_dim=0), "latent_dim=0 is not a valid latent dimension K"),
-    (lambda: VAE([1, 8, 8], arch="conv", activation="gated"), "activation=gated is a layer of the MLP; with arch=conv"),
-    (lambda: VAE([1, 8, 8], likelihood="gaussian", gaussian_std=-1), "gaussian_std=-1 is not a valid standard deviation "
-     "for likelihood=gaussian"),
-    (lambda: Objective(warmup_steps=3, warmup_epochs=1), "warmup_steps=3 and warmup_epochs=1 are both set"),
-    (lambda: EMA(decay=1.0), "decay=1.0 is not a valid decay"),
-    (lambda: Digits(batch_size=0), "batch_size=0 is not a valid batch size"),
-    (lambda: Digits(val_split="first"), "val_split='first' is not a valid validation split; use random (val_size "
-     "examples drawn with split_seed)"),
-    (lambda: ImageFolder(path="/pictures", image_size=[0, 4]), "image_size=[0, 4] is not a valid image size"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: VAE([1, 8, 8], latent_dim=0), "latent_dim=0 is not a valid latent dimension K"),
+        (
+            lambda: VAE([1, 8, 8], arch="conv", activation="gated"),
+            "activation=gated is a layer of the MLP; with arch=conv",
+        ),
+        (
+            lambda: VAE([1, 8, 8], likelihood="gaussian", gaussian_std=-1),
+            "gaussian_std=-1 is not a valid standard deviation for likelihood=gaussian",
+        ),
+        (lambda: Objective(warmup_steps=3, warmup_epochs=1), "warmup_steps=3 and warmup_epochs=1 are both set"),
+        (lambda: EMA(decay=1.0), "decay=1.0 is not a valid decay"),
+        (lambda: Digits(batch_size=0), "batch_size=0 is not a valid batch size"),
+        (
+            lambda: Digits(val_split="first"),
+            "val_split='first' is not a valid validation split; use random (val_size examples drawn with split_seed)",
+        ),
+        (lambda: ImageFolder(path="/pictures", image_size=[0, 4]), "image_size=[0, 4] is not a valid image size"),
+    ],
+)
 def test_constructors_refuse_their_own_arguments_by_name(build, message):
     # In Python the bare argument names; at the command line named() puts the config key in their place.
     with pytest.raises(BadArgument, match=re.escape(message)):
@@ -134,19 +151,25 @@ def test_a_callbacks_refusal_is_named_with_its_config_key(decay):
     from hydra.utils import instantiate
 
     with pytest.raises(UserError, match=re.escape(f"callbacks.ema.decay={decay} is not a valid decay; use a number")):
-        named("callbacks.ema", instantiate, compose("train", "callbacks=[default,ema]",
-                                                    f"callbacks.ema.decay={decay}").callbacks.ema)
+        named(
+            "callbacks.ema",
+            instantiate,
+            compose("train", "callbacks=[default,ema]", f"callbacks.ema.decay={decay}").callbacks.ema,
+        )
 
 
-@pytest.mark.parametrize("config, rules, override, message", [
-    ("eval", EVAL_RULES, "iw_samples=0", "iw_samples=0 is not a valid number of importance samples"),
-    ("eval", EVAL_RULES, "split=train", "split='train' is not a valid split vae-eval scores"),
-    ("eval", EVAL_RULES, "iw_batch=-3", "iw_batch=-3"),
-    ("eval", EVAL_RULES, "figures=maybe", "figures='maybe' is not a valid switch"),
-    ("eval", EVAL_RULES, "limit=0", "limit=0 is not a valid number of images"),
-    ("sample", SAMPLE_RULES, "n=0", "n=0"),
-    ("sample", SAMPLE_RULES, "steps=1", "steps=1"),
-])
+@pytest.mark.parametrize(
+    "config, rules, override, message",
+    [
+        ("eval", EVAL_RULES, "iw_samples=0", "iw_samples=0 is not a valid number of importance samples"),
+        ("eval", EVAL_RULES, "split=train", "split='train' is not a valid split vae-eval scores"),
+        ("eval", EVAL_RULES, "iw_batch=-3", "iw_batch=-3"),
+        ("eval", EVAL_RULES, "figures=maybe", "figures='maybe' is not a valid switch"),
+        ("eval", EVAL_RULES, "limit=0", "limit=0 is not a valid number of images"),
+        ("sample", SAMPLE_RULES, "n=0", "n=0"),
+        ("sample", SAMPLE_RULES, "steps=1", "steps=1"),
+    ],
+)
 def test_eval_and_sample_values_are_named(config, rules, override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         check_values(compose(config, "ckpt_path=x", override), rules)
@@ -180,12 +203,26 @@ def test_every_readme_command_composes_and_passes_the_checks(args):
 def test_every_key_named_in_the_readme_exists_in_the_config():
     groups = "data|model|objective|optim|optimizer|scheduler|trainer|callbacks"
     keys = set(re.findall(rf"`((?:{groups})\.[a-z_.]+)", README.read_text()))
-    assert {"model.latent_dim", "model.hidden_dims", "objective.beta", "optim.lr", "data.batch_size",
-            "callbacks.ema.decay", "optimizer.weight_decay", "scheduler.eta_min"} <= keys
-    configs = [compose("train"), compose("train", *FOLDER), compose("train", "experiment=fashion_mnist_vae"),
-               compose("train", "callbacks=[default,early_stopping,ema]"),
-               *(compose("train", f"optimizer={o}", f"scheduler={s}") for o, s in (("adamw", "cosine"), ("sgd", "plateau")))]
-    missing = [k for k in sorted(keys) if all(OmegaConf.select(c, k, default="<absent>") == "<absent>" for c in configs)]
+    assert {
+        "model.latent_dim",
+        "model.hidden_dims",
+        "objective.beta",
+        "optim.lr",
+        "data.batch_size",
+        "callbacks.ema.decay",
+        "optimizer.weight_decay",
+        "scheduler.eta_min",
+    } <= keys
+    configs = [
+        compose("train"),
+        compose("train", *FOLDER),
+        compose("train", "experiment=fashion_mnist_vae"),
+        compose("train", "callbacks=[default,early_stopping,ema]"),
+        *(compose("train", f"optimizer={o}", f"scheduler={s}") for o, s in (("adamw", "cosine"), ("sgd", "plateau"))),
+    ]
+    missing = [
+        k for k in sorted(keys) if all(OmegaConf.select(c, k, default="<absent>") == "<absent>" for c in configs)
+    ]
     assert not missing, f"README names keys the config does not have: {missing}"
 
 
@@ -224,13 +261,22 @@ def test_callbacks_come_one_file_each_none_drops_them_and_early_stopping_and_the
     assert list(chosen.callbacks)[:-2] == list(default)
 
 
-@pytest.mark.parametrize("argv, refused", [
-    (["callbacks.ema.decay=0.99"], "'callbacks=[default,ema]' callbacks.ema.decay=0.99"),
-    (["callbacks=[default,early_stopping]", "callbacks.ema.decay=0.99"], "'callbacks=[default,early_stopping,ema]'"),
-    (["callbacks.early_stopping.patience=5"], "'callbacks=[default,early_stopping]' callbacks.early_stopping.patience=5"),
-    (["callbacks=[default,ema]", "callbacks.ema.decay=0.99"], None),
-    (["experiment=fashion_mnist_vae", "callbacks.early_stopping.patience=5"], None),  # the experiment chooses it
-])
+@pytest.mark.parametrize(
+    "argv, refused",
+    [
+        (["callbacks.ema.decay=0.99"], "'callbacks=[default,ema]' callbacks.ema.decay=0.99"),
+        (
+            ["callbacks=[default,early_stopping]", "callbacks.ema.decay=0.99"],
+            "'callbacks=[default,early_stopping,ema]'",
+        ),
+        (
+            ["callbacks.early_stopping.patience=5"],
+            "'callbacks=[default,early_stopping]' callbacks.early_stopping.patience=5",
+        ),
+        (["callbacks=[default,ema]", "callbacks.ema.decay=0.99"], None),
+        (["experiment=fashion_mnist_vae", "callbacks.early_stopping.patience=5"], None),  # the experiment chooses it
+    ],
+)
 def test_a_callbacks_setting_without_its_choice_names_the_choice(argv, refused):
     from vae_cli.cli import startup
 

@@ -2,6 +2,7 @@
 package, the tensor batches' shuffling and sharding, CIFAR-10 (offline message, a tiny fake copy on disk) and the
 image-folder datamodule, which reads a user's own files batch by batch. Every folder of images is built here on the
 fly."""
+
 import json
 import pickle
 from collections import Counter
@@ -46,7 +47,6 @@ def test_the_shipped_digits_are_scikit_learns_image_for_image_and_label_for_labe
     labels[perm[:297]], labels[perm[297:]] = y_test, y
     assert torch.equal(images * 16, torch.tensor(reference.images, dtype=torch.float32).unsqueeze(1))
     assert torch.equal(labels, torch.tensor(reference.target))
-
 
 
 def test_digits_splits_are_disjoint_and_sized_as_configured():
@@ -138,7 +138,9 @@ def test_tensor_batches_shuffle_by_seed_and_epoch_and_shard_by_rank():
     x = torch.arange(10)
 
     def order(seed, epoch, rank=0, world=1, shuffle=True):
-        tb = TensorBatches([x], batch_size=3, shuffle=shuffle, seed=seed, epoch=lambda: epoch, rank=rank, world_size=world)
+        tb = TensorBatches(
+            [x], batch_size=3, shuffle=shuffle, seed=seed, epoch=lambda: epoch, rank=rank, world_size=world
+        )
         batches = [b[0] for b in tb]
         assert len(batches) == len(tb) and all(len(b) <= 3 for b in batches)
         return torch.cat(batches).tolist()
@@ -158,10 +160,16 @@ def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_pat
     import subprocess
     import sys
 
-    script = ("import sys; from vae_cli.data import FashionMNIST; dm = FashionMNIST(data_dir=sys.argv[1]); "
-              "dm.prepare_data(); print(len(dm.split('train')[0]) + len(dm.split('val')[0]))")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    script = (
+        "import sys; from vae_cli.data import FashionMNIST; dm = FashionMNIST(data_dir=sys.argv[1]); "
+        "dm.prepare_data(); print(len(dm.split('train')[0]) + len(dm.split('val')[0]))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [o[0].split() for o in outs] == [["60000"], ["60000"]]
@@ -171,6 +179,7 @@ def test_two_processes_preparing_fashion_mnist_at_once_both_get_it_whole(tmp_pat
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
+
 
 def test_cifar10_offline_says_where_it_looked_and_how_to_supply_the_files(tmp_path, monkeypatch):
     offline(monkeypatch)
@@ -213,6 +222,7 @@ def test_cifar10_reads_the_pickled_batches_as_chw_images_on_the_255_grid(tmp_pat
 
 # --- image folders -------------------------------------------------------------------------------
 
+
 def make_images(folder: Path, n: int, seed: int, start: int = 0) -> None:
     """n uniformly coloured images of random sizes; the colour is in the file name, so a test can
     check the decoded pixels. PNGs (some grey, some upper-case .PNG) and JPEGs (.jpg and .JPEG)."""
@@ -254,8 +264,15 @@ def all_batches(batches) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_image_folder_splits_labels_shapes_and_pixel_values(classes_folder):
-    dm = ImageFolder(path=str(classes_folder), image_size=[12, 10], channels=3, val_size=6, test_size=0.2,
-                     eval_batch_size=4, num_workers=0)
+    dm = ImageFolder(
+        path=str(classes_folder),
+        image_size=[12, 10],
+        channels=3,
+        val_size=6,
+        test_size=0.2,
+        eval_batch_size=4,
+        num_workers=0,
+    )
     assert dm.shape == (3, 12, 10) and dm._datasets is None  # known from the config, before reading
     dm.setup()
     files = {s: dm.dataset(s).files for s in ("train", "val", "test")}
@@ -289,8 +306,14 @@ def test_flat_folder_gets_label_zero_and_loose_images_beside_classes_get_the_nex
     assert all(y == 0 for s in ("train", "val", "test") for y in dm.dataset(s).labels)
     assert sum(len(dm.dataset(s)) for s in ("train", "val", "test")) == 12
     # vae-eval and vae-sample pass data_dir= when the data has moved: for an image folder, the folder.
-    moved = ImageFolder(path=str(tmp_path / "gone"), data_dir=str(tmp_path / "flat"), image_size=8, val_size=2,
-                        test_size=2, num_workers=0)
+    moved = ImageFolder(
+        path=str(tmp_path / "gone"),
+        data_dir=str(tmp_path / "flat"),
+        image_size=8,
+        val_size=2,
+        test_size=2,
+        num_workers=0,
+    )
     assert moved.dataset("val").files == dm.dataset("val").files
 
     mixed = tmp_path / "mixed"
@@ -299,14 +322,16 @@ def test_flat_folder_gets_label_zero_and_loose_images_beside_classes_get_the_nex
     (mixed / "empty").mkdir()  # a sub-folder without images is no class
     make_images(mixed, 4, seed=8, start=100)
     dm = ImageFolder(path=str(mixed), image_size=8, val_size=1, test_size=1, num_workers=0)
-    labels = {Path(f).relative_to(mixed).parts[0]: y for s in ("train", "val", "test")
-              for f, y in zip(dm.dataset(s).files, dm.dataset(s).labels)}
+    labels = {
+        Path(f).relative_to(mixed).parts[0]: y
+        for s in ("train", "val", "test")
+        for f, y in zip(dm.dataset(s).files, dm.dataset(s).labels)
+    }
     assert {k if k in ("a", "b") else "loose": v for k, v in labels.items()} == {"a": 0, "b": 1, "loose": 2}
 
 
 def test_head_and_eval_batches_match_the_loaders(classes_folder):
-    dm = ImageFolder(path=str(classes_folder), image_size=8, val_size=7, test_size=5, eval_batch_size=3,
-                     num_workers=0)
+    dm = ImageFolder(path=str(classes_folder), image_size=8, val_size=7, test_size=5, eval_batch_size=3, num_workers=0)
     val = all_batches(dm.val_dataloader())
     head = dm.head("val", 4)
     assert torch.equal(head[0], val[0][:4]) and torch.equal(head[1], val[1][:4])
@@ -379,9 +404,18 @@ def test_bad_folders_and_sizes_are_user_errors_naming_the_key(tmp_path, classes_
 
 
 def test_vae_train_on_an_image_folder_end_to_end(tmp_path, classes_folder):
-    run = train(tmp_path, "run", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[16,16]",
-                "data.channels=1", "model.likelihood=bernoulli", "model.hidden_dims=[32]", "trainer.max_epochs=1",
-                "callbacks.image_grids.every_n_epochs=1")
+    run = train(
+        tmp_path,
+        "run",
+        "data=image_folder",
+        f"data.path={classes_folder}",
+        "data.image_size=[16,16]",
+        "data.channels=1",
+        "model.likelihood=bernoulli",
+        "model.hidden_dims=[32]",
+        "trainer.max_epochs=1",
+        "callbacks.image_grids.every_n_epochs=1",
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["global_step"] == 1  # 24 training images, one batch of 128
     assert np.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
@@ -402,8 +436,9 @@ def test_unreadable_files_are_listed_before_training_or_skipped_on_request(tmp_p
     assert "skipping 2 unreadable image files of 32" in caplog.text
 
 
-def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message(tmp_path, classes_folder, capsys,
-                                                                                 monkeypatch):
+def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message(
+    tmp_path, classes_folder, capsys, monkeypatch
+):
     import gc
 
     import torch.utils.data._utils
@@ -417,9 +452,18 @@ def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message
     Image.fromarray(noise).save(tmp_path / "whole.png")
     (classes_folder / "owl" / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])  # header, few pixels
     with pytest.raises(SystemExit) as e:
-        run_here("vae-train", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[8,8]",
-                 "data.num_workers=1", "model.hidden_dims=[16]", "trainer.max_epochs=1",
-                 "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        run_here(
+            "vae-train",
+            "data=image_folder",
+            f"data.path={classes_folder}",
+            "data.image_size=[8,8]",
+            "data.num_workers=1",
+            "model.hidden_dims=[16]",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path,
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("vae-train: error: data.path: cannot read the image")
     assert "cut.png" in err and "Traceback" not in err and "worker process" not in err
@@ -428,6 +472,7 @@ def test_a_file_that_fails_to_decode_in_a_worker_reaches_the_user_as_one_message
 
 
 # --- files whose headers lie ---------------------------------------------------------------------------------------
+
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     import struct
@@ -442,8 +487,7 @@ def _png(width: int, height: int, depth: int = 8, colour: int = 0, rows: bytes =
     import zlib
 
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows))
-            + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
 
 
 GREY_8x8 = b"".join(b"\0" + bytes(range(0, 256, 32)) for _ in range(8))  # 8 rows: filter byte, 8 grey pixels
@@ -476,7 +520,7 @@ def _lying_images(folder: Path) -> list[str]:
         "bomb.png": _png(60000, 60000, rows=b"\0" * 16),  # PIL's DecompressionBombError
         "over-the-limit.png": _png(12000, 12000, colour=2, rows=b"\0" * 16),  # past PIL's warning: 432 MB
         "true-bomb.png": _zeros_png(10000),  # no lie: 100 MB of pixels, past PIL's warning, under its error
-        "bomb.jpg": jpeg[:sof] + struct.pack(">HH", 60000, 60000) + jpeg[sof + 4:],
+        "bomb.jpg": jpeg[:sof] + struct.pack(">HH", 60000, 60000) + jpeg[sof + 4 :],
         "truncated.png": whole.getvalue()[:300],
         "truncated.jpg": jpeg[:200],
         "larger-than-its-data.png": _png(64, 64, rows=GREY_8x8),
@@ -518,8 +562,13 @@ def test_images_whose_headers_lie_stop_the_run_with_one_line_naming_the_file(tmp
 
 
 @settings(derandomize=True, max_examples=40, deadline=None)
-@given(width=st.integers(1, 70000), height=st.integers(1, 70000), depth=st.sampled_from([1, 2, 4, 8, 16, 3]),
-       colour=st.sampled_from([0, 2, 3, 4, 6, 1]), cut=st.integers(0, 120))
+@given(
+    width=st.integers(1, 70000),
+    height=st.integers(1, 70000),
+    depth=st.sampled_from([1, 2, 4, 8, 16, 3]),
+    colour=st.sampled_from([0, 2, 3, 4, 6, 1]),
+    cut=st.integers(0, 120),
+)
 def test_any_png_header_is_an_image_or_unreadable_never_a_crash(width, height, depth, colour, cut):
     import tempfile
 
@@ -527,11 +576,12 @@ def test_any_png_header_is_an_image_or_unreadable_never_a_crash(width, height, d
         folder = Path(tmp)
         make_images(folder / "cat", 4, seed=0)
         data = _png(width, height, depth, colour, rows=GREY_8x8)
-        (folder / "cat" / "made.png").write_bytes(data[:len(data) - cut])
+        (folder / "cat" / "made.png").write_bytes(data[: len(data) - cut])
         for skip in (True, False):
             try:
-                dm = ImageFolder(path=str(folder), image_size=4, val_size=1, test_size=1, num_workers=0,
-                                 skip_unreadable=skip)
+                dm = ImageFolder(
+                    path=str(folder), image_size=4, val_size=1, test_size=1, num_workers=0, skip_unreadable=skip
+                )
                 for split in ("train", "val", "test"):
                     all_batches(dm.eval_batches(split))
             except UserError as e:
@@ -542,9 +592,18 @@ def test_vae_train_on_a_folder_holding_a_decompression_bomb_stops_with_one_line(
     from conftest import QUIET, refused
 
     (classes_folder / "owl" / "bomb.png").write_bytes(_png(60000, 60000, rows=b"\0" * 16))
-    err = refused("vae-train", "data=image_folder", f"data.path={classes_folder}", "data.image_size=[8,8]",
-                  "data.num_workers=0", "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'run'}",
-                  cwd=tmp_path, capsys=capsys)
+    err = refused(
+        "vae-train",
+        "data=image_folder",
+        f"data.path={classes_folder}",
+        "data.image_size=[8,8]",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        *QUIET,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert err.startswith("vae-train: error: data.path=") and "bomb.png" in err and err.count("\n") == 1
 
 
@@ -552,12 +611,21 @@ def test_a_data_path_that_is_a_file_stops_vae_train_with_one_line(tmp_path, caps
     from conftest import QUIET, refused
 
     (tmp_path / "f").write_text("not a folder")
-    err = refused("vae-train", "data=image_folder", "data.path=f", "trainer.max_epochs=1", *QUIET,
-                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, capsys=capsys)
+    err = refused(
+        "vae-train",
+        "data=image_folder",
+        "data.path=f",
+        "trainer.max_epochs=1",
+        *QUIET,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert err.startswith("vae-train: error: data.path='f'") and err.count("\n") == 1 and "folder" in err
 
 
 # --- files written beside the data, never through links ----------------------------------------------------------
+
 
 def test_fashion_mnist_unpacks_never_through_a_link(tmp_path, monkeypatch):
     import gzip

@@ -1,6 +1,7 @@
 """The prepared splits kept beside the data (data/cache.py): read back bit for bit, without reading the sources,
 under a name that changes with anything the splits depend on, and used only when the content is what the name
 claims; a broken, foreign or unwritable cache costs only time, never a traceback."""
+
 import copy
 import io
 import json
@@ -37,8 +38,10 @@ def _read(dm):
     return cache.read(file, key, dm.shape)
 
 
-@pytest.mark.parametrize("settings", [{"binarize": True}, {"binarize": False},
-                                      {"binarize": True, "eval_binarize_numpy_seed": 777, "val_split": "last"}])
+@pytest.mark.parametrize(
+    "settings",
+    [{"binarize": True}, {"binarize": False}, {"binarize": True, "eval_binarize_numpy_seed": 777, "val_split": "last"}],
+)
 def test_splits_come_back_bit_for_bit_without_reading_the_sources(tmp_path, monkeypatch, settings):
     fresh = Digits(data_dir=str(tmp_path), **settings)
     made = _splits(fresh)
@@ -53,8 +56,14 @@ def test_splits_come_back_bit_for_bit_without_reading_the_sources(tmp_path, monk
 
 def test_the_name_changes_with_the_settings_and_the_sources(tmp_path, monkeypatch):
     base = Digits(data_dir=str(tmp_path)).cache_file()
-    for other in ({"split_seed": 1}, {"val_size": 100}, {"test_size": 200}, {"binarize": False},
-                  {"eval_binarize_numpy_seed": 3}, {"val_split": "last"}):
+    for other in (
+        {"split_seed": 1},
+        {"val_size": 100},
+        {"test_size": 200},
+        {"binarize": False},
+        {"eval_binarize_numpy_seed": 3},
+        {"val_split": "last"},
+    ):
         assert Digits(data_dir=str(tmp_path), **other).cache_file() != base, other
     assert Digits(data_dir=str(tmp_path), seed=5, batch_size=7).cache_file() == base  # the run's, not the splits'
     # A source rewritten (another vae-cli's digits, an edited file): another name, so the old file is never read.
@@ -91,23 +100,30 @@ def test_a_folder_that_cannot_be_written_costs_only_time(small_filesystem):
 
 @pytest.mark.slow
 def test_jobs_starting_together_each_leave_a_whole_file(tmp_path):
-    script = ("import sys; from vae_cli.data import Digits; "
-              "Digits(data_dir=sys.argv[1]).setup(); print(Digits(data_dir=sys.argv[1]).cache_file())")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    script = (
+        "import sys; from vae_cli.data import Digits; "
+        "Digits(data_dir=sys.argv[1]).setup(); print(Digits(data_dir=sys.argv[1]).cache_file())"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and len(set(outs)) == 1
     assert [f.name for f in (tmp_path / cache.FOLDER).iterdir()] == [os.path.basename(outs[0])]  # no part left
     assert _same(_read(Digits(data_dir=str(tmp_path))), _splits(Digits(binarize=True)))
 
 
-@pytest.mark.parametrize("x, as_bytes", [
-    (torch.rand(5, 1, 4, 4), False),
-    (torch.randint(0, 256, (5, 3, 4, 4)).float() / 255, True),   # 8-bit images
-    (torch.randint(0, 17, (5, 1, 8, 8)).float() / 16, True),     # digits' 17 levels
-    (torch.randint(0, 2, (5, 1, 2, 2)).float(), True),           # bits
-    (torch.empty(0, 1, 2, 2), False),
-])
+@pytest.mark.parametrize(
+    "x, as_bytes",
+    [
+        (torch.rand(5, 1, 4, 4), False),
+        (torch.randint(0, 256, (5, 3, 4, 4)).float() / 255, True),  # 8-bit images
+        (torch.randint(0, 17, (5, 1, 8, 8)).float() / 16, True),  # digits' 17 levels
+        (torch.randint(0, 2, (5, 1, 2, 2)).float(), True),  # bits
+        (torch.empty(0, 1, 2, 2), False),
+    ],
+)
 def test_pixels_on_a_grid_are_kept_as_bytes_and_others_as_floats(x, as_bytes):
     stored, scale = cache._pack(x)
     assert (scale is not None) == as_bytes and (stored.dtype == torch.uint8) == as_bytes
@@ -116,6 +132,7 @@ def test_pixels_on_a_grid_are_kept_as_bytes_and_others_as_floats(x, as_bytes):
 
 
 # --- a cache is trusted only as far as its content matches its name ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def kept_digits(tmp_path_factory):
@@ -142,13 +159,25 @@ def _at(record, path):
     return record
 
 
-TENSORS = st.builds(lambda shape, dtype: torch.randint(0, 2, shape).to(dtype),
-                    st.lists(st.integers(0, 9), max_size=4).map(tuple),
-                    st.sampled_from([torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64, torch.bool]))
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.complex_numbers(), st.text(max_size=12),
-                 st.binary(max_size=8), TENSORS, st.lists(st.integers(), max_size=3), st.sets(st.integers(), max_size=3),
-                 st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
-                 st.fractions() | st.dates() | st.frozensets(st.integers(), max_size=3))  # torch.load refuses these
+TENSORS = st.builds(
+    lambda shape, dtype: torch.randint(0, 2, shape).to(dtype),
+    st.lists(st.integers(0, 9), max_size=4).map(tuple),
+    st.sampled_from([torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64, torch.bool]),
+)
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.complex_numbers(),
+    st.text(max_size=12),
+    st.binary(max_size=8),
+    TENSORS,
+    st.lists(st.integers(), max_size=3),
+    st.sets(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
+    st.fractions() | st.dates() | st.frozensets(st.integers(), max_size=3),
+)  # torch.load refuses these
 
 
 def _saved(obj) -> bytes:
@@ -163,8 +192,22 @@ def foreign(draw, record, made):
     or a dict of junk, or `record` with a field removed or given another type, a tensor of another shape or dtype
     (listed and hashed as it was, or anew), a pixel changed; or a whole cache made for other settings, or of images of
     another shape."""
-    kind = draw(st.sampled_from(["not a torch file", "not a dict", "junk dict", "removed", "retyped", "tensor",
-                                 "tensor restamped", "bytes changed", "other key", "other image shape"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "not a torch file",
+                "not a dict",
+                "junk dict",
+                "removed",
+                "retyped",
+                "tensor",
+                "tensor restamped",
+                "bytes changed",
+                "other key",
+                "other image shape",
+            ]
+        )
+    )
     if kind == "not a torch file":
         return draw(st.binary(max_size=64) | st.sampled_from([_saved(record)[:2000], pickle.dumps([1, 2])]))
     return _saved(draw(_foreign_object(kind, record, made)))
@@ -179,8 +222,10 @@ def _foreign_object(draw, kind, record, made):
     if kind == "other key":
         return cache._record(record["key"].replace('"split_seed": 0', '"split_seed": 1'), made)
     if kind == "other image shape":  # the issue's case: 50, 10 and 10 images of 3x5x5
-        return cache._record(record["key"], {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long))
-                                             for s, n in zip(SPLITS, (50, 10, 10))})
+        return cache._record(
+            record["key"],
+            {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long)) for s, n in zip(SPLITS, (50, 10, 10))},
+        )
     kept = copy.deepcopy(record)
     if kind == "removed":
         path = draw(st.sampled_from(list(_paths(record))))
@@ -196,15 +241,19 @@ def _foreign_object(draw, kind, record, made):
     else:
         path = draw(st.sampled_from([("splits", s, t) for s in SPLITS for t in ("x", "y")]))
         before = _at(kept, path)[path[-1]]
-        _at(kept, path)[path[-1]] = draw(TENSORS.filter(lambda t: t.shape != before.shape and t.dim() > 0 or (
-            kind == "tensor" and t.dtype != before.dtype)))
+        _at(kept, path)[path[-1]] = draw(
+            TENSORS.filter(
+                lambda t: t.shape != before.shape and t.dim() > 0 or (kind == "tensor" and t.dtype != before.dtype)
+            )
+        )
         if kind == "tensor restamped":  # listed and hashed anew: only the image shape and the counts can tell
             kept["manifest"], kept["sha256"] = cache._manifest(kept["splits"]), cache._digest(kept["splits"])
     return kept
 
 
-@settings(derandomize=True, max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_foreign_content_under_the_right_name_is_named_and_the_data_prepared_again(kept_digits, caplog, data):
     folder, file, made, record = kept_digits
@@ -218,13 +267,22 @@ def test_foreign_content_under_the_right_name_is_named_and_the_data_prepared_aga
 
 
 def test_a_run_given_a_foreign_cache_trains_on_the_real_data(tmp_path):
-    args = (f"data.data_dir={tmp_path / 'data'}", "model.hidden_dims=[16]", "model.latent_dim=2",
-            "trainer.max_epochs=1", *QUIET)
+    args = (
+        f"data.data_dir={tmp_path / 'data'}",
+        "model.hidden_dims=[16]",
+        "model.latent_dim=2",
+        "trainer.max_epochs=1",
+        *QUIET,
+    )
     first = json.loads((train(tmp_path, "first", *args) / "metrics.json").read_text())
     [file] = (tmp_path / "data" / cache.FOLDER).iterdir()
     key = torch.load(file, weights_only=True)["key"]
-    torch.save(cache._record(key, {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long))
-                                   for s, n in zip(SPLITS, (50, 10, 10))}), file)
+    torch.save(
+        cache._record(
+            key, {s: (torch.rand(n, 3, 5, 5), torch.zeros(n, dtype=torch.long)) for s, n in zip(SPLITS, (50, 10, 10))}
+        ),
+        file,
+    )
     run = train(tmp_path, "second", *args)
     log = (run / "train.log").read_text()
     assert f"{file} is not the cache of prepared data its name claims" in log
@@ -257,6 +315,7 @@ def test_a_fifo_under_the_cache_name_is_not_waited_on(tmp_path):
 
 # --- data.data_dir that is not a folder ------------------------------------------------------------------------
 
+
 def test_a_data_dir_that_is_a_file_is_named_with_the_fix(tmp_path):
     (tmp_path / "f").write_text("not a folder")
     for data_dir in ("f", "f/below"):
@@ -275,7 +334,15 @@ def test_a_cache_that_cannot_be_made_in_a_folder_that_is_a_file_costs_only_time(
 @pytest.mark.parametrize("data", ["digits", "mnist", "fashion_mnist", "cifar10"])
 def test_vae_train_with_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path, capsys, data):
     (tmp_path / "f").write_text("not a folder")
-    err = refused("vae-train", f"data={data}", "data.data_dir=f", "trainer.max_epochs=1", *QUIET,
-                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, capsys=capsys)
+    err = refused(
+        "vae-train",
+        f"data={data}",
+        "data.data_dir=f",
+        "trainer.max_epochs=1",
+        *QUIET,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert err.startswith("vae-train: error: data.data_dir='f'") and err.count("\n") == 1
     assert "is a file, not a folder" in err and "Traceback" not in err

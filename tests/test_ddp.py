@@ -1,5 +1,6 @@
 """Data-parallel training (trainer=ddp) on two CPU processes: the logged metrics are reduced over the whole
 validation set, and each image of a folder is scored by exactly one process."""
+
 import json
 
 import pytest
@@ -17,8 +18,17 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
 
     run_dir = tmp_path / "run"
     # 151 validation examples: the processes hold 76 and 75, so a mean of per-process means would be off.
-    proc = run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
-                         "data.val_size=151", f"hydra.run.dir={run_dir}", *QUIET, cwd=tmp_path, timeout=600)
+    proc = run_vae_train(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        "data.val_size=151",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert "sync_dist" not in proc.stderr  # the epoch means are reduced exactly; nothing to recommend
     lines = proc.stdout.splitlines()  # the first process's lines only, once each
     assert sum("test: elbo" in line for line in lines) == 1 and sum("run directory:" in line for line in lines) == 1
@@ -44,7 +54,9 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_over_the_whole_set(tmp_path):
     # The test metrics agree with a single-process evaluation of the same checkpoint (vae-eval, k = 1):
     # the KL exactly, the ELBO within the estimator's noise.
     out = tmp_path / "eval.json"
-    run_here("vae-eval", f"ckpt_path={run_dir / metrics['best_checkpoint']}", "iw_samples=1", f"out={out}", cwd=tmp_path)
+    run_here(
+        "vae-eval", f"ckpt_path={run_dir / metrics['best_checkpoint']}", "iw_samples=1", f"out={out}", cwd=tmp_path
+    )
     single = json.loads(out.read_text())
     assert metrics["test/kl"] == pytest.approx(single["kl"], rel=1e-5)
     assert abs(metrics["test/elbo"] - single["elbo"]) < 4 * single["elbo_se"]
@@ -66,16 +78,32 @@ def test_ddp_scores_an_image_folder_split_exactly_once(tmp_path):
         Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
     run_dir = tmp_path / "run"
     # 7 validation images: the processes hold 4 and 3; a padded sampler would score one of them twice.
-    run_vae_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-                  "data=image_folder", f"data.path={folder}", "data.image_size=[8,8]", "data.channels=1",
-                  "data.val_size=7", "data.test_size=5", "data.num_workers=0", "model.hidden_dims=[16]",
-                  "callbacks.latent_projector.max_points=0", f"hydra.run.dir={run_dir}", *QUIET,
-                  cwd=tmp_path, timeout=600)
+    run_vae_train(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data=image_folder",
+        f"data.path={folder}",
+        "data.image_size=[8,8]",
+        "data.channels=1",
+        "data.val_size=7",
+        "data.test_size=5",
+        "data.num_workers=0",
+        "model.hidden_dims=[16]",
+        "callbacks.latent_projector.max_points=0",
+        f"hydra.run.dir={run_dir}",
+        *QUIET,
+        cwd=tmp_path,
+        timeout=600,
+    )
     vae, data_config = load_vae(run_dir / "checkpoints" / "last.ckpt")
     dm = make_datamodule(data_config)
     with torch.no_grad():
-        kl = {split: torch.cat([kl_analytic(*vae.encode(x)).sum(-1) for x, _ in dm.eval_batches(split)])
-              for split in ("val", "test")}
+        kl = {
+            split: torch.cat([kl_analytic(*vae.encode(x)).sum(-1) for x, _ in dm.eval_batches(split)])
+            for split in ("val", "test")
+        }
     assert [len(kl["val"]), len(kl["test"])] == [7, 5]
     assert read_scalars(run_dir)["val/kl"][-1][1] == pytest.approx(kl["val"].mean().item(), rel=1e-5, abs=1e-6)
     metrics = json.loads((run_dir / "metrics.json").read_text())

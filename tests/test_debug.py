@@ -1,4 +1,5 @@
 """The debug= presets: a fast dev run, overfitting a few batches, the simple profiler."""
+
 import json
 
 import pytest

@@ -1,12 +1,20 @@
 """The objective's formulas against torch.distributions and against each other."""
+
 import math
 
 import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae_cli.core.elbo import (iwae_bound, kl_analytic, kl_mc_dims, log_importance_weights, log_normal_diag,
-                               log_standard_normal, reparameterize)
+from vae_cli.core.elbo import (
+    iwae_bound,
+    kl_analytic,
+    kl_mc_dims,
+    log_importance_weights,
+    log_normal_diag,
+    log_standard_normal,
+    reparameterize,
+)
 from vae_cli.core.metrics import bits_per_dim
 from vae_cli.training.objective import Objective
 
@@ -90,7 +98,10 @@ def test_kl_weight_ramps_linearly_to_beta():
 def test_importance_weights_and_the_iwae_bound_match_torch_distributions():
     g = torch.Generator().manual_seed(2)
     k, b, dim = 7, 5, 3
-    mu, logvar = torch.randn(b, dim, generator=g, dtype=torch.float64), torch.randn(b, dim, generator=g, dtype=torch.float64)
+    mu, logvar = (
+        torch.randn(b, dim, generator=g, dtype=torch.float64),
+        torch.randn(b, dim, generator=g, dtype=torch.float64),
+    )
     z = mu + torch.exp(0.5 * logvar) * torch.randn(k, b, dim, generator=g, dtype=torch.float64)
     log_px_z = torch.randn(k, b, generator=g, dtype=torch.float64)
     q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)

@@ -1,5 +1,6 @@
 """The weight average (callbacks=[default,ema], callbacks.ema.decay): its update is the EMA recursion, it is what validation,
 best.ckpt, the test after training and vae-eval score, and a resumed run continues it exactly."""
+
 import json
 
 import pytest
@@ -43,9 +44,17 @@ def test_the_average_follows_the_ema_recursion_and_validation_sees_it():
     x = torch.randn(64, 3)
     data = DataLoader(TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5]])), batch_size=8)  # 8 steps an epoch
     model, rec, decay = _Regression(), _RawWeights(), 0.8
-    trainer = pl.Trainer(max_epochs=2, callbacks=[rec, EMA(decay)], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=1, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[rec, EMA(decay)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        accelerator="cpu",
+    )
     trainer.fit(model, data, data)
 
     # Written out: the first step's weights, then avg <- decay * avg + (1 - decay) * theta_t.

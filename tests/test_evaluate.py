@@ -1,5 +1,6 @@
 """The identity log p(x) = ELBO + KL(q || p(z|x)) and the importance-weighted estimator, on a model
 whose log p(x) and true posterior are known in closed form; then vae-eval on a trained checkpoint."""
+
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from linear_gaussian import D, K, LinearGaussian, _data, _random_q, fixed_poster
 from vae_cli.core.elbo import kl_analytic
 from vae_cli.core.scoring import summarize
 from vae_cli.core.vae import ImportanceWeighted
+
 
 def test_elbo_plus_kl_to_the_true_posterior_is_log_px_for_any_q():
     model = LinearGaussian()
@@ -39,8 +41,9 @@ def test_elbo_equals_log_px_when_q_is_the_true_posterior():
     # Every importance weight is then p(x) itself: the estimate is exact for any k and any chunking.
     vae = fixed_posterior_vae(model, lambda x: (model.posterior(x)[0], torch.diagonal(cov).log().expand(len(x), K)))
     for k, max_pairs in ((1, 10), (7, 3), (64, 1000)):
-        torch.testing.assert_close(vae.importance_weighted(x.view(-1, 1, 1, D), k, max_pairs).log_px, model.log_px(x),
-                                   rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(
+            vae.importance_weighted(x.view(-1, 1, 1, D), k, max_pairs).log_px, model.log_px(x), rtol=1e-10, atol=1e-8
+        )
 
 
 @pytest.mark.slow
@@ -128,12 +131,18 @@ def test_vae_eval_writes_its_report_in_the_run_directory(trained_digits_run, tmp
 
 @pytest.mark.slow
 def test_vae_eval_rejects_missing_and_corrupt_checkpoints(tmp_path, capsys):
-    assert "no checkpoint at" in _refused("vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, capsys=capsys)
+    assert "no checkpoint at" in _refused(
+        "vae-eval", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path, capsys=capsys
+    )
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     # The process contract, once: exit status 2 and one paragraph on stderr, no traceback.
     proc = run_tool("vae-eval", f"ckpt_path={bad}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "cannot be read as a vae-cli checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "cannot be read as a vae-cli checkpoint" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 @pytest.mark.slow
@@ -152,12 +161,26 @@ def test_vae_eval_pairs_two_evaluations_of_the_same_images(trained_digits_run, t
     assert c["nll_iw_diff_se"] == pytest.approx(d.std().item() / math.sqrt(len(d)))
     assert 0 < c["nll_iw_diff_se"] < 0.2 * math.hypot(a["nll_iw_se"], b["nll_iw_se"])
     # Another split has other images: named before any scoring.
-    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "split=val",
-                   f"out={tmp_path / 'v.json'}", f"compare_to={tmp_path / 'a' / 'eval_k10.json'}", cwd=tmp_path,
-                   capsys=capsys)
+    err = _refused(
+        "vae-eval",
+        f"ckpt_path={trained_digits_run}",
+        "iw_samples=10",
+        "split=val",
+        f"out={tmp_path / 'v.json'}",
+        f"compare_to={tmp_path / 'a' / 'eval_k10.json'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert "scored other images" in err and not (tmp_path / "v.json").exists()
-    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", f"out={tmp_path / 'n.json'}",
-                   f"compare_to={tmp_path / 'nope.json'}", cwd=tmp_path, capsys=capsys)
+    err = _refused(
+        "vae-eval",
+        f"ckpt_path={trained_digits_run}",
+        "iw_samples=10",
+        f"out={tmp_path / 'n.json'}",
+        f"compare_to={tmp_path / 'nope.json'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert "no per-image results" in err and "nope.json" in err
 
 
@@ -208,7 +231,8 @@ def test_progress_elsewhere_is_a_log_line_now_and_then_with_the_time_left(caplog
     # At most one a minute (300 done in 70 s, 700 to go: 163 s; 600 in 131 s: 87 s to go), and none at the end.
     assert [r.getMessage() for r in caplog.records] == [
         "300/1000 test images (30%), 0:01:10 so far, about 0:02:43 left",
-        "600/1000 test images (60%), 0:02:11 so far, about 0:01:27 left"]
+        "600/1000 test images (60%), 0:02:11 so far, about 0:01:27 left",
+    ]
 
 
 @pytest.mark.slow
@@ -231,8 +255,15 @@ def test_a_limit_scores_the_first_images_as_the_whole_split_does(trained_digits_
     # A first look never takes the whole evaluation's default file name.
     names = {report_path(Path("r/checkpoints/best.ckpt"), "test", 5000, limit).name for limit in (None, 1000)}
     assert names == {"eval_test_k5000_best.json", "eval_test_k5000_best_first1000.json"}
-    err = _refused("vae-eval", f"ckpt_path={trained_digits_run}", "iw_samples=10", "limit=0",
-                   f"out={tmp_path / 'z.json'}", cwd=tmp_path, capsys=capsys)
+    err = _refused(
+        "vae-eval",
+        f"ckpt_path={trained_digits_run}",
+        "iw_samples=10",
+        "limit=0",
+        f"out={tmp_path / 'z.json'}",
+        cwd=tmp_path,
+        capsys=capsys,
+    )
     assert "limit" in err and "integer >= 1" in err and not (tmp_path / "z.json").exists()
 
 

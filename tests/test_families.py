@@ -1,11 +1,11 @@
 """The posterior and prior families (core/families.py) against independent references: torch.distributions'
 densities and KLs, torch.autograd's Jacobian, and the linear-Gaussian model whose posterior is known."""
+
 import math
 
 import pytest
 import torch
-from torch.distributions import (Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal,
-                                 kl_divergence)
+from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
 from linear_gaussian import D, K, LinearGaussian, _data, _Fn
 from vae_cli.core.elbo import iwae_bound, kl_analytic, log_standard_normal
@@ -16,8 +16,11 @@ from vae_cli.training.objective import Objective
 
 def _full_q(b=4, k=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return QParams(torch.randn(b, k, generator=g, dtype=dtype), 0.5 * torch.randn(b, k, generator=g, dtype=dtype),
-                   torch.randn(b, k * (k - 1) // 2, generator=g, dtype=dtype))
+    return QParams(
+        torch.randn(b, k, generator=g, dtype=dtype),
+        0.5 * torch.randn(b, k, generator=g, dtype=dtype),
+        torch.randn(b, k * (k - 1) // 2, generator=g, dtype=dtype),
+    )
 
 
 def test_the_mixture_prior_is_torchs_mixture_of_gaussians():
@@ -26,8 +29,9 @@ def test_the_mixture_prior_is_torchs_mixture_of_gaussians():
     with torch.no_grad():
         prior.logits.normal_()
         prior.logvars.normal_(0, 0.5)
-    reference = MixtureSameFamily(Categorical(logits=prior.logits),
-                                  Independent(Normal(prior.means, torch.exp(0.5 * prior.logvars)), 1))
+    reference = MixtureSameFamily(
+        Categorical(logits=prior.logits), Independent(Normal(prior.means, torch.exp(0.5 * prior.logvars)), 1)
+    )
     z = torch.randn(7, 11, 3, dtype=torch.float64)
     torch.testing.assert_close(prior.log_prob(z), reference.log_prob(z))
     draws = prior.sample(20_000, 3, "cpu")
@@ -37,8 +41,9 @@ def test_the_mixture_prior_is_torchs_mixture_of_gaussians():
 @pytest.mark.parametrize("posterior", ["diagonal", "full", {"family": "iaf", "n_steps": 2, "hidden_dims": [16]}])
 def test_a_vampprior_at_training_images_is_the_mixture_of_their_posteriors(posterior):
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[32], posterior=posterior,
-              prior={"family": "vamp", "n_components": 6}).double()
+    vae = VAE(
+        (1, 8, 8), latent_dim=3, hidden_dims=[32], posterior=posterior, prior={"family": "vamp", "n_components": 6}
+    ).double()
     images = torch.rand(6, 1, 8, 8, dtype=torch.float64).round()
     with torch.no_grad():
         vae.prior.pseudo_inputs.copy_(images)
@@ -51,8 +56,9 @@ def test_a_vampprior_at_training_images_is_the_mixture_of_their_posteriors(poste
         expected = torch.logsumexp(base.log_prob(z0.unsqueeze(-2)), -1) - math.log(6) - log_det
     else:
         scale_tril = Full.cholesky(q) if vae.posterior.family == "full" else torch.diag_embed(torch.exp(0.5 * q.logvar))
-        mixture = MixtureSameFamily(Categorical(logits=torch.zeros(6, dtype=torch.float64)),
-                                    MultivariateNormal(q.mu, scale_tril=scale_tril))
+        mixture = MixtureSameFamily(
+            Categorical(logits=torch.zeros(6, dtype=torch.float64)), MultivariateNormal(q.mu, scale_tril=scale_tril)
+        )
         expected = mixture.log_prob(z)
     torch.testing.assert_close(vae.log_prior(z).detach(), expected.detach())
 
@@ -129,8 +135,9 @@ def test_on_the_linear_gaussian_model_a_full_covariance_q_closes_the_gap_a_diago
     m, cov = model.posterior(x)
     assert cov[0, 1].abs() / cov.diagonal().prod().sqrt() > 0.5
     low = torch.linalg.cholesky(cov)
-    full = _linear_gaussian_vae(model, "full", lambda x: (
-        m, 2 * torch.diagonal(low).log().expand_as(m), low[1, 0].expand(len(x), 1)))
+    full = _linear_gaussian_vae(
+        model, "full", lambda x: (m, 2 * torch.diagonal(low).log().expand_as(m), low[1, 0].expand(len(x), 1))
+    )
     # The best diagonal q (least KL(q || p(z|x))): the posterior mean, variances 1 / diag(C^-1).
     diag_var = 1 / torch.diagonal(torch.linalg.inv(cov))
     diagonal = _linear_gaussian_vae(model, "diagonal", lambda x: (m, diag_var.log().expand_as(m)))
@@ -151,8 +158,11 @@ def test_on_the_linear_gaussian_model_a_full_covariance_q_closes_the_gap_a_diago
     torch.testing.assert_close(iwae_bound(log_w_full), log_px, atol=1e-6, rtol=0)
 
 
-FAMILY_PAIRS = [(q, p) for q in ("diagonal", "full", {"family": "iaf", "n_steps": 2, "hidden_dims": [16]})
-                for p in ("standard", {"family": "mog", "n_components": 3}, {"family": "vamp", "n_components": 4})]
+FAMILY_PAIRS = [
+    (q, p)
+    for q in ("diagonal", "full", {"family": "iaf", "n_steps": 2, "hidden_dims": [16]})
+    for p in ("standard", {"family": "mog", "n_components": 3}, {"family": "vamp", "n_components": 4})
+]
 
 
 @pytest.mark.parametrize("posterior,prior", FAMILY_PAIRS)
@@ -172,6 +182,7 @@ def test_the_training_bound_is_the_evaluators_on_the_same_draws(posterior, prior
 @pytest.mark.parametrize("posterior,prior", FAMILY_PAIRS)
 def test_dreg_changes_the_encoders_gradient_only(posterior, prior):
     """The decoder's (and the prior's) gradient is the standard one under dreg and stl; the encoder's changes."""
+
     def grads(gradient):
         torch.manual_seed(0)
         vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16], posterior=posterior, prior=prior).double()
@@ -193,8 +204,9 @@ def test_the_default_families_draw_and_score_as_before():
     torch.manual_seed(0)
     vae = VAE((1, 8, 8), latent_dim=3, hidden_dims=[16])
     assert vae.kl_estimate == "analytic"
-    assert [n for n, _ in vae.named_parameters()] == [n for n, _ in vae.named_parameters()
-                                                      if n.startswith(("encoder.", "decoder.", "likelihood."))]
+    assert [n for n, _ in vae.named_parameters()] == [
+        n for n, _ in vae.named_parameters() if n.startswith(("encoder.", "decoder.", "likelihood."))
+    ]
     x = torch.rand(4, 1, 8, 8).round()
     torch.manual_seed(1)
     t = vae.terms(x)
@@ -251,8 +263,8 @@ def test_the_iafs_density_held_fixed_gives_its_parameters_no_gradient_and_z_the_
     free = vae.log_q(z, q).sum()
     params = list(vae.posterior.parameters()) + list(vae.encoder.parameters())
     assert all(g is None for g in torch.autograd.grad(held, params, allow_unused=True, retain_graph=True))
-    dz_held, = torch.autograd.grad(held, z)
-    dz_free, = torch.autograd.grad(free, z)
+    (dz_held,) = torch.autograd.grad(held, z)
+    (dz_free,) = torch.autograd.grad(free, z)
     torch.testing.assert_close(dz_held, dz_free)
 
 

@@ -1,6 +1,7 @@
 """The posterior and prior groups from the command line: vae-train with each, resumed exactly, scored by vae-eval and
 sampled by vae-sample; the settings the families' math does not allow, refused at start-up by their keys; the
 rules without torch held against the classes (settings.POSTERIORS, settings.PRIORS)."""
+
 import inspect
 import json
 
@@ -29,24 +30,33 @@ def test_the_groups_nest_into_the_models_config():
 
 def test_the_rules_defaults_are_the_classes():
     iaf = inspect.signature(families.IAF).parameters
-    assert {k: v[3] for k, v in settings.POSTERIORS["iaf"].items()} == \
-        {k: list(iaf[k].default) if k == "hidden_dims" else iaf[k].default for k in ("n_steps", "hidden_dims")}
+    assert {k: v[3] for k, v in settings.POSTERIORS["iaf"].items()} == {
+        k: list(iaf[k].default) if k == "hidden_dims" else iaf[k].default for k in ("n_steps", "hidden_dims")
+    }
     for family, cls in (("mog", families.MixtureOfGaussians), ("vamp", families.VampPrior)):
         assert settings.PRIORS[family]["n_components"][3] == inspect.signature(cls).parameters["n_components"].default
     for cfg_family, group in ((settings.POSTERIORS, "posterior"), (settings.PRIORS, "prior")):
         for name in cfg_family:  # every family has its config, with the rules' defaults
-            assert dict(compose("train", f"{group}={name}")[group]) == \
-                {"family": name, **{k: v[3] for k, v in cfg_family[name].items()}}
+            assert dict(compose("train", f"{group}={name}")[group]) == {
+                "family": name,
+                **{k: v[3] for k, v in cfg_family[name].items()},
+            }
 
 
-@pytest.mark.parametrize("args,message", [
-    (["posterior=iaf", "posterior.n_steps=0"], "posterior.n_steps=0 is not a valid number of flow steps"),
-    (["prior=vamp", "prior.n_components=0"], "prior.n_components=0 is not a valid number of pseudo-inputs"),
-    (["posterior.family=gaussian"], "posterior.family='gaussian' is not a valid posterior family"),
-    (["+prior.n_components=3"], "prior.n_components is not a setting of the standard prior"),
-    (["posterior=full", "objective.free_bits=0.5"], "objective.free_bits=0.5 floors the KL of each latent dimension"),
-    (["prior=mog", "objective.free_bits=0.5"], "prior.family=mog"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["posterior=iaf", "posterior.n_steps=0"], "posterior.n_steps=0 is not a valid number of flow steps"),
+        (["prior=vamp", "prior.n_components=0"], "prior.n_components=0 is not a valid number of pseudo-inputs"),
+        (["posterior.family=gaussian"], "posterior.family='gaussian' is not a valid posterior family"),
+        (["+prior.n_components=3"], "prior.n_components is not a setting of the standard prior"),
+        (
+            ["posterior=full", "objective.free_bits=0.5"],
+            "objective.free_bits=0.5 floors the KL of each latent dimension",
+        ),
+        (["prior=mog", "objective.free_bits=0.5"], "prior.family=mog"),
+    ],
+)
 def test_what_the_families_do_not_allow_is_refused_at_start_up_by_its_keys(args, message, tmp_path, capsys):
     err = refused("vae-train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, capsys=capsys)
     assert message in err
@@ -62,7 +72,9 @@ def test_the_rules_refuse_from_python_too():
     assert settings.kl_estimate("full", "standard") == "analytic" and settings.kl_estimate("diagonal", "vamp") == "mc"
 
 
-@pytest.mark.parametrize("families_args,estimate", [(IAF_VAMP, "mc"), (FULL_MOG, "mc"), (["posterior=full"], "analytic")])
+@pytest.mark.parametrize(
+    "families_args,estimate", [(IAF_VAMP, "mc"), (FULL_MOG, "mc"), (["posterior=full"], "analytic")]
+)
 def test_a_run_with_each_family_logs_its_terms_and_is_scored_and_sampled(families_args, estimate, tmp_path):
     run = train(tmp_path, "run", *SMALL, *families_args, "trainer.max_epochs=2")
     m = json.loads((run / "metrics.json").read_text())
@@ -76,8 +88,9 @@ def test_a_run_with_each_family_logs_its_terms_and_is_scored_and_sampled(familie
     run_here("vae-eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "iw_samples=5", f"out={out}", cwd=tmp_path)
     scored = json.loads(out.read_text())
     assert scored["kl_estimate"] == estimate and scored["nll_iw"] <= -scored["elbo"] + 1.0
-    run_here("vae-sample", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 's'}", "n=4",
-             cwd=tmp_path)
+    run_here(
+        "vae-sample", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 's'}", "n=4", cwd=tmp_path
+    )
     assert (tmp_path / "s" / "prior_samples.png").exists()
 
 
@@ -85,8 +98,9 @@ def test_a_run_with_learned_families_and_dreg_resumes_exactly(tmp_path):
     args = [*SMALL, *IAF_VAMP, "objective.iw_samples=3", "objective.gradient=dreg"]
     whole = train(tmp_path, "whole", *args, "trainer.max_epochs=2")
     train(tmp_path, "part", *args, "trainer.max_epochs=1")
-    part = train(tmp_path, "part", *args, "trainer.max_epochs=2",
-                 f"ckpt_path={tmp_path / 'part' / 'checkpoints' / 'last.ckpt'}")
+    part = train(
+        tmp_path, "part", *args, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'part' / 'checkpoints' / 'last.ckpt'}"
+    )
     assert json.loads((part / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
 
 

@@ -2,6 +2,7 @@
 (the KL per latent dimension, the inference gap per image), TensorBoard's (val/active_units every validation,
 the sorted KL bars), read back as files and from the matplotlib objects before they are saved; and every
 command without matplotlib."""
+
 import json
 import statistics
 import subprocess
@@ -41,10 +42,17 @@ def make_job(sweep: Path, num: int, overrides: dict, metrics: dict | None) -> No
 
 def fake_metrics(latent_dim: int, seed: int, act: str = "relu") -> dict:
     # Distinct per seed and setting, so a wrong group or a population std shows.
-    kl = 2.0 + latent_dim ** 0.5 + 0.3 * seed * seed + (0.7 if act == "tanh" else 0.0)
+    kl = 2.0 + latent_dim**0.5 + 0.3 * seed * seed + (0.7 if act == "tanh" else 0.0)
     recon = 40.0 - 0.8 * kl + 0.11 * seed
-    return {"test/elbo": -(recon + kl), "test/recon_loss": recon, "test/kl": kl, "test/bpd": (recon + kl) / 44.4,
-            "best_val_elbo": -(recon + kl) - 0.5, "epochs": 5, "seed": seed}
+    return {
+        "test/elbo": -(recon + kl),
+        "test/recon_loss": recon,
+        "test/kl": kl,
+        "test/bpd": (recon + kl) / 44.4,
+        "best_val_elbo": -(recon + kl) - 0.5,
+        "epochs": 5,
+        "seed": seed,
+    }
 
 
 @pytest.fixture
@@ -68,8 +76,9 @@ def two_keys(tmp_path) -> Path:
     for k in (2, 8):
         for act in ("tanh", "relu"):
             for seed in (0, 1):
-                make_job(s, num, {"model.latent_dim": k, "model.activation": act, "seed": seed},
-                         fake_metrics(k, seed, act))
+                make_job(
+                    s, num, {"model.latent_dim": k, "model.activation": act, "seed": seed}, fake_metrics(k, seed, act)
+                )
                 num += 1
     return s
 
@@ -111,12 +120,11 @@ def test_one_line_per_other_setting_and_categories_on_their_own_axis(two_keys):
     fig = sweep_figures.metric_figure(jobs, "test/kl", ["model.latent_dim", "model.activation"])
     by_dim, by_act = fig.axes
     assert by_dim.get_xscale() == "linear"  # 2 to 8: less than two decades
-    assert [t.get_text() for t in by_dim.get_legend().get_texts()] == ["model.activation=relu",
-                                                                       "model.activation=tanh"]
+    assert [t.get_text() for t in by_dim.get_legend().get_texts()] == ["model.activation=relu", "model.activation=tanh"]
     (relu_x, relu_y, relu_std), _ = errorbars(by_dim)
     assert relu_x == [2.0, 8.0]
     assert relu_y[1] == pytest.approx(statistics.fmean(fake_metrics(8, s, "relu")["test/kl"] for s in (0, 1)))
-    assert relu_std[1] == pytest.approx(0.3 / 2 ** 0.5)  # the seeds' KLs differ by 0.3
+    assert relu_std[1] == pytest.approx(0.3 / 2**0.5)  # the seeds' KLs differ by 0.3
     assert [t.get_text() for t in by_act.get_xticklabels()] == ["relu", "tanh"]  # categories, sorted
     (x, y, _), _ = errorbars(by_act)  # latent_dim 2: relu at 0, tanh at 1
     assert x == [0.0, 1.0] and y[1] - y[0] == pytest.approx(0.7)
@@ -130,7 +138,8 @@ def test_rate_distortion_has_one_point_per_finished_job_and_lines_of_equal_elbo(
     (points,) = [c for c in ax.collections if type(c).__name__ == "PathCollection" and len(c.get_offsets())]
     done = [j for j in jobs if j.status == "ok"]
     assert sorted(map(tuple, points.get_offsets().tolist())) == sorted(
-        (j.metrics["test/recon_loss"], j.metrics["test/kl"]) for j in done)
+        (j.metrics["test/recon_loss"], j.metrics["test/kl"]) for j in done
+    )
     iso = next(c for c in ax.collections if hasattr(c, "allsegs"))
     assert len(iso.levels) >= 2
     for level, segments in zip(iso.levels, iso.allsegs):
@@ -152,10 +161,13 @@ def test_report_options_choose_the_metric_and_keys_or_switch_figures_off(two_key
     assert len(fig.axes) == 1 and fig.axes[0].get_legend().get_title().get_text() == "model.activation"
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--plot-keys", "model.nope"], "vae-report: error: --plot-keys model.nope: no job sets model.nope;"),
-    (["--plot-metric", "test/nope"], "vae-report: error: --plot-metric test/nope: no job has it;"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--plot-keys", "model.nope"], "vae-report: error: --plot-keys model.nope: no job sets model.nope;"),
+        (["--plot-metric", "test/nope"], "vae-report: error: --plot-metric test/nope: no job has it;"),
+    ],
+)
 def test_a_bad_figure_option_exits_2_with_one_line(two_keys, args, expected):
     exe = Path(sys.executable).parent / "vae-report"
     proc = subprocess.run([str(exe), str(two_keys), *args], capture_output=True, text=True, timeout=60)
@@ -163,8 +175,7 @@ def test_a_bad_figure_option_exits_2_with_one_line(two_keys, args, expected):
     assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
 
 
-def test_without_matplotlib_the_report_prints_its_tables_and_says_once_how_to_get_figures(sweep, capsys,
-                                                                                          monkeypatch):
+def test_without_matplotlib_the_report_prints_its_tables_and_says_once_how_to_get_figures(sweep, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` does when it is not installed
     report.main([str(sweep)])
     out, err = capsys.readouterr()
@@ -183,8 +194,7 @@ def test_kl_bars_are_sorted_and_coloured_by_activity():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["z1", "z3", "z0", "z2"]
     active, inactive = (bars[0].get_facecolor(), bars[1].get_facecolor())
     assert [b.get_facecolor() for b in bars] == [active, inactive, active, inactive] and active != inactive
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["active (2): Var_x(E_q[z_j]) > 0.01",
-                                                                   "inactive (2)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["active (2): Var_x(E_q[z_j]) > 0.01", "inactive (2)"]
     assert "nats" in ax.get_ylabel()
     assert ax.get_yscale() == "log"  # 0.01 to 3 nats: the smallest bar would vanish on a linear axis
     assert [t.get_color() for t in ax.get_xticklabels()][:2] == ["tab:blue", "0.4"]  # labels coloured as the bars
@@ -193,8 +203,15 @@ def test_kl_bars_are_sorted_and_coloured_by_activity():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A short run whose last validation has some active units and some not, with the KL bars every epoch."""
-    return train(tmp_path_factory.mktemp("figures"), "run", "trainer.max_epochs=3", "model.latent_dim=16",
-                 "model.hidden_dims=[64]", "optim.lr=1e-2", "callbacks.image_grids.every_n_epochs=1")
+    return train(
+        tmp_path_factory.mktemp("figures"),
+        "run",
+        "trainer.max_epochs=3",
+        "model.latent_dim=16",
+        "model.hidden_dims=[64]",
+        "optim.lr=1e-2",
+        "callbacks.image_grids.every_n_epochs=1",
+    )
 
 
 @pytest.mark.slow
@@ -233,8 +250,15 @@ def test_tensorboard_has_active_units_every_validation_and_the_sorted_kl_bars(ru
 
     # The last validation ran on the final weights: vae-eval of last.ckpt on the validation set agrees.
     out = tmp_path / "val.json"
-    run_here("vae-eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", "iw_samples=1",
-             f"out={out}", "figures=false", cwd=tmp_path)
+    run_here(
+        "vae-eval",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "split=val",
+        "iw_samples=1",
+        f"out={out}",
+        "figures=false",
+        cwd=tmp_path,
+    )
     active = json.loads(out.read_text())["active_units"]
     assert 0 < active < 16  # the count is not trivially all or none
     assert scalars["val/active_units"][-1][1] == active
@@ -243,8 +267,14 @@ def test_tensorboard_has_active_units_every_validation_and_the_sorted_kl_bars(ru
 
 def test_without_matplotlib_training_logs_once_and_eval_prints_its_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    run_dir = train(tmp_path, "run", "trainer.max_epochs=2", "model.latent_dim=2", "model.hidden_dims=[16]",
-                    "callbacks.image_grids.every_n_epochs=1")
+    run_dir = train(
+        tmp_path,
+        "run",
+        "trainer.max_epochs=2",
+        "model.latent_dim=2",
+        "model.hidden_dims=[16]",
+        "callbacks.image_grids.every_n_epochs=1",
+    )
     log = (run_dir / "train.log").read_text()
     assert log.count("pip install matplotlib") == 1
     assert len(read_scalars(run_dir)["val/active_units"]) == 2
@@ -262,10 +292,17 @@ def test_matplotlib_is_imported_only_to_draw():
     package = Path(report.__file__).parent.parent
     for path in package.rglob("*.py"):
         for node in ast.parse(path.read_text()).body:  # the module's top level
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0] == "matplotlib" for n in names), path
     # ... so vae-report, which loads no Lightning, starts without it.
     code = "import sys, vae_cli.cli.report, vae_cli.cli.sweep.figures; print('matplotlib' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

@@ -2,6 +2,7 @@
 O_NOFOLLOW, renamed over its destination), and the lock a vae-train holds on its run directory (cli/run_dir.py) names
 its owner by process id, host and start time: a stale lock whose id now belongs to another process does not hold, a
 live owner's refuses with the lock's path, and a lock that is a link or junk is replaced, never written through."""
+
 import json
 import os
 import socket
@@ -44,6 +45,7 @@ def _lock(run_dir: Path, **owner) -> Path:
 
 # --- atomic_write -----------------------------------------------------------------------------------------------
 
+
 def test_a_link_planted_at_the_temporary_name_is_never_followed(tmp_path):
     victim, dangling = tmp_path / "victim.txt", tmp_path / "made-through-the-link"
     victim.write_text("precious")
@@ -68,6 +70,7 @@ def test_the_rename_replaces_a_link_at_the_destination_and_leaves_what_it_pointe
 
 
 # --- the run directory's lock ----------------------------------------------------------------------------------
+
 
 def test_a_lock_naming_a_live_process_holds_only_with_that_process_start_time(tmp_path, sleeper):
     start = _start_time(sleeper.pid)
@@ -153,11 +156,17 @@ def test_a_fifo_at_the_lock_is_not_waited_on(tmp_path):
     assert (tmp_path / LOCK).is_file()
 
 
-JUNK = st.one_of(st.binary(max_size=64),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                                  st.sampled_from(["pid", "host", "start", "since", "x"]), inner, max_size=4),
-                              max_leaves=8).map(lambda v: json.dumps(v).encode()))
+JUNK = st.one_of(
+    st.binary(max_size=64),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(["pid", "host", "start", "since", "x"]), inner, max_size=4)
+        ),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v).encode()),
+)
 
 
 @settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

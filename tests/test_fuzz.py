@@ -3,6 +3,7 @@ what it is). In this process, fast: any value of any key of the composed config 
 or built (data, model, objective, optimiser, callbacks, loggers, trainer) without an error other than the user's,
 which names the key; a checkpoint with any field removed, retyped or naming a callable is scored, sampled or
 refused in one line, and runs nothing. Marked slow: hostile states to resume from, and real vae-train processes."""
+
 import copy
 import json
 import os
@@ -49,8 +50,13 @@ def test_any_value_of_any_setting_is_refused_by_name_or_built(group, tmp_path, m
     configs = {v: compose("train", f"run_dir={tmp_path / 'run'}", *v) for v in VARIANTS}
     keys = [(v, k) for v in VARIANTS for k in _keys(v, group)]
 
-    @settings(max_examples=fuzz.examples(12), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(12),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.sampled_from(keys), fuzz.VALUES)
     def attack(variant_key, value):
         variant, key = variant_key
@@ -70,8 +76,18 @@ def _checkpoint(tmp_path: Path) -> Path:
     return _digits_checkpoint(tmp_path / "c.ckpt")
 
 
-WRITERS = ["pathlib.Path.write_text", "builtins.open", "shutil.copyfile", "shutil.rmtree", "os.remove", "torch.save",
-           "numpy.save", "subprocess.run", "builtins.exec", "vae_cli.writers.files.write_json"]
+WRITERS = [
+    "pathlib.Path.write_text",
+    "builtins.open",
+    "shutil.copyfile",
+    "shutil.rmtree",
+    "os.remove",
+    "torch.save",
+    "numpy.save",
+    "subprocess.run",
+    "builtins.exec",
+    "vae_cli.writers.files.write_json",
+]
 FIELDS = ["state_dict", "hyper_parameters", "data_config", "global_step", "epoch"]
 
 
@@ -81,14 +97,22 @@ def _hostile_checkpoints() -> dict:
     fields = FIELDS + ["hyper_parameters.model", "state_dict.one"]
     removed = st.tuples(st.just("remove"), st.sampled_from(fields))
     values = st.one_of(fuzz.VALUES, st.just(torch.zeros(3)), st.just(torch.zeros(2, 2, dtype=torch.int8)))
-    settings_ = [*(f"hyper_parameters.model.{k}" for k in ("latent_dim", "hidden_dims", "arch", "likelihood",
-                                                             "data_shape", "activation")),
-                 *(f"data_config.{k}" for k in ("val_size", "test_size", "binarize", "data_dir", "batch_size"))]
+    settings_ = [
+        *(
+            f"hyper_parameters.model.{k}"
+            for k in ("latent_dim", "hidden_dims", "arch", "likelihood", "data_shape", "activation")
+        ),
+        *(f"data_config.{k}" for k in ("val_size", "test_size", "binarize", "data_dir", "batch_size")),
+    ]
     retyped_field = st.tuples(st.just("retype"), st.sampled_from(fields), values)
     retyped_setting = st.tuples(st.just("retype"), st.sampled_from(settings_), values)
-    called = st.tuples(st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config",
-                                                         "hyper_parameters.model.hidden_dims", "data_config.val_size"]),
-                       st.sampled_from(WRITERS))
+    called = st.tuples(
+        st.just("call"),
+        st.sampled_from(
+            ["hyper_parameters.model", "data_config", "hyper_parameters.model.hidden_dims", "data_config.val_size"]
+        ),
+        st.sampled_from(WRITERS),
+    )
     return {"removed": removed, "retyped-field": retyped_field, "retyped-setting": retyped_setting, "called": called}
 
 
@@ -113,15 +137,25 @@ def _apply(ckpt: dict, change, victim: Path) -> dict:
     elif kind == "retype":
         node[last] = value[0]
     else:
-        node[last] = {"_target_": value[0], "self": str(victim), "file": str(victim), "path": str(victim),
-                      "data": "overwritten", "f": str(victim), "obj": 1, "arr": [1], "args": ["touch", str(victim)]}
+        node[last] = {
+            "_target_": value[0],
+            "self": str(victim),
+            "file": str(victim),
+            "path": str(victim),
+            "data": "overwritten",
+            "f": str(victim),
+            "obj": 1,
+            "arr": [1],
+            "args": ["touch", str(victim)],
+        }
     return ckpt
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
 @pytest.mark.parametrize("tool", ["vae-eval", "vae-sample"])
-def test_a_hostile_checkpoint_is_scored_or_refused_in_one_line_and_runs_nothing(tool, kind, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_a_hostile_checkpoint_is_scored_or_refused_in_one_line_and_runs_nothing(
+    tool, kind, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # what users see: the command's own boundary
     victim = tmp_path / "victim.txt"
     sentinel = tmp_path / "sentinel"
@@ -129,16 +163,24 @@ def test_a_hostile_checkpoint_is_scored_or_refused_in_one_line_and_runs_nothing(
     (sentinel / "kept.txt").write_text("kept")
     pristine = torch.load(_checkpoint(tmp_path), weights_only=True)
 
-    @settings(max_examples=fuzz.examples(HOSTILE_EXAMPLES[kind]), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(HOSTILE_EXAMPLES[kind]),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(HOSTILE[kind])
     def attack(change):
         ckpt = _apply(copy.deepcopy(pristine), change, victim)
         path = tmp_path / "hostile.ckpt"
         torch.save(ckpt, path)
         before = fuzz.snapshot(sentinel)
-        args = ["iw_samples=2", "limit=3", "figures=false", f"out={tmp_path / 'out' / 'e.json'}"] \
-            if tool == "vae-eval" else ["n=2", "steps=2", f"out={tmp_path / 'out'}"]
+        args = (
+            ["iw_samples=2", "limit=3", "figures=false", f"out={tmp_path / 'out' / 'e.json'}"]
+            if tool == "vae-eval"
+            else ["n=2", "steps=2", f"out={tmp_path / 'out'}"]
+        )
         code = 0
         try:
             run_here(tool, f"ckpt_path={path}", *args, cwd=tmp_path)
@@ -156,18 +198,20 @@ def test_a_hostile_checkpoint_is_scored_or_refused_in_one_line_and_runs_nothing(
 
 
 YAML_TEXTS = st.one_of(
-    st.sampled_from([
-        "model:\n  latent_dim: 3\n  latent_dim: 4\n",             # a duplicate key
-        "model:\n\tlatent_dim: 3\n",                                 # a tab
-        "a: &x [1, 2]\nmodel:\n  hidden_dims: *x\n",                 # an alias
-        "model: !!python/object/apply:os.system ['touch victim']\n",  # a tag that would run a program
-        "model: [1, 2\n",                                            # unclosed
-        "\x00\x01binary",
-        "# @package _global_\nmodel:\n  latent_dim: -2\n",
-        "# @package _global_\nhydra:\n  run:\n    dir: /\n",
-        "defaults:\n  - nope\n",
-        "x: " + "[" * 200 + "]" * 200 + "\n",
-    ]),
+    st.sampled_from(
+        [
+            "model:\n  latent_dim: 3\n  latent_dim: 4\n",  # a duplicate key
+            "model:\n\tlatent_dim: 3\n",  # a tab
+            "a: &x [1, 2]\nmodel:\n  hidden_dims: *x\n",  # an alias
+            "model: !!python/object/apply:os.system ['touch victim']\n",  # a tag that would run a program
+            "model: [1, 2\n",  # unclosed
+            "\x00\x01binary",
+            "# @package _global_\nmodel:\n  latent_dim: -2\n",
+            "# @package _global_\nhydra:\n  run:\n    dir: /\n",
+            "defaults:\n  - nope\n",
+            "x: " + "[" * 200 + "]" * 200 + "\n",
+        ]
+    ),
     st.text(max_size=200),
 )
 
@@ -176,18 +220,23 @@ def test_a_hostile_yaml_of_the_users_own_is_one_line(tmp_path, capsys, monkeypat
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.chdir(tmp_path)
 
-    @settings(max_examples=fuzz.examples(20), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(20),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(YAML_TEXTS)
     def attack(text):
         folder = tmp_path / "mine" / "experiment"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "x.yaml").write_text(text, errors="surrogatepass") if "\x00" not in text else \
-            (folder / "x.yaml").write_bytes(text.encode("utf-8", "surrogatepass"))
+        (folder / "x.yaml").write_text(text, errors="surrogatepass") if "\x00" not in text else (
+            folder / "x.yaml"
+        ).write_bytes(text.encode("utf-8", "surrogatepass"))
         code = 0
         try:
-            run_here("vae-train", "--config-dir", str(tmp_path / "mine"), "experiment=x", "--cfg", "job",
-                     cwd=tmp_path)
+            run_here("vae-train", "--config-dir", str(tmp_path / "mine"), "experiment=x", "--cfg", "job", cwd=tmp_path)
         except SystemExit as e:
             code = e.code
         err = capsys.readouterr().err
@@ -199,8 +248,13 @@ def test_a_hostile_yaml_of_the_users_own_is_one_line(tmp_path, capsys, monkeypat
 
 
 # Marked slow: the same attacks carried through training, and real processes.
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "callbacks.latent_projector.max_points=20"]
+SHORT = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks.latent_projector.max_points=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -211,25 +265,48 @@ def short_run(tmp_path_factory) -> Path:
     return train(tmp_path_factory.mktemp("fuzz"), "run", *SHORT)
 
 
-LIGHTNING_FIELDS = ["loops", "optimizer_states", "lr_schedulers", "callbacks", "pytorch-lightning_version",
-                    "hparams_name", "train_epoch_sums", "state_dict.one"]
+LIGHTNING_FIELDS = [
+    "loops",
+    "optimizer_states",
+    "lr_schedulers",
+    "callbacks",
+    "pytorch-lightning_version",
+    "hparams_name",
+    "train_epoch_sums",
+    "state_dict.one",
+]
 
 
 @pytest.mark.slow
-def test_a_hostile_state_to_resume_from_resumes_or_is_refused_and_rewrites_nothing(short_run, tmp_path, capsys,
-                                                                                    monkeypatch):
+def test_a_hostile_state_to_resume_from_resumes_or_is_refused_and_rewrites_nothing(
+    short_run, tmp_path, capsys, monkeypatch
+):
     import shutil
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     changes = st.one_of(
         st.tuples(st.just("remove"), st.sampled_from(FIELDS + LIGHTNING_FIELDS)),
-        st.tuples(st.just("retype"), st.sampled_from(FIELDS + LIGHTNING_FIELDS + [
-            "hyper_parameters.model.latent_dim", "hyper_parameters.objective", "data_config.val_size"]),
-            st.one_of(fuzz.VALUES, st.just(torch.zeros(3)))),
-        st.tuples(st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config"]), st.sampled_from(WRITERS)))
+        st.tuples(
+            st.just("retype"),
+            st.sampled_from(
+                FIELDS
+                + LIGHTNING_FIELDS
+                + ["hyper_parameters.model.latent_dim", "hyper_parameters.objective", "data_config.val_size"]
+            ),
+            st.one_of(fuzz.VALUES, st.just(torch.zeros(3))),
+        ),
+        st.tuples(
+            st.just("call"), st.sampled_from(["hyper_parameters.model", "data_config"]), st.sampled_from(WRITERS)
+        ),
+    )
 
-    @settings(max_examples=fuzz.examples(12), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(12),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(changes)
     def attack(change):
         run = tmp_path / "run"
@@ -269,8 +346,13 @@ def test_any_setting_on_the_command_line_keeps_the_process_contract(tmp_path):
     work, sentinel = _sandbox(tmp_path)
     keys = [k for v in VARIANTS[:1] for group in GROUPS for k in _keys(v, group)]
 
-    @settings(max_examples=fuzz.examples(16), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(16),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.sampled_from(keys), fuzz.VALUES)
     def attack(key, value):
         assume("\x00" not in fuzz.override(key, value))  # no command line can hold one
@@ -298,16 +380,17 @@ RECORDS = {
     "1/error.json": '{"type": "vae_cli.errors.UserError", "message": "data.val_size=0 is not valid"}',
     "2/.hydra/overrides.yaml": "- model.latent_dim=2\n- seed=1\n",
     "2/interrupted.json": '{"signal": "SIGUSR1", "stopped": "in epoch 3", "epoch": 3, "global_step": 40, '
-                          '"checkpoint": "checkpoints/interrupted.ckpt", "resume": "vae-train ...", "requeued": false}',
+    '"checkpoint": "checkpoints/interrupted.ckpt", "resume": "vae-train ...", "requeued": false}',
     "3/.hydra/overrides.yaml": "- model.latent_dim=8\n- seed=1\n",
     "3/pruned.json": '{"epoch": 2, "monitor": "val/elbo", "value": -120.25}',
     "3/train.log": "[2026-11-25 16:03:10,437][vae_cli][ERROR] - boom\n",
     "optimization_results.yaml": "name: optuna\nbest_params:\n  model.latent_dim: 8\nbest_value: -99.5\n",
 }
 JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=30)),
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=30)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=3)),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -331,7 +414,7 @@ def _hostile_record(draw, name: str) -> tuple[str, object]:
     if kind in ("field", "drop"):  # a YAML record: a line removed, or one replaced by any text
         lines = valid.splitlines()
         i = draw(st.integers(0, len(lines) - 1))
-        lines[i:i + 1] = [] if kind == "drop" else [draw(st.text(max_size=40))]
+        lines[i : i + 1] = [] if kind == "drop" else [draw(st.text(max_size=40))]
         return kind, "\n".join(lines)
     return kind, None
 
@@ -360,8 +443,13 @@ def test_a_hostile_sweep_record_is_reported_or_refused_in_one_line(tmp_path, cap
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     from vae_cli.cli import report
 
-    @settings(max_examples=fuzz.examples(60), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(60),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def attack(data):
         name = data.draw(st.sampled_from(sorted(RECORDS)))
@@ -406,8 +494,13 @@ def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_l
     per_image = tmp_path / "eval_test_k5_best.pt"
     torch.save({"log_px": torch.zeros(3), "elbo": torch.zeros(3), "images_sha256": "ab"}, per_image)
 
-    @settings(max_examples=fuzz.examples(25), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(25),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.sampled_from(["bytes", "tensors", "cut", "folder", "fifo", "device", "loop"]), st.data())
     def attack(kind, data):
         value = None
@@ -416,11 +509,15 @@ def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_l
                 f.rmdir()
             elif f.exists() or f.is_symlink():
                 f.unlink()
-        contents = {"bytes": data.draw(st.binary(max_size=200)), "cut": good[:data.draw(st.integers(0, len(good)))]}
+        contents = {"bytes": data.draw(st.binary(max_size=200)), "cut": good[: data.draw(st.integers(0, len(good)))]}
         if kind == "tensors":  # a torch file of other tensors and plain data
-            value = data.draw(st.recursive(st.one_of(st.integers(), st.text(max_size=5), st.just(torch.ones(2))),
-                                           lambda inner: st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                                           max_leaves=6))
+            value = data.draw(
+                st.recursive(
+                    st.one_of(st.integers(), st.text(max_size=5), st.just(torch.ones(2))),
+                    lambda inner: st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=6,
+                )
+            )
             for f in (kept, per_image):
                 torch.save(value, f)
         else:
@@ -470,8 +567,13 @@ def test_a_value_refused_before_the_config_is_composed_is_refused_alike_after(to
         else:
             checks.check_values(cfg, rules)
 
-    @settings(max_examples=fuzz.examples(40), deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=fuzz.examples(40),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.sampled_from(keys), fuzz.VALUES)
     def attack(key, value):
         line = fuzz.override(key, value)

@@ -1,6 +1,7 @@
 """On a CUDA GPU (skipped where there is none, as in CI): training with the splits held in GPU memory, in
 float32 and bf16-mixed, reaches the quality of the same run on the CPU, and vae-eval scores a checkpoint on the
 GPU as it does on the CPU."""
+
 import json
 
 import pytest
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _train(tmp_path, name: str, *overrides: str) -> dict:
-    run_vae_train("trainer.max_epochs=100", "seed=0", f"hydra.run.dir={tmp_path / name}", *QUIET, *overrides,
-                  cwd=tmp_path)
+    run_vae_train(
+        "trainer.max_epochs=100", "seed=0", f"hydra.run.dir={tmp_path / name}", *QUIET, *overrides, cwd=tmp_path
+    )
     return json.loads((tmp_path / name / "metrics.json").read_text())
 
 

@@ -1,6 +1,7 @@
 """A signal at any point of a run, then a resume from its run directory, ends where the uninterrupted run ends: the
 same metrics.json and the same epoch means in TensorBoard. Real signals to a real process, sent by a test callback
 at the first and last step of an epoch, during validation, before training and during the final test."""
+
 import json
 import shlex
 
@@ -36,11 +37,19 @@ POINTS = [
 
 
 @pytest.mark.parametrize("at, step, stopped", POINTS, ids=[p[0] for p in POINTS])
-def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(helpers, tmp_path, uninterrupted, at, step,
-                                                                     stopped):
+def test_a_signal_anywhere_stops_cleanly_and_the_run_resumes_exactly(
+    helpers, tmp_path, uninterrupted, at, step, stopped
+):
     run = tmp_path / "run"
-    proc = run_vae_train(*RUN, f"hydra.run.dir={run}", "+callbacks.sig._target_=fault_helpers.SignalAt",
-                         f"+callbacks.sig.at={at}", "+callbacks.sig.signum=SIGTERM", cwd=tmp_path, check=False)
+    proc = run_vae_train(
+        *RUN,
+        f"hydra.run.dir={run}",
+        "+callbacks.sig._target_=fault_helpers.SignalAt",
+        f"+callbacks.sig.at={at}",
+        "+callbacks.sig.signum=SIGTERM",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not (run / "metrics.json").exists() and not (run / ".vae-train.lock").exists()
     record = json.loads((run / "interrupted.json").read_text())
@@ -77,9 +86,11 @@ def test_a_signal_while_the_finished_process_shuts_down_is_ignored(tmp_path):
     import sys
 
     argv = ["vae-train", *SMALL_NET, "trainer.max_epochs=1", *QUIET, f"hydra.run.dir={tmp_path / 'r'}"]
-    script = (f"import os, signal, sys; from vae_cli.cli.train import main; sys.argv = {argv!r}; main(); "
-              "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]); "
-              "os.kill(os.getpid(), signal.SIGUSR1)")
+    script = (
+        f"import os, signal, sys; from vae_cli.cli.train import main; sys.argv = {argv!r}; main(); "
+        "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]); "
+        "os.kill(os.getpid(), signal.SIGUSR1)"
+    )
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[True, True, True]"

@@ -1,5 +1,6 @@
 """Training on the importance-weighted bound L_k with the reparameterised, STL and DReG gradients, against
 the linear-Gaussian model whose log p(x) and posterior are known in closed form; then from the command line."""
+
 import json
 
 import pytest
@@ -39,7 +40,7 @@ def test_the_bound_rises_with_k_toward_log_px():
     means = []
     with torch.no_grad():
         for k in (1, 5, 50, 500):
-            est = -torch.stack([_objective(k)(vae, x[i:i + 1], 0, 0).loss for i in range(len(x))])
+            est = -torch.stack([_objective(k)(vae, x[i : i + 1], 0, 0).loss for i in range(len(x))])
             means.append(est.mean().item())
             assert est.mean() < log_px + 3 * est.std() / len(est) ** 0.5, (k, est.mean(), log_px)
     assert all(a < b for a, b in zip(means, means[1:])), means
@@ -120,8 +121,15 @@ def test_one_sample_with_the_standard_gradient_is_todays_elbo():
 
 @pytest.mark.slow
 def test_training_on_the_bound_from_the_command_line(tmp_path):
-    run = train(tmp_path, "run", "objective.iw_samples=5", "objective.gradient=dreg", "trainer.max_epochs=3",
-                "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.monitor=val/iwae")
+    run = train(
+        tmp_path,
+        "run",
+        "objective.iw_samples=5",
+        "objective.gradient=dreg",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        "callbacks.model_checkpoint.monitor=val/iwae",
+    )
     m = json.loads((run / "metrics.json").read_text())
     # The one-sample ELBO keeps its meaning; the bound is logged beside it and is tighter.
     assert m["test/elbo"] == pytest.approx(-(m["test/recon_loss"] + m["test/kl"]), rel=1e-5)
@@ -131,4 +139,6 @@ def test_training_on_the_bound_from_the_command_line(tmp_path):
     # Checkpointed on the bound, the run's record names the bound, not an ELBO it does not hold.
     best = max(v for _, v in s["val/iwae"])
     assert "best_val_elbo" not in m and m["best_val_iwae"] == pytest.approx(best, rel=1e-6)
-    assert s["val/iwae_best"] == [(s["val/iwae_best"][0][0], pytest.approx(best, rel=1e-6))]  # one point, no placeholder
+    assert s["val/iwae_best"] == [
+        (s["val/iwae_best"][0][0], pytest.approx(best, rel=1e-6))
+    ]  # one point, no placeholder

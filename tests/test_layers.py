@@ -1,6 +1,7 @@
 """The package's structure, checked: five layers, each importing only the layers below it
 (core <- writers <- training, data <- cli) and the modules they share, core in torch alone, the writers without
 Lightning, and Hydra only at the command line."""
+
 import ast
 import sys
 from pathlib import Path
@@ -9,15 +10,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vae_cli"
 # What each layer may import from the package; vae_cli.errors (one exception class) is open to all.
-ALLOWED = {"core": {"core"}, "writers": {"core", "writers"}, "training": {"core", "writers", "training"},
-           "data": {"data"}, "cli": {"core", "writers", "training", "data", "cli"}}
+ALLOWED = {
+    "core": {"core"},
+    "writers": {"core", "writers"},
+    "training": {"core", "writers", "training"},
+    "data": {"data"},
+    "cli": {"core", "writers", "training", "data", "cli"},
+}
 # Third-party packages each layer may import (the standard library is open to all).
-THIRD_PARTY = {"core": {"torch"},
-               "writers": {"torch", "matplotlib", "PIL"},
-               "training": {"torch", "pytorch_lightning", "lightning_fabric"},
-               "data": {"torch", "numpy", "torchvision", "PIL"},
-               "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib",
-                       "optuna", "tqdm"}}
+THIRD_PARTY = {
+    "core": {"torch"},
+    "writers": {"torch", "matplotlib", "PIL"},
+    "training": {"torch", "pytorch_lightning", "lightning_fabric"},
+    "data": {"torch", "numpy", "torchvision", "PIL"},
+    "cli": {"torch", "pytorch_lightning", "torchvision", "hydra", "omegaconf", "yaml", "matplotlib", "optuna", "tqdm"},
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -54,8 +61,9 @@ def test_the_package_is_five_layers_and_the_modules_they_share():
     assert sorted(p.stem for p in PACKAGE.iterdir() if p.suffix == ".py") == sorted(["__init__", *SHARED])
     # (a link is no layer: a checkout used without installing links vae_cli/configs to configs/, the package
     # pyproject.toml maps there)
-    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "__pycache__"} \
-        == set(ALLOWED)
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "__pycache__"} == set(
+        ALLOWED
+    )
     for name, allowed in SHARED.items():
         imported = {n.removeprefix("vae_cli.") for n in _imports(PACKAGE / f"{name}.py")}
         assert {n for n in imported if n.split(".")[0] not in sys.stdlib_module_names} <= allowed, name
@@ -86,7 +94,14 @@ def test_every_datamodule_keeps_the_declared_contract():
     modules = [getattr(data, n) for n in data.__all__ if isinstance(getattr(data, n), type)]
     # setup, the three loaders, head, eval_batches and train_pixel_mean are abstract: a class without them
     # cannot be instantiated.
-    assert {"setup", "train_dataloader", "val_dataloader", "test_dataloader", "head", "eval_batches",
-            "train_pixel_mean"} <= BaseDataModule.__abstractmethods__
+    assert {
+        "setup",
+        "train_dataloader",
+        "val_dataloader",
+        "test_dataloader",
+        "head",
+        "eval_batches",
+        "train_pixel_mean",
+    } <= BaseDataModule.__abstractmethods__
     concrete = [m for m in modules if issubclass(m, BaseDataModule) and not m.__abstractmethods__]
     assert {m.__name__ for m in concrete} == {"Digits", "MNIST", "FashionMNIST", "CIFAR10", "ImageFolder"}

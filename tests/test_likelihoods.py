@@ -1,5 +1,6 @@
 """log p(x|z) of each likelihood against an independent reference, including normalising constants:
 torch.distributions, or mpmath at high precision where torch.distributions is itself inexact."""
+
 import math
 
 import mpmath
@@ -132,16 +133,20 @@ def test_continuous_bernoulli_large_logits_match_a_high_precision_reference():
 def test_continuous_bernoulli_mean_is_the_cb_mean_not_lambda():
     logits = torch.tensor(CB_LOGITS + [30.0, 80.0, -80.0], dtype=F64)
     with mpmath.workdps(50):
+
         def mp_mean(eta):
             if eta == 0:
                 return 0.5
             lam = 1 / (1 + mpmath.exp(-mpmath.mpf(eta)))
             return float(lam / (2 * lam - 1) + 1 / (2 * mpmath.atanh(1 - 2 * lam)))
+
         ref = torch.tensor([mp_mean(e) for e in logits.tolist()], dtype=F64)
     ours = ContinuousBernoulli().mean(logits)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
     moderate = logits.abs() < 20  # where torch.distributions is accurate
-    torch.testing.assert_close(ours[moderate], TorchContinuousBernoulli(logits=logits[moderate]).mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        ours[moderate], TorchContinuousBernoulli(logits=logits[moderate]).mean, rtol=0, atol=1e-10
+    )
     assert not torch.allclose(ours, torch.sigmoid(logits), atol=1e-3)
 
 
@@ -304,8 +309,10 @@ def test_unknown_likelihood_and_bad_std_are_plain_errors_about_the_arguments():
     with pytest.raises(ValueError, match="likelihood='poisson' is not a valid likelihood") as err:
         make_likelihood("poisson")
     assert all(name in str(err.value) for name in NAMES)
-    with pytest.raises(ValueError, match="gaussian_std=0 is not a valid standard deviation for likelihood=gaussian; "
-                                         "use a positive number"):
+    with pytest.raises(
+        ValueError,
+        match="gaussian_std=0 is not a valid standard deviation for likelihood=gaussian; use a positive number",
+    ):
         make_likelihood("gaussian", 0)
     with pytest.raises(ValueError, match=r"gaussian_std=0.0005 .* use a number above 0.001"):
         make_likelihood("gaussian_global_var", 0.0005)
@@ -313,10 +320,12 @@ def test_unknown_likelihood_and_bad_std_are_plain_errors_about_the_arguments():
 
 # --- the registry: every family, checked against an independent reference by walking LIKELIHOODS ---------
 
+
 def _logistic_bins(x, mean, scale):
     """log P(bin of x) of a logistic(mean, scale) rounded to the 8-bit grid, the edge bins taking the tails."""
     logistic = TransformedDistribution(
-        Uniform(torch.zeros_like(mean), torch.ones_like(mean)), [SigmoidTransform().inv, AffineTransform(mean, scale)])
+        Uniform(torch.zeros_like(mean), torch.ones_like(mean)), [SigmoidTransform().inv, AffineTransform(mean, scale)]
+    )
     half = 0.5 / 255
     upper = torch.where(x == 1, 1.0, logistic.cdf((x + half).clamp(max=1)))
     lower = torch.where(x == 0, 0.0, logistic.cdf((x - half).clamp(min=0)))
@@ -332,7 +341,9 @@ def _split_scale(params, floor):
 REFERENCES = {
     "bernoulli": lambda lik, x, p: TorchBernoulli(logits=p).log_prob(x),
     "gaussian": lambda lik, x, p: Normal(p, lik.std).log_prob(x),
-    "gaussian_global_var": lambda lik, x, p: Normal(p, likelihoods.STD_MIN + lik.raw_log_std.detach().exp()).log_prob(x),
+    "gaussian_global_var": lambda lik, x, p: Normal(p, likelihoods.STD_MIN + lik.raw_log_std.detach().exp()).log_prob(
+        x
+    ),
     "gaussian_pixel_var": lambda lik, x, p: Normal(*_split_scale(p, likelihoods.STD_MIN)).log_prob(x),
     "continuous_bernoulli": lambda lik, x, p: TorchContinuousBernoulli(logits=p).log_prob(x),
     "discretized_logistic": lambda lik, x, p: _logistic_bins(x, *_split_scale(p, likelihoods.SCALE_MIN)),
@@ -352,14 +363,21 @@ def _data_on_support(support: str, shape, g) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_every_registered_family_matches_its_reference_on_its_support(name):
     if name not in REFERENCES:
-        pytest.fail(f"likelihood {name!r} is registered without a reference: add log p(x|z) written with "
-                    "torch.distributions (or mpmath) to REFERENCES in this file")
+        pytest.fail(
+            f"likelihood {name!r} is registered without a reference: add log p(x|z) written with "
+            "torch.distributions (or mpmath) to REFERENCES in this file"
+        )
     lik = make_likelihood(name, 0.3).double()
     g = torch.Generator().manual_seed(11)
     x = _data_on_support(lik.support, (16, 2, 3, 3), g)
     # Moderate decoder outputs (means near the data, log-scales around -1), where the references are exact.
-    params = torch.cat([torch.rand(16, 2, 3, 3, generator=g, dtype=F64) * 0.8 + 0.1,
-                        -1 - torch.rand(16, 2 * (lik.params_per_dim - 1), 3, 3, generator=g, dtype=F64)], dim=1)
+    params = torch.cat(
+        [
+            torch.rand(16, 2, 3, 3, generator=g, dtype=F64) * 0.8 + 0.1,
+            -1 - torch.rand(16, 2 * (lik.params_per_dim - 1), 3, 3, generator=g, dtype=F64),
+        ],
+        dim=1,
+    )
     ref = REFERENCES[name](lik, x, params).flatten(1).sum(-1)
     torch.testing.assert_close(lik.log_prob(x, params), ref, rtol=1e-9, atol=1e-9)
 

@@ -1,5 +1,6 @@
 """The loggers beside TensorBoard (CSV, MLflow, W&B offline), each read back through its own package's reader,
 a run without TensorBoard, the learning-rate monitor, and a logger whose package is missing."""
+
 import csv
 import json
 import os
@@ -23,8 +24,14 @@ def all_loggers(tmp_path_factory) -> tuple[Path, Path, object]:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, not one this machine points at
         for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # nothing written outside the test
             env.setenv(var, str(here / "wandb-home"))
-        proc = run_vae_train("logger=[tensorboard,csv,mlflow,wandb]", f"trainer.max_epochs={EPOCHS}",
-                             "trainer.log_every_n_steps=2", f"optim.lr_decay={DECAY}", *QUIET, cwd=here)
+        proc = run_vae_train(
+            "logger=[tensorboard,csv,mlflow,wandb]",
+            f"trainer.max_epochs={EPOCHS}",
+            "trainer.log_every_n_steps=2",
+            f"optim.lr_decay={DECAY}",
+            *QUIET,
+            cwd=here,
+        )
     (run,) = (here / "outputs").glob("20*/*")
     return here, run, proc
 
@@ -94,10 +101,10 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        pieces += data[pos + 7:pos + 7 + length]
+        pieces += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             yield Record.FromString(pieces)

@@ -1,5 +1,6 @@
 """Architectures, objective options and the decoder-bias initialisation (issue: objectives,
 likelihoods, architectures), each against an independent computation."""
+
 import json
 
 import pytest
@@ -56,7 +57,7 @@ def test_mc_kl_per_dimension_sums_to_log_q_minus_log_p_and_averages_to_the_analy
     z = reparameterize(mu.expand(200_000, -1), logvar.expand(200_000, -1))
     per_dim = kl_mc_dims(z, mu, logvar)
     torch.testing.assert_close(per_dim.sum(-1), log_normal_diag(z, mu, logvar) - log_standard_normal(z))
-    se = per_dim.std(0) / 200_000 ** 0.5
+    se = per_dim.std(0) / 200_000**0.5
     assert ((per_dim.mean(0) - kl_analytic(mu, logvar)[0]).abs() < 5 * se).all()
 
 
@@ -106,8 +107,14 @@ def test_likelihood_must_fit_the_data():
 
 @pytest.mark.slow
 def test_conv_model_with_a_learned_variance_trains_from_the_command_line(tmp_path):
-    run = train(tmp_path, "run", "model=conv", "model.hidden_dims=[16,32]", "model.likelihood=gaussian_pixel_var",
-                "trainer.max_epochs=2")
+    run = train(
+        tmp_path,
+        "run",
+        "model=conv",
+        "model.hidden_dims=[16,32]",
+        "model.likelihood=gaussian_pixel_var",
+        "trainer.max_epochs=2",
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon_loss"] + metrics["test/kl"]), rel=1e-5)
 
@@ -115,9 +122,17 @@ def test_conv_model_with_a_learned_variance_trains_from_the_command_line(tmp_pat
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_discretized_logistic_on_8bit_fashion_mnist_reports_bits_per_dim(tmp_path):
-    run = train(tmp_path, "run", "data=fashion_mnist", f"data.data_dir={tmp_path / 'data'}",
-                "model.likelihood=discretized_logistic", "trainer.max_steps=20", "trainer.limit_val_batches=1",
-                "trainer.limit_test_batches=1", "callbacks.latent_projector.max_points=0")
+    run = train(
+        tmp_path,
+        "run",
+        "data=fashion_mnist",
+        f"data.data_dir={tmp_path / 'data'}",
+        "model.likelihood=discretized_logistic",
+        "trainer.max_steps=20",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "callbacks.latent_projector.max_points=0",
+    )
     m = json.loads((run / "metrics.json").read_text())
     # 256 bins per pixel: a model no better than uniform is at 8 bits/dim; training from the
     # mean-image bias must already be well below that.
@@ -141,8 +156,15 @@ def test_gated_mlp_layers_gate_a_linear_map_with_a_sigmoid():
 def test_fashion_mnist_experiment_runs_end_to_end_on_the_real_files(tmp_path):
     """The reference protocol, cut to a few hundred steps: the real files, the 50,000 / 10,000 split,
     the gated 2x300 MLP with K = 40, warm-up, early stopping, then vae-eval's importance-weighted NLL."""
-    run_dir = train(tmp_path, "run", "experiment=fashion_mnist_vae", f"data.data_dir={tmp_path / 'data'}",
-                    "trainer.max_epochs=1", "trainer.limit_train_batches=200", "callbacks.latent_projector.max_points=0")
+    run_dir = train(
+        tmp_path,
+        "run",
+        "experiment=fashion_mnist_vae",
+        f"data.data_dir={tmp_path / 'data'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=200",
+        "callbacks.latent_projector.max_points=0",
+    )
     log = (run_dir / "train.log").read_text()
     assert "fashion_mnist: 50000 train, 10000 val, 10000 test" in log
     cfg = (run_dir / ".hydra" / "config.yaml").read_text()

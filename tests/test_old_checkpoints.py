@@ -2,6 +2,7 @@
 encoder.* on the LightningModule) still load: vae-eval scores them as that version did, vae-sample
 draws from them, and vae-train resumes them to exactly the metrics of an uninterrupted run of that version.
 The fixtures and the numbers they must give were written by that version (tests/fixtures/v1/expected.json)."""
+
 import json
 import shutil
 from pathlib import Path
@@ -49,6 +50,11 @@ def test_vae_train_resumes_an_old_checkpoint_exactly(name, tmp_path):
     overrides = EXPECTED[name]["overrides"]  # that version's; today the weight average is a choice to add
     if any(o.startswith("callbacks.ema.") for o in overrides):
         overrides = ["callbacks=[default,ema]", *overrides]
-    run = train(tmp_path, "run", *overrides, "trainer.max_epochs=3",
-                f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}")
+    run = train(
+        tmp_path,
+        "run",
+        *overrides,
+        "trainer.max_epochs=3",
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+    )
     assert json.loads((run / "metrics.json").read_text()) == EXPECTED[name]["metrics_after_3_epochs"]

@@ -1,5 +1,6 @@
 """The embedding projector's files, read back by TensorBoard's own projector plugin, as the browser gets them: the
 run's config lists the embedding, and its points, labels and sprite are the ones written, image i at its tile."""
+
 import io
 
 import pytest
@@ -18,8 +19,11 @@ def _plugin(logdir):
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
-    context = base_plugin.TBContext(logdir=str(logdir), data_provider=data_provider.MultiplexerDataProvider(
-        multiplexer, str(logdir)), multiplexer=multiplexer)
+    context = base_plugin.TBContext(
+        logdir=str(logdir),
+        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir)),
+        multiplexer=multiplexer,
+    )
     apps = ProjectorPlugin(context).get_plugin_apps()
     return lambda route, **query: werkzeug_test.Client(apps[route]).get(route, query_string=query)
 
@@ -47,10 +51,14 @@ def test_tensorboards_projector_reads_the_points_labels_and_sprite_as_written(tm
     assert metadata.split() == [str(y) for y in labels]
 
     png = get("/sprite_image", run=".", name="test/posterior_mean:00033").data
-    sprite = torch.tensor(list(Image.open(io.BytesIO(png)).convert("RGB" if channels == 3 else "L").getdata()),
-                          dtype=torch.float32).view(4 * 5, 4 * 7, channels) / 255  # 11 images: 4 to a row
+    sprite = (
+        torch.tensor(
+            list(Image.open(io.BytesIO(png)).convert("RGB" if channels == 3 else "L").getdata()), dtype=torch.float32
+        ).view(4 * 5, 4 * 7, channels)
+        / 255
+    )  # 11 images: 4 to a row
     for i in range(n):
         r, c = divmod(i, 4)
-        tile = sprite[r * 5:(r + 1) * 5, c * 7:(c + 1) * 7].permute(2, 0, 1)
+        tile = sprite[r * 5 : (r + 1) * 5, c * 7 : (c + 1) * 7].permute(2, 0, 1)
         torch.testing.assert_close(tile, images[i], atol=0.5 / 255 + 1e-6, rtol=0)
-    assert sprite[3 * 5:, 3 * 7:].abs().max() == 0  # the square's tail is empty
+    assert sprite[3 * 5 :, 3 * 7 :].abs().max() == 0  # the square's tail is empty

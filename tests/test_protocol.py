@@ -1,6 +1,7 @@
 """The options that make experiment=fashion_mnist_vae follow the reference code of the published result:
 a fixed validation split, numpy's binarisation under seed 777, the clipped log-variance, normalised
 gradients, and early stopping counted after the warm-up; each against an independent computation."""
+
 import types
 
 import numpy as np
@@ -73,9 +74,15 @@ def test_normalised_gradients_have_unit_norm_per_tensor_before_the_step():
 
 def _stopping_epoch(callback, values) -> int | None:
     """The 1-based epoch after which the callback stops a run whose monitored metric takes these values."""
-    trainer = types.SimpleNamespace(fast_dev_run=False, should_stop=False, current_epoch=0, callback_metrics={},
-                                    strategy=types.SimpleNamespace(reduce_boolean_decision=lambda d, all: d),
-                                    state=types.SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False)
+    trainer = types.SimpleNamespace(
+        fast_dev_run=False,
+        should_stop=False,
+        current_epoch=0,
+        callback_metrics={},
+        strategy=types.SimpleNamespace(reduce_boolean_decision=lambda d, all: d),
+        state=types.SimpleNamespace(fn=TrainerFn.FITTING),
+        sanity_checking=False,
+    )
     for epoch, v in enumerate(values):
         trainer.current_epoch, trainer.callback_metrics = epoch, {"val/elbo": torch.tensor(v)}
         callback.on_train_epoch_end(trainer, None)  # Lightning's two hooks: the callback checks in one of them

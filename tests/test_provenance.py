@@ -1,6 +1,7 @@
 """What made a run: each invocation's provenance.yaml (code, versions, machine, command line), vae-report naming
 what differs between a sweep's jobs, the code a regular install was built from (not its checkout's later state), and
 passwords in URLs masked everywhere, against SQLAlchemy's own rendering."""
+
 import json
 import platform
 import shutil
@@ -59,14 +60,24 @@ def test_each_invocation_records_its_code_versions_machine_and_command(experimen
     assert first["outcome"] == "finished" and first["started"] <= first["ended"]
     assert first["command"] == f"vae-train {' '.join(SHORT)} hydra.run.dir={run}"
     assert first["versions"] == {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__, "optuna": first["versions"]["optuna"], "numpy": numpy.__version__}
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "optuna": first["versions"]["optuna"],
+        "numpy": numpy.__version__,
+    }
     head = git(experiment_repo, "rev-parse", "HEAD")
     assert first["experiment_repository"] == {"path": str(experiment_repo), "commit": head, "modified": False}
     assert first["machine"]["device"] == "cpu" and first["machine"]["gpu"] is None
-    threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                             capture_output=True, text=True, check=True).stdout
+    threads = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert first["machine"]["torch_threads"] == int(threads)
     assert first["vae_cli"]["version"] == __import__("vae_cli").__version__
     source = Path(__import__("vae_cli").__file__).resolve().parents[1]
@@ -78,8 +89,9 @@ def test_each_invocation_records_its_code_versions_machine_and_command(experimen
     # A resume after a tracked file changed: a record of its own, the first left as it was.
     before = (run / ".hydra" / provenance.FILE).read_bytes()
     (experiment_repo / "notes.md").write_text("K = 3\n")
-    run_vae_train(f"ckpt_path={run}", "trainer.max_epochs=2", "++trainer.limit_train_batches=2", *QUIET,
-                  cwd=experiment_repo)
+    run_vae_train(
+        f"ckpt_path={run}", "trainer.max_epochs=2", "++trainer.limit_train_batches=2", *QUIET, cwd=experiment_repo
+    )
     assert (run / ".hydra" / provenance.FILE).read_bytes() == before
     first_again, second = provenance.read(run)
     assert second["experiment_repository"] == {"path": str(experiment_repo), "commit": head, "modified": True}
@@ -92,9 +104,12 @@ def _job(sweep: Path, num: int, torch_version: str, host: str = "node1") -> None
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
     (d / "metrics.json").write_text(json.dumps({"test/elbo": -20.0 - num, "best_val_elbo": -21.0}))
-    record = {"command": "vae-train", "vae_cli": {"version": "0.1.0", "commit": "a" * 40, "modified": False},
-              "versions": {"python": "3.11.7", "torch": torch_version, "numpy": "2.4.6"},
-              "machine": {"host": host, "cpu": "Xeon", "torch_threads": 1, "device": "cpu", "gpu": None}}
+    record = {
+        "command": "vae-train",
+        "vae_cli": {"version": "0.1.0", "commit": "a" * 40, "modified": False},
+        "versions": {"python": "3.11.7", "torch": torch_version, "numpy": "2.4.6"},
+        "machine": {"host": host, "cpu": "Xeon", "torch_threads": 1, "device": "cpu", "gpu": None},
+    }
     (d / ".hydra" / provenance.FILE).write_text(yaml.safe_dump(record))
 
 
@@ -120,12 +135,15 @@ def test_the_report_names_what_differs_between_jobs_and_only_that(tmp_path, caps
     assert "torch differs" in (sweep / "report.md").read_text()
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg2://alice:S3cretPW@db.example.org:5432/vae",
-    "mysql://bob:p%40ss:word@localhost/db",
-    "postgresql://:onlypw@host/db",
-    "redis://user:pw@host:6379/0",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://alice:S3cretPW@db.example.org:5432/vae",
+        "mysql://bob:p%40ss:word@localhost/db",
+        "postgresql://:onlypw@host/db",
+        "redis://user:pw@host:6379/0",
+    ],
+)
 def test_a_urls_password_is_masked_as_sqlalchemy_renders_it(url):
     from sqlalchemy.engine import make_url
 
@@ -135,16 +153,29 @@ def test_a_urls_password_is_masked_as_sqlalchemy_renders_it(url):
 
 
 def test_urls_without_a_password_and_other_text_are_left_alone():
-    for text in ("sqlite:////tmp/a:b/optuna.db", "postgresql://alice@host/db", "http://host:8080/path",
-                 "user:pw@host", "a time 10:20@noon", "file:///x/y"):
+    for text in (
+        "sqlite:////tmp/a:b/optuna.db",
+        "postgresql://alice@host/db",
+        "http://host:8080/path",
+        "user:pw@host",
+        "a time 10:20@noon",
+        "file:///x/y",
+    ):
         assert mask(text) == text
 
 
 @pytest.mark.slow
 def test_an_unreachable_databases_password_is_neither_printed_nor_written(tmp_path):
     url = "postgresql+psycopg2://alice:S3cretPW@127.0.0.1:9/vae"
-    proc = run_vae_train("--multirun", "hparams_search=optuna", f"hydra.sweeper.storage={url}", *QUIET,
-                         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=False)
+    proc = run_vae_train(
+        "--multirun",
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage={url}",
+        *QUIET,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0 and "Optuna cannot open this database" in proc.stderr
     assert "postgresql+psycopg2://alice:***@127.0.0.1:9/vae" in proc.stderr
     assert "S3cretPW" not in proc.stdout + proc.stderr
@@ -152,16 +183,25 @@ def test_an_unreachable_databases_password_is_neither_printed_nor_written(tmp_pa
 
 
 def test_provenance_settings_name_the_versions_and_commits():
-    record = {"versions": {"torch": "2.14.1", "optuna": None}, "vae_cli": {"version": "0.1.0", "commit": "c" * 40,
-                                                                          "modified": True},
-              "experiment_repository": None, "machine": {"host": "h"}}
-    assert provenance.settings(record) == {"version/torch": "2.14.1", "version/vae_cli": "0.1.0",
-                                           "code/vae_cli_commit": "c" * 40 + "+modified", "machine/host": "h"}
+    record = {
+        "versions": {"torch": "2.14.1", "optuna": None},
+        "vae_cli": {"version": "0.1.0", "commit": "c" * 40, "modified": True},
+        "experiment_repository": None,
+        "machine": {"host": "h"},
+    }
+    assert provenance.settings(record) == {
+        "version/torch": "2.14.1",
+        "version/vae_cli": "0.1.0",
+        "code/vae_cli_commit": "c" * 40 + "+modified",
+        "machine/host": "h",
+    }
 
 
 def test_reading_the_record_needs_neither_torch_nor_hydra(tmp_path):
-    code = ("import sys; from vae_cli.cli.sweep import jobs; "
-            "print(sorted(m for m in ('torch', 'hydra', 'pytorch_lightning') if m in sys.modules))")
+    code = (
+        "import sys; from vae_cli.cli.sweep import jobs; "
+        "print(sorted(m for m in ('torch', 'hydra', 'pytorch_lightning') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -170,8 +210,11 @@ def test_reading_the_record_needs_neither_torch_nor_hydra(tmp_path):
 
 
 def pip(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-deps",
-                           "--no-build-isolation"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-deps", "--no-build-isolation"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout + proc.stderr
 
@@ -192,9 +235,11 @@ def record_of_installed(target: Path, cwd: Path, runs_from: Path | None = None) 
     elsewhere) collects for a command started in `cwd`. The interpreter starts in `target`, without this environment's
     .pth files (-S): they, or a checkout as the current folder, would put other code first."""
     libraries = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
-    code = (f"import json, site, sys; from pathlib import Path; site.addsitedir({str(target)!r}); "
-            f"sys.path += {libraries!r}; from vae_cli.cli import provenance; "
-            f"print(json.dumps([provenance.__file__, provenance.collect(['vae-train'], Path({str(cwd)!r}))]))")
+    code = (
+        f"import json, site, sys; from pathlib import Path; site.addsitedir({str(target)!r}); "
+        f"sys.path += {libraries!r}; from vae_cli.cli import provenance; "
+        f"print(json.dumps([provenance.__file__, provenance.collect(['vae-train'], Path({str(cwd)!r}))]))"
+    )
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=target, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     module, record = json.loads(proc.stdout)
@@ -221,7 +266,10 @@ def test_a_wheel_names_the_commit_it_was_built_from_not_the_checkouts_later_one(
     built = git(clone, "rev-parse", "HEAD")
     wheel = build_wheel(clone, tmp_path / "dist")
     assert json.loads(zipfile.ZipFile(wheel).read("vae_cli/_build.json")) == {
-        "version": VERSION, "commit": built, "modified": False}
+        "version": VERSION,
+        "commit": built,
+        "modified": False,
+    }
     append(clone / "vae_cli" / "__init__.py", "# code that did not run\n")
     later = commit(clone, "later")
     pip("install", "--target", str(tmp_path / "site"), str(wheel))
@@ -239,16 +287,21 @@ def test_a_wheel_built_from_a_modified_checkout_says_so(clone, tmp_path):
     git(clone, "checkout", "--", ".")  # the checkout is clean again; the installed code is not
 
     record = record_of_installed(tmp_path / "site", cwd=tmp_path)
-    assert record["vae_cli"] == {"version": VERSION, "install": "wheel", "commit": git(clone, "rev-parse", "HEAD"),
-                                 "modified": True}
+    assert record["vae_cli"] == {
+        "version": VERSION,
+        "install": "wheel",
+        "commit": git(clone, "rev-parse", "HEAD"),
+        "modified": True,
+    }
 
 
 @pytest.mark.slow
 def test_an_sdists_build_names_the_version_only(clone, tmp_path):
     """Even unpacked inside some other repository (here the clone): that one is not the source."""
     build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
-    name = subprocess.run([sys.executable, "-c", build, str(tmp_path / "sdist")], cwd=clone, capture_output=True,
-                          text=True, check=True).stdout.splitlines()[-1]
+    name = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "sdist")], cwd=clone, capture_output=True, text=True, check=True
+    ).stdout.splitlines()[-1]
     shutil.unpack_archive(tmp_path / "sdist" / name, clone / "unpacked")
     (unpacked,) = (clone / "unpacked").iterdir()
     wheel = build_wheel(unpacked, tmp_path / "dist")

@@ -1,5 +1,6 @@
 """The runs kept in benchmarks/runs/ (BENCHMARKS.md's headline rows): benchmarks/publish_run.py keeps what vae-eval
 scores, and each kept run still scores, with today's code, what it recorded when it was published."""
+
 import json
 import subprocess
 import sys
@@ -25,8 +26,11 @@ def test_a_published_copy_scores_exactly_as_its_run(tmp_path):
     # With a weight average: the copy must keep the averaged weights, the ones the run's own evaluation scores.
     run = train(tmp_path, "run", "trainer.max_epochs=3", "callbacks=[default,ema]", "callbacks.ema.decay=0.9")
     dest = tmp_path / "published"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "publish_run.py"), str(run), str(dest)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "publish_run.py"), str(run), str(dest)],
+        check=True,
+        capture_output=True,
+    )
     a = _eval(run, tmp_path / "run.json", "iw_samples=20")
     b = _eval(dest, tmp_path / "copy.json", "iw_samples=20")
     for key in ("elbo", "kl", "nll_iw", "active_units", "kl_per_dim"):
@@ -45,8 +49,13 @@ def test_a_published_run_still_scores_what_it_recorded(run, tmp_path):
     recorded = json.loads((run / "eval_test_k5000_best.json").read_text())
     # k = 1 takes seconds where k = 5000 took most of an hour; paired with the recorded per-image values, which also
     # checks that the same test images are scored (compare_to refuses others).
-    e = _eval(run, tmp_path / "eval.json", "iw_samples=1", f"data_dir={tmp_path / 'data'}",
-              f"compare_to={run / 'eval_test_k5000_best.pt'}")
+    e = _eval(
+        run,
+        tmp_path / "eval.json",
+        "iw_samples=1",
+        f"data_dir={tmp_path / 'data'}",
+        f"compare_to={run / 'eval_test_k5000_best.pt'}",
+    )
     # The analytic KL depends only on the weights and the images: the same up to the order of summation.
     assert e["kl"] == pytest.approx(recorded["kl"], abs=1e-4)
     assert e["kl_per_dim"] == pytest.approx(recorded["kl_per_dim"], abs=1e-4)

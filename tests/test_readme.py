@@ -1,5 +1,6 @@
 """README.md as a contract: its walk-through runs as written in this environment (the venv the tests run
 in, as `source .venv/bin/activate` makes it the shell's), and its run-directory listing is what a run writes."""
+
 import os
 import re
 import shlex
@@ -20,10 +21,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def block(marker: str) -> list[str]:
     """The lines of the fenced block under <!-- marker --> in README.md."""
     text = README.read_text()
-    after = text[text.index(f"<!-- {marker} -->"):]
-    body = after[after.index("```") + 3:]
-    body = body[body.index("\n") + 1:]
-    return [line for line in body[:body.index("```")].splitlines() if line.strip()]
+    after = text[text.index(f"<!-- {marker} -->") :]
+    body = after[after.index("```") + 3 :]
+    body = body[body.index("\n") + 1 :]
+    return [line for line in body[: body.index("```")].splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,14 @@ def walked(tmp_path_factory) -> Path:
 
 def _serves_the_runs(command: str, cwd: Path, env: dict) -> None:
     """A server command runs until stopped: start it, see it list the run, stop it."""
-    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # No proxy: urllib's default opener keeps whatever proxy the environment had when it was first used.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -88,8 +95,9 @@ def test_the_run_directory_listing_is_what_a_run_writes(walked):
     (run,) = list((walked / "outputs").glob("20*/*"))
     listed = [p.strip() for line in block("run-directory") for p in line.split("  ")[0].split(",")]
     # Entries written "only when" something happens (a failure) need not be in the walk-through's run.
-    sometimes = {line.split()[0] for line in block("run-directory")
-                 if line.split("  ", 1)[1].strip().startswith("only when")}
+    sometimes = {
+        line.split()[0] for line in block("run-directory") if line.split("  ", 1)[1].strip().startswith("only when")
+    }
     patterns = [_pattern(p.rstrip("/")) for p in listed]
     written = [p.relative_to(run).as_posix() for p in run.iterdir()]
     written += [f".hydra/{p.name}" for p in (run / ".hydra").iterdir() if p.is_dir()]

@@ -1,4 +1,5 @@
 """vae-report on fake sweep directories written here, and once on a real two-by-two sweep."""
+
 import csv
 import json
 import os
@@ -31,13 +32,30 @@ def metrics_of(latent_dim: int, seed: int) -> dict:
     # Distinct, non-round values, so a wrong row or a lost digit shows.
     elbo = -100.0 - latent_dim / 3 - seed * 2.0 - 0.000123456789
     kl = 1.0 + latent_dim * 0.37 + seed * 0.011
-    return {"test/bpd": -elbo / 64 / 0.6931471805599453, "test/elbo": elbo, "test/kl": kl, "test/loss": -elbo,
-            "test/recon_loss": -elbo - kl, "best_val_elbo": elbo - 0.5 - seed * 0.25,
-            "best_checkpoint": "checkpoints/best.ckpt", "epochs": 5, "global_step": 55, "seed": seed}
+    return {
+        "test/bpd": -elbo / 64 / 0.6931471805599453,
+        "test/elbo": elbo,
+        "test/kl": kl,
+        "test/loss": -elbo,
+        "test/recon_loss": -elbo - kl,
+        "best_val_elbo": elbo - 0.5 - seed * 0.25,
+        "best_checkpoint": "checkpoints/best.ckpt",
+        "epochs": 5,
+        "global_step": 55,
+        "seed": seed,
+    }
 
 
-def make_job(sweep: Path, num: int, latent_dim: int, seed: int, *, ok: bool = True, log: str = INFO,
-             train_seconds: float | None = None) -> dict | None:
+def make_job(
+    sweep: Path,
+    num: int,
+    latent_dim: int,
+    seed: int,
+    *,
+    ok: bool = True,
+    log: str = INFO,
+    train_seconds: float | None = None,
+) -> dict | None:
     d = sweep / str(num)
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(f"- model.latent_dim={latent_dim}\n- seed={seed}\n- {CONSTANT}\n")
@@ -54,18 +72,39 @@ def make_job(sweep: Path, num: int, latent_dim: int, seed: int, *, ok: bool = Tr
 def sweep(tmp_path) -> tuple[Path, dict[int, dict]]:
     """Nine jobs: latent_dim 2, 8, 64 with seeds 0, 1 (job 7 unfinished), 32 failing both ways, 128 crashed."""
     s = tmp_path / "multirun" / "2026-11-25" / "16-03-10"
-    ok = {0: make_job(s, 0, 2, 0), 1: make_job(s, 1, 2, 1), 2: make_job(s, 2, 8, 0), 3: make_job(s, 3, 8, 1),
-          6: make_job(s, 6, 64, 0)}
+    ok = {
+        0: make_job(s, 0, 2, 0),
+        1: make_job(s, 1, 2, 1),
+        2: make_job(s, 2, 8, 0),
+        3: make_job(s, 3, 8, 1),
+        6: make_job(s, 6, 64, 0),
+    }
     make_job(s, 4, 32, 0, ok=False, log=f"{INFO}\n{LOG_PREFIX}[vae_cli][ERROR] - {ERROR_MSG}")
-    make_job(s, 5, 32, 1, ok=False, log=f"{INFO}\n{LOG_PREFIX}[vae_cli][ERROR] - the run failed\n"
-             + TRACEBACK.format(exc="ValueError: boom"))
+    make_job(
+        s,
+        5,
+        32,
+        1,
+        ok=False,
+        log=f"{INFO}\n{LOG_PREFIX}[vae_cli][ERROR] - the run failed\n" + TRACEBACK.format(exc="ValueError: boom"),
+    )
     make_job(s, 7, 64, 1, ok=False)  # started, nothing recorded yet
     # A chained exception: the last traceback is the one finally raised.
-    make_job(s, 8, 128, 0, ok=False, log=f"{INFO}\n" + TRACEBACK.format(exc="KeyError: 'x'") +
-             "\n\nDuring handling of the above exception, another exception occurred:\n\n" +
-             TRACEBACK.format(exc="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"))
+    make_job(
+        s,
+        8,
+        128,
+        0,
+        ok=False,
+        log=f"{INFO}\n"
+        + TRACEBACK.format(exc="KeyError: 'x'")
+        + "\n\nDuring handling of the above exception, another exception occurred:\n\n"
+        + TRACEBACK.format(exc="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    )
     (s / "multirun.yaml").write_text("hydra: {}\n")
-    (s / "optimization_results.yaml").write_text("name: optuna\nbest_params:\n  model.latent_dim: 8\nbest_value: -99.5\n")
+    (s / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  model.latent_dim: 8\nbest_value: -99.5\n"
+    )
     # vae-eval's estimate for one job: its column appears by default.
     (s / "3" / "eval_test_k100.json").write_text(json.dumps({"nll_iw": 98.123456, "iw_samples": 100}))
     return s, ok
@@ -84,7 +123,7 @@ def table_rows(text: str, heading_start: str) -> tuple[list[str], dict[str, list
     header = re.split(r" {2,}", lines[i].strip())
     assert set(lines[i + 1].replace(" ", "")) == {"-"}  # the rule under the header
     rows = {}
-    for line in lines[i + 2:]:
+    for line in lines[i + 2 :]:
         if not line.strip():
             break
         cells = re.split(r" {2,}", line.strip())
@@ -100,8 +139,20 @@ def test_terminal_table_has_varying_overrides_status_and_metrics(sweep, capsys):
     assert "9 jobs: 5 ok, 3 failed, 1 incomplete" in out
     assert "Optimizer's best (optimization_results.yaml): -99.5 at model.latent_dim=8" in out
     header, rows = table_rows(out, "job ")
-    assert header == ["job", "model.latent_dim", "seed", "status", "test/elbo", "test/recon_loss", "test/kl",
-                      "test/bpd", "best_val_elbo", "test/nll_iw_k100", "epochs", "train_seconds"]
+    assert header == [
+        "job",
+        "model.latent_dim",
+        "seed",
+        "status",
+        "test/elbo",
+        "test/recon_loss",
+        "test/kl",
+        "test/bpd",
+        "best_val_elbo",
+        "test/nll_iw_k100",
+        "epochs",
+        "train_seconds",
+    ]
     assert list(rows) == [str(n) for n in range(9)]  # every job, in job order
     for num, m in ok.items():
         row = dict(zip(header, rows[str(num)]))
@@ -112,23 +163,41 @@ def test_terminal_table_has_varying_overrides_status_and_metrics(sweep, capsys):
     assert dict(zip(header, rows["3"]))["test/nll_iw_k100"] == "98.1235"
     assert dict(zip(header, rows["2"]))["test/nll_iw_k100"] == "-"
     statuses = {n: dict(zip(header, r))["status"] for n, r in rows.items()}
-    assert statuses == {"0": "ok", "1": "ok", "2": "ok", "3": "ok", "4": "failed", "5": "failed", "6": "ok",
-                        "7": "incomplete", "8": "failed"}
+    assert statuses == {
+        "0": "ok",
+        "1": "ok",
+        "2": "ok",
+        "3": "ok",
+        "4": "failed",
+        "5": "failed",
+        "6": "ok",
+        "7": "incomplete",
+        "8": "failed",
+    }
     # Numbers are right-aligned: every kl cell (1.7400 and 24.6800 differ in width) ends where the rule does.
     lines = out.splitlines()
     start = next(k for k, line in enumerate(lines) if line.startswith("job "))
     rule = list(re.finditer("-+", lines[start + 1]))[header.index("test/kl")]
     for num in ok:
-        line = next(line for line in lines[start + 2:] if line.split()[0] == str(num))
-        assert line[rule.start():rule.end()].strip() == f"{ok[num]['test/kl']:.4f}" and line[rule.end() - 1] != " "
+        line = next(line for line in lines[start + 2 :] if line.split()[0] == str(num))
+        assert line[rule.start() : rule.end()].strip() == f"{ok[num]['test/kl']:.4f}" and line[rule.end() - 1] != " "
 
 
 def test_seed_groups_give_mean_and_sample_std(sweep, capsys):
     s, ok = sweep
     out = run_report(capsys, s)
     header, rows = table_rows(out, "model.latent_dim ")
-    assert header == ["model.latent_dim", "n", "jobs", "test/elbo", "test/recon_loss", "test/kl", "test/bpd",
-                      "best_val_elbo", "test/nll_iw_k100"]
+    assert header == [
+        "model.latent_dim",
+        "n",
+        "jobs",
+        "test/elbo",
+        "test/recon_loss",
+        "test/kl",
+        "test/bpd",
+        "best_val_elbo",
+        "test/nll_iw_k100",
+    ]
     assert list(rows) == ["2", "8", "32", "64", "128"]
     for dim, jobs in (("2", (0, 1)), ("8", (2, 3))):
         row = dict(zip(header, rows[dim]))
@@ -147,7 +216,7 @@ def test_seed_groups_give_mean_and_sample_std(sweep, capsys):
 def test_failed_jobs_are_listed_with_their_error(sweep, capsys):
     s, _ = sweep
     out = run_report(capsys, s)
-    section = out[out.index("NOT FINISHED (4):"):].splitlines()[1:]
+    section = out[out.index("NOT FINISHED (4):") :].splitlines()[1:]
     assert [line.split()[:2] for line in section[::2]] == [["job", "4"], ["job", "5"], ["job", "7"], ["job", "8"]]
     assert "model.latent_dim=32 seed=0" in section[0]
     assert [line.strip() for line in section[1::2]] == [
@@ -165,7 +234,7 @@ def test_markdown_is_a_pipe_table(sweep, capsys):
     md = (s / "report.md").read_text()
     lines = md.splitlines()
     i = lines.index("## Jobs") + 2
-    table = lines[i:lines.index("", i)]
+    table = lines[i : lines.index("", i)]
     cells = [line.strip("|").split(" | ") for line in table]
     assert all(line.startswith("| ") and line.endswith(" |") for line in table[:1] + table[2:])
     assert [c.strip() for c in cells[0]][:4] == ["job", "model.latent_dim", "seed", "status"]
@@ -175,7 +244,7 @@ def test_markdown_is_a_pipe_table(sweep, capsys):
     assert row[:4] == ["1", "2", "1", "ok"] and row[4] == f"{ok[1]['test/elbo']:.4f}"
     assert "## Mean ± sample std over seeds" in md
     # The pipes in the error message are escaped, so they do not split the Markdown.
-    failed = lines[lines.index("## Not finished (4)") + 2:]
+    failed = lines[lines.index("## Not finished (4)") + 2 :]
     assert failed[:2] == ["| job | overrides | status | why |", "|---:|---|---|---|"]
     assert failed[2] == f"| 4 | model.latent_dim=32 seed=0 | failed | {ERROR_MSG.replace('|', chr(92) + '|')} |"
     assert [line.split(" | ")[0] for line in failed[2:]] == ["| 4", "| 5", "| 7", "| 8"]
@@ -205,8 +274,7 @@ def test_metrics_and_sort_options(sweep, capsys):
     s, ok = sweep
     out = run_report(capsys, s, "--metrics", "test/kl,global_step", "--sort=-test/elbo")
     header, rows = table_rows(out, "job ")
-    assert header == ["job", "model.latent_dim", "seed", "status", "test/kl", "global_step", "epochs",
-                      "train_seconds"]
+    assert header == ["job", "model.latent_dim", "seed", "status", "test/kl", "global_step", "epochs", "train_seconds"]
     finished = sorted(ok, key=lambda n: -ok[n]["test/elbo"])
     assert list(rows) == [str(n) for n in finished] + ["4", "5", "7", "8"]  # unfinished jobs last
     out = run_report(capsys, s, "--sort", "model.latent_dim")
@@ -236,8 +304,16 @@ def test_bad_input_exits_2_with_one_line(sweep, tmp_path, case):
 @pytest.mark.slow
 def test_real_sweep_with_failing_jobs(tmp_path):
     """A real 2 x 2 sweep in which latent_dim=0 fails at start-up: the report shows both sides."""
-    proc = run_vae_train("--multirun", "model.latent_dim=0,2", "seed=0,1", "trainer.max_epochs=1",
-                         f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUIET, cwd=tmp_path, check=False)
+    proc = run_vae_train(
+        "--multirun",
+        "model.latent_dim=0,2",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *QUIET,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0  # Hydra fails the sweep at the end, after running every job
     out = vae_report(tmp_path / "sweep", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -246,9 +322,13 @@ def test_real_sweep_with_failing_jobs(tmp_path):
     header, rows = table_rows(text, "job ")
     by_job = {r[0]: dict(zip(header, r)) for r in rows.values()}
     assert [(r["model.latent_dim"], r["status"]) for r in by_job.values()] == [
-        ("0", "failed"), ("0", "failed"), ("2", "ok"), ("2", "ok")]
+        ("0", "failed"),
+        ("0", "failed"),
+        ("2", "ok"),
+        ("2", "ok"),
+    ]
     assert all(float(by_job[n]["test/elbo"]) < 0 for n in ("2", "3"))
-    failed = text[text.index("NOT FINISHED (2):"):]
+    failed = text[text.index("NOT FINISHED (2):") :]
     assert failed.count("model.latent_dim=0 is not a valid latent dimension") == 2
     header, groups = table_rows(text, "model.latent_dim ")
     two = dict(zip(header, groups["2"]))
@@ -274,9 +354,17 @@ def test_latest_is_the_newest_sweep_below_the_working_directory(sweep, tmp_path,
 
 def test_an_interrupted_job_is_shown_as_interrupted_with_its_resume_command(sweep, capsys):
     s, _ = sweep
-    (s / "7" / "interrupted.json").write_text(json.dumps({
-        "signal": "SIGTERM", "epoch": 2, "global_step": 27, "checkpoint": "7/checkpoints/interrupted.ckpt",
-        "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt model.latent_dim=64"}))
+    (s / "7" / "interrupted.json").write_text(
+        json.dumps(
+            {
+                "signal": "SIGTERM",
+                "epoch": 2,
+                "global_step": 27,
+                "checkpoint": "7/checkpoints/interrupted.ckpt",
+                "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt model.latent_dim=64",
+            }
+        )
+    )
     out = run_report(capsys, s)
     assert "9 jobs: 5 ok, 3 failed, 1 interrupted" in out
     header, rows = table_rows(out, "job ")
@@ -286,43 +374,83 @@ def test_an_interrupted_job_is_shown_as_interrupted_with_its_resume_command(swee
 
 def test_a_requeued_job_waiting_for_slurm_is_not_listed_as_failed(sweep, capsys):
     s, _ = sweep
-    (s / "7" / "interrupted.json").write_text(json.dumps({
-        "signal": "SIGUSR1", "stopped": "in epoch 2 at step 27", "epoch": 2, "global_step": 27,
-        "checkpoint": "7/checkpoints/interrupted.ckpt", "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt",
-        "requeued": True}))
+    (s / "7" / "interrupted.json").write_text(
+        json.dumps(
+            {
+                "signal": "SIGUSR1",
+                "stopped": "in epoch 2 at step 27",
+                "epoch": 2,
+                "global_step": 27,
+                "checkpoint": "7/checkpoints/interrupted.ckpt",
+                "resume": "vae-train ckpt_path=7/checkpoints/interrupted.ckpt",
+                "requeued": True,
+            }
+        )
+    )
     out = run_report(capsys, s)
     assert "9 jobs: 5 ok, 3 failed, 1 requeued" in out
     header, rows = table_rows(out, "job ")
     assert dict(zip(header, rows["7"]))["status"] == "requeued"
-    assert ("SIGUSR1 in epoch 2 at step 27; waiting for SLURM to restart it, then it resumes from "
-            "7/checkpoints/interrupted.ckpt") in out
+    assert (
+        "SIGUSR1 in epoch 2 at step 27; waiting for SLURM to restart it, then it resumes from "
+        "7/checkpoints/interrupted.ckpt"
+    ) in out
 
 
 def test_a_failed_jobs_error_json_is_read_whatever_the_log_looks_like(sweep, capsys):
     s, _ = sweep
     (s / "4" / "train.log").write_text("ERROR the run's log in a format of the user's choosing\n")
-    (s / "4" / "error.json").write_text(json.dumps({
-        "type": "vae_cli.errors.UserError", "message": ERROR_MSG, "traceback": None,
-        "overrides": ["model.latent_dim=32", "seed=0"], "time": "2026-11-25T16:03:11+00:00"}))
+    (s / "4" / "error.json").write_text(
+        json.dumps(
+            {
+                "type": "vae_cli.errors.UserError",
+                "message": ERROR_MSG,
+                "traceback": None,
+                "overrides": ["model.latent_dim=32", "seed=0"],
+                "time": "2026-11-25T16:03:11+00:00",
+            }
+        )
+    )
     (s / "5" / "train.log").write_text("")
-    (s / "5" / "error.json").write_text(json.dumps({
-        "type": "torch.OutOfMemoryError", "message": "CUDA out of memory", "traceback": "Traceback ...",
-        "overrides": ["model.latent_dim=32", "seed=1"], "time": "2026-11-25T16:03:12+00:00"}))
+    (s / "5" / "error.json").write_text(
+        json.dumps(
+            {
+                "type": "torch.OutOfMemoryError",
+                "message": "CUDA out of memory",
+                "traceback": "Traceback ...",
+                "overrides": ["model.latent_dim=32", "seed=1"],
+                "time": "2026-11-25T16:03:12+00:00",
+            }
+        )
+    )
     (s / "7" / "error.json").write_text("{not json")
     out = run_report(capsys, s)
-    section = out[out.index("NOT FINISHED (4):"):].splitlines()[1:]
+    section = out[out.index("NOT FINISHED (4):") :].splitlines()[1:]
     assert [line.strip() for line in section[1:6:2]] == [
         ERROR_MSG,  # a UserError: its message, written for the user
         "torch.OutOfMemoryError: CUDA out of memory",  # a bug: its type too
-        "error.json: not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"]
+        "error.json: not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+    ]
 
 
 def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):
     s, _ = sweep
-    (s / "7" / "error.json").write_text(json.dumps({"type": "ValueError", "message": "boom", "traceback": "...",
-                                                    "overrides": [], "time": "2026-11-25T16:03:12+00:00"}))
-    (s / "7" / "interrupted.json").write_text(json.dumps({
-        "signal": "SIGTERM", "epoch": 2, "global_step": 27, "checkpoint": "c", "resume": "vae-train ckpt_path=c"}))
+    (s / "7" / "error.json").write_text(
+        json.dumps(
+            {
+                "type": "ValueError",
+                "message": "boom",
+                "traceback": "...",
+                "overrides": [],
+                "time": "2026-11-25T16:03:12+00:00",
+            }
+        )
+    )
+    (s / "7" / "interrupted.json").write_text(
+        json.dumps(
+            {"signal": "SIGTERM", "epoch": 2, "global_step": 27, "checkpoint": "c", "resume": "vae-train ckpt_path=c"}
+        )
+    )
     os.utime(s / "7" / "error.json", (1_000_000_000, 1_000_000_000))  # failed, was resumed, then stopped by a signal
     header, rows = table_rows(run_report(capsys, s), "job ")
     assert dict(zip(header, rows["7"]))["status"] == "interrupted"
@@ -334,9 +462,16 @@ def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):
 @pytest.mark.slow
 def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     """With a job log format of the user's own, which the report cannot parse: error.json says why."""
-    proc = run_vae_train("--multirun", "model.latent_dim=0", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 's'}",
-                         "hydra.job_logging.formatters.simple.format='%(levelname)s %(message)s'", *QUIET,
-                         cwd=tmp_path, check=False)
+    proc = run_vae_train(
+        "--multirun",
+        "model.latent_dim=0",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        "hydra.job_logging.formatters.simple.format='%(levelname)s %(message)s'",
+        *QUIET,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0
     error = json.loads((tmp_path / "s" / "0" / "error.json").read_text())
     assert error["type"] == "vae_cli.errors.UserError" and error["traceback"] is None
@@ -345,7 +480,7 @@ def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     assert "[ERROR]" not in (tmp_path / "s" / "0" / "train.log").read_text()  # not Hydra's default format
     out = vae_report(tmp_path / "s", cwd=tmp_path).stdout
     assert "1 jobs: 0 ok, 1 failed" in out
-    failed = out[out.index("NOT FINISHED (1):"):].splitlines()
+    failed = out[out.index("NOT FINISHED (1):") :].splitlines()
     assert failed[2].strip() == error["message"]
 
 

@@ -1,5 +1,6 @@
 """vae-sample writes the promised grids with the expected sizes; the training callbacks write
 images, histograms, val/nll_iw, the projector and the HPARAMS tab."""
+
 import json
 import math
 
@@ -20,15 +21,29 @@ def _size(path):
 
 @pytest.fixture(scope="module")
 def k2_run(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("k2"), "run", "model.latent_dim=2", "trainer.max_epochs=3",
-                 "callbacks.image_grids.every_n_epochs=1", "callbacks.val_nll_iw.iw_samples=8",
-                 "callbacks.val_nll_iw.every_n_epochs=1")
+    return train(
+        tmp_path_factory.mktemp("k2"),
+        "run",
+        "model.latent_dim=2",
+        "trainer.max_epochs=3",
+        "callbacks.image_grids.every_n_epochs=1",
+        "callbacks.val_nll_iw.iw_samples=8",
+        "callbacks.val_nll_iw.every_n_epochs=1",
+    )
 
 
 def test_sample_grids_for_k_equal_2(k2_run, tmp_path):
     out = tmp_path / "png"
-    run_here("vae-sample", f"ckpt_path={k2_run}", f"out={out}", "n=16", "steps=5", "manifold_steps=6", "draw=true",
-             cwd=tmp_path)
+    run_here(
+        "vae-sample",
+        f"ckpt_path={k2_run}",
+        f"out={out}",
+        "n=16",
+        "steps=5",
+        "manifold_steps=6",
+        "draw=true",
+        cwd=tmp_path,
+    )
     assert _size(out / "prior_samples.png") == (4 * CELL + 2, 4 * CELL + 2)  # 16 samples, 4 per row
     assert _size(out / "prior_draws.png") == (4 * CELL + 2, 4 * CELL + 2)
     assert _size(out / "reconstructions.png") == (8 * CELL + 2, 4 * CELL + 2)  # 2 input rows, each with its recon row
@@ -86,18 +101,30 @@ def test_training_writes_images_histograms_iw_nll_projector_and_hparams(k2_run):
                 hp = data.session_start_info.hparams
                 assert hp["model.latent_dim"].number_value == 2 and hp["model"].string_value == "mlp"
                 # Every setting, not a hand-picked list: whatever a sweep varies is a column.
-                assert {"optim.lr_decay", "callbacks.model_checkpoint.monitor", "data.val_size", "trainer.precision",
-                        "objective.iw_samples", "callbacks.image_grids.every_n_epochs"} <= set(hp)
+                assert {
+                    "optim.lr_decay",
+                    "callbacks.model_checkpoint.monitor",
+                    "data.val_size",
+                    "trainer.precision",
+                    "objective.iw_samples",
+                    "callbacks.image_grids.every_n_epochs",
+                } <= set(hp)
                 assert not any(k.endswith(("dirpath", "_target_")) or k == "run_dir" for k in hp)
             if data.HasField("experiment"):
                 assert {m.name.tag for m in data.experiment.metric_infos} == {
-                    "test/elbo", "test/recon_loss", "test/kl", "test/bpd", "val/elbo_best"}
+                    "test/elbo",
+                    "test/recon_loss",
+                    "test/kl",
+                    "test/bpd",
+                    "val/elbo_best",
+                }
                 assert data.experiment.hparam_infos  # the settings' columns, with the versions among them
     assert found
 
 
-@pytest.mark.parametrize("shape, nrow", [((16, 1, 8, 8), 4), ((7, 3, 5, 6), 3), ((1, 1, 4, 4), 8), ((10, 3, 8, 8), 10),
-                                         ((5, 1, 3, 3), 2)])
+@pytest.mark.parametrize(
+    "shape, nrow", [((16, 1, 8, 8), 4), ((7, 3, 5, 6), 3), ((1, 1, 4, 4), 8), ((10, 3, 8, 8), 10), ((5, 1, 3, 3), 2)]
+)
 def test_grids_and_pngs_are_torchvisions_pixel_for_pixel(shape, nrow):
     # Our own grid keeps torchvision out of vae-sample's start-up; torchvision's make_grid and save_image are
     # the reference.

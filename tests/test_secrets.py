@@ -1,6 +1,7 @@
 """Passwords in URLs never shown or written in clear (vae_cli/cli/secrets.py): generated database URLs carrying a
 password in any form (userinfo, query parameter, percent-encoded, inside another URL), in the text a message, a log
 line, a YAML record or a command line puts around them. The search's own records are in test_sweeps.py."""
+
 import json
 import logging
 import shlex
@@ -36,14 +37,21 @@ def keeping(kept: str):
 
 WORDS = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
 HOSTS = st.from_regex(r"(([a-z][a-z0-9-]{0,8}\.){0,2}[a-z]{2,6}|127\.0\.0\.1)(:[0-9]{1,5})?", fullmatch=True)
-OTHER_PARAMETERS = st.lists(st.tuples(WORDS.filter(lambda n: "pass" not in n),
-                                      st.text(st.characters(categories=("L", "N", "P", "S")), max_size=8)
-                                      .map(quote_plus)), max_size=3)
+OTHER_PARAMETERS = st.lists(
+    st.tuples(
+        WORDS.filter(lambda n: "pass" not in n),
+        st.text(st.characters(categories=("L", "N", "P", "S")), max_size=8).map(quote_plus),
+    ),
+    max_size=3,
+)
 # Printable characters: runs of letters, digits, marks and spaces of any script, between ASCII punctuation and
 # spaces (a URL's own delimiters among them).
-PASSWORDS = st.lists(st.sampled_from(string.punctuation + " ")
-                     | st.text(st.characters(categories=("L", "N", "P", "S", "Zs")), min_size=1, max_size=4),
-                     min_size=6, max_size=12).map("".join)
+PASSWORDS = st.lists(
+    st.sampled_from(string.punctuation + " ")
+    | st.text(st.characters(categories=("L", "N", "P", "S", "Zs")), min_size=1, max_size=4),
+    min_size=6,
+    max_size=12,
+).map("".join)
 PASSWORD_PARAMETERS = st.sampled_from(["password", "passwd", "PASSWORD", "db_password", "PGPASSWORD", "user.Passwd"])
 PLACEHOLDER = "Placeholder7"
 
@@ -77,21 +85,44 @@ CONTEXTS = [
     (lambda u: f"could not connect to {u}; is the server running?", str),
     (lambda u: f"Error parsing override 'hydra.sweeper.storage='{u}''", str),
     (lambda u: f"(could not connect to {u})", str),
-    (lambda u: yaml.safe_dump({"hydra": {"sweeper": {"storage": u}, "overrides": {
-        "hydra": [f"hydra.sweeper.storage='{u}'", "hydra.sweep.dir=x"]}}}, width=1 << 16), str),
+    (
+        lambda u: yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {"storage": u},
+                    "overrides": {"hydra": [f"hydra.sweeper.storage='{u}'", "hydra.sweep.dir=x"]},
+                }
+            },
+            width=1 << 16,
+        ),
+        str,
+    ),
     (lambda u: yaml.safe_dump({"storage": u, "n_trials": 2}, default_style="'", width=1 << 16), str),
     (lambda u: yaml.safe_dump({"storage": u, "n_trials": 2}, default_style='"', width=1 << 16), str),
     (lambda u: json.dumps({"storage": u, "n_trials": 2}), str),
-    (lambda u: shlex.join(["vae-train", "--multirun", f"hydra.sweeper.storage='{u}'", "hydra.sweeper.n_trials=2"]),
-     str),
+    (
+        lambda u: shlex.join(["vae-train", "--multirun", f"hydra.sweeper.storage='{u}'", "hydra.sweeper.n_trials=2"]),
+        str,
+    ),
     (lambda u: f"GET https://proxy.example/login?next={quote(u, safe='')}&lang=en 302", lambda s: quote(s, safe="")),
     (lambda u: f"redirect to login?next={quote(u, safe='')}", lambda s: quote(s, safe="")),  # no plain :// at all
 ]
 
 
-CONTEXT_IDS = ["study-log", "storage-refused", "connect-error", "override-error", "in-parentheses", "hydra-yaml",
-               "yaml-single-quoted", "yaml-double-quoted", "json", "command-line", "percent-encoded",
-               "percent-encoded-only"]
+CONTEXT_IDS = [
+    "study-log",
+    "storage-refused",
+    "connect-error",
+    "override-error",
+    "in-parentheses",
+    "hydra-yaml",
+    "yaml-single-quoted",
+    "yaml-double-quoted",
+    "json",
+    "command-line",
+    "percent-encoded",
+    "percent-encoded-only",
+]
 
 
 # 46 examples a context: the 500 there were when the contexts were drawn with the URLs, in a test per context.
@@ -143,8 +174,15 @@ def test_log_lines_and_records_are_masked_where_they_are_written(tmp_path, caplo
 @pytest.mark.slow
 def test_a_password_in_the_query_of_an_unreachable_database_is_neither_printed_nor_written(tmp_path):
     url = "postgresql+psycopg2://alice@127.0.0.1:9/vae?sslmode=disable&password=S3cretPW&connect_timeout=5"
-    proc = run_vae_train("--multirun", "hparams_search=optuna", f"hydra.sweeper.storage='{url}'", *QUIET,
-                         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=False)
+    proc = run_vae_train(
+        "--multirun",
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage='{url}'",
+        *QUIET,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "Optuna cannot open this database" in proc.stderr
     assert url.replace("S3cretPW", HIDDEN) in proc.stderr
     assert "S3cretPW" not in proc.stdout + proc.stderr

@@ -2,6 +2,7 @@
 hydra/launcher=slurm, a request the cluster cannot meet, a job cancelled mid-sweep, a data-parallel job of two
 tasks that one signal reaches in one task only, and the README's batch script reaching its time limit. Every
 interrupted job ends exactly where the uninterrupted run ends."""
+
 import json
 import os
 import subprocess
@@ -38,10 +39,18 @@ def cluster(tmp_path_factory):
 
 
 def _sweep(cluster, tmp_path, *args, wait=True):
-    command = [VAE_TRAIN, "--multirun", "hydra/launcher=slurm", *CPU_JOBS, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+    command = [
+        VAE_TRAIN,
+        "--multirun",
+        "hydra/launcher=slurm",
+        *CPU_JOBS,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *args,
+    ]
     if not wait:
-        return subprocess.Popen(command, cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(
+            command, cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(command, cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
 
 
@@ -51,9 +60,14 @@ def _metrics(run: Path) -> dict:
 
 def _reference(tmp_path: Path, *args: str) -> subprocess.Popen:
     """The uninterrupted run outside SLURM, one thread as the jobs have, in a process beside the test's jobs."""
-    return subprocess.Popen([VAE_TRAIN, *args, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [VAE_TRAIN, *args, f"hydra.run.dir={tmp_path / 'reference'}"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_sweep_runs_its_jobs_as_slurm_jobs_and_ends(cluster, tmp_path):
@@ -73,8 +87,9 @@ def test_a_sweep_runs_its_jobs_as_slurm_jobs_and_ends(cluster, tmp_path):
 
 
 def test_a_request_no_node_can_meet_is_refused_before_anything_is_submitted(cluster, tmp_path):
-    proc = _sweep(cluster, tmp_path, "model.latent_dim=2,3", "hydra.launcher.cpus_per_task=64",
-                  "hydra.launcher.gpus_per_node=1")
+    proc = _sweep(
+        cluster, tmp_path, "model.latent_dim=2,3", "hydra.launcher.cpus_per_task=64", "hydra.launcher.gpus_per_node=1"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     err = proc.stderr.strip()
     assert err.startswith("vae-train: error: SLURM cannot run these jobs, so none was submitted.")
@@ -110,20 +125,43 @@ def test_a_job_cancelled_mid_sweep_ends_the_sweep_with_its_account(cluster, tmp_
 
 
 def test_a_data_parallel_job_that_one_task_is_signalled_in_saves_once_requeues_once_and_resumes_exactly(
-        cluster, tmp_path, helpers):
+    cluster, tmp_path, helpers
+):
     args = (*SMALL, "trainer.max_epochs=3", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    reference = subprocess.run(["srun", "--ntasks-per-node=2", "--cpus-per-task=1", VAE_TRAIN, *args,
-                                f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path, env=cluster.env,
-                               capture_output=True, text=True, timeout=300)
+    reference = subprocess.run(
+        [
+            "srun",
+            "--ntasks-per-node=2",
+            "--cpus-per-task=1",
+            VAE_TRAIN,
+            *args,
+            f"hydra.run.dir={tmp_path / 'reference'}",
+        ],
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "run"
     # Two processes of 6 steps per epoch each; the second process alone gets SIGUSR1 after step 8.
     script = tmp_path / "job.sh"
-    script.write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --requeue",
-        "#SBATCH --open-mode=append", f"#SBATCH --output={tmp_path / 'job.out'}",
-        f"srun {VAE_TRAIN} {' '.join(args)} hydra.run.dir={run} +callbacks.sig._target_=fault_helpers.SignalAt "
-        "+callbacks.sig.at=step:8 +callbacks.sig.signum=SIGUSR1 +callbacks.sig.rank=1", ""]))
+    script.write_text(
+        "\n".join(
+            [
+                "#!/bin/bash",
+                "#SBATCH --ntasks-per-node=2",
+                "#SBATCH --cpus-per-task=1",
+                "#SBATCH --requeue",
+                "#SBATCH --open-mode=append",
+                f"#SBATCH --output={tmp_path / 'job.out'}",
+                f"srun {VAE_TRAIN} {' '.join(args)} hydra.run.dir={run} +callbacks.sig._target_=fault_helpers.SignalAt "
+                "+callbacks.sig.at=step:8 +callbacks.sig.signum=SIGUSR1 +callbacks.sig.rank=1",
+                "",
+            ]
+        )
+    )
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
     end = cluster.wait_gone(job, timeout=240 + REQUEUE_DELAY_S)
     assert end["JobState"] == "COMPLETED" and end["Restarts"] == "1", (end, (tmp_path / "job.out").read_text())
@@ -139,12 +177,21 @@ def test_slurms_sigterm_after_the_requeue_does_not_cut_the_record_of_the_stop_sh
     reference = _reference(tmp_path, *args)
     run = tmp_path / "run"
     script = tmp_path / "job.sh"
-    script.write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
-        f"#SBATCH --output={tmp_path / 'job.out'}",
-        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} +callbacks.sig._target_=fault_helpers.SignalAt "
-        "+callbacks.sig.at=step:15 +callbacks.sig.signum=SIGUSR1 "
-        "+callbacks.slow._target_=fault_helpers.SlowAfterRequeue +callbacks.slow.seconds=4", ""]))
+    script.write_text(
+        "\n".join(
+            [
+                "#!/bin/bash",
+                "#SBATCH --requeue",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --cpus-per-task=1",
+                f"#SBATCH --output={tmp_path / 'job.out'}",
+                f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} +callbacks.sig._target_=fault_helpers.SignalAt "
+                "+callbacks.sig.at=step:15 +callbacks.sig.signum=SIGUSR1 "
+                "+callbacks.slow._target_=fault_helpers.SlowAfterRequeue +callbacks.slow.seconds=4",
+                "",
+            ]
+        )
+    )
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
     end = cluster.wait_gone(job, timeout=240 + REQUEUE_DELAY_S)
     log = (tmp_path / "job.out").read_text()
@@ -170,20 +217,30 @@ def busy():
 
 
 @pytest.mark.parametrize("load", ["idle", "busy"])
-def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path, helpers, load,
-                                                                             request):
+def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path, helpers, load, request):
     args = (*SMALL, "trainer.max_epochs=250")
     reference = _reference(tmp_path, *args)
     if load == "busy":
         request.getfixturevalue("busy")
     run = tmp_path / "run"
     script = tmp_path / "job.sh"
-    script.write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --time=00:01:00", "#SBATCH --signal=USR1@50", "#SBATCH --requeue",
-        "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1", f"#SBATCH --output={tmp_path / 'job.out'}",
-        # Over a minute of training on any machine (an idle one once trained it all before slurmctld's USR1).
-        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} "
-        "+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25", ""]))
+    script.write_text(
+        "\n".join(
+            [
+                "#!/bin/bash",
+                "#SBATCH --time=00:01:00",
+                "#SBATCH --signal=USR1@50",
+                "#SBATCH --requeue",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --cpus-per-task=1",
+                f"#SBATCH --output={tmp_path / 'job.out'}",
+                # Over a minute of training on any machine (an idle one once trained it all before slurmctld's USR1).
+                f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} "
+                "+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25",
+                "",
+            ]
+        )
+    )
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
     end = cluster.wait_gone(job, timeout=400 if load == "idle" else 1200)
     log = (tmp_path / "job.out").read_text()
@@ -196,10 +253,20 @@ def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(clu
 def _batch(cluster, tmp_path, run, args, *sbatch: str, extra: str = "") -> str:
     """Submit a batch script running vae-train in `run` with `args` (and `extra` overrides); its job id."""
     script = tmp_path / "job.sh"
-    script.write_text("\n".join([
-        "#!/bin/bash", *(f"#SBATCH {o}" for o in sbatch), "#SBATCH --requeue", "#SBATCH --open-mode=append",
-        "#SBATCH --cpus-per-task=1", f"#SBATCH --output={tmp_path / 'job.out'}",
-        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} {extra}", ""]))
+    script.write_text(
+        "\n".join(
+            [
+                "#!/bin/bash",
+                *(f"#SBATCH {o}" for o in sbatch),
+                "#SBATCH --requeue",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --cpus-per-task=1",
+                f"#SBATCH --output={tmp_path / 'job.out'}",
+                f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} {extra}",
+                "",
+            ]
+        )
+    )
     return cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
 
 
@@ -210,8 +277,14 @@ def test_a_time_limit_without_a_warning_saves_requeues_and_ends_exactly(cluster,
     args = (*SMALL, "trainer.max_epochs=400")
     reference = _reference(tmp_path, *args)
     run = tmp_path / "run"
-    job = _batch(cluster, tmp_path, run, args, "--time=00:01:00",
-                 extra="+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25")
+    job = _batch(
+        cluster,
+        tmp_path,
+        run,
+        args,
+        "--time=00:01:00",
+        extra="+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25",
+    )
     end = cluster.wait_gone(job, timeout=600)
     log = (tmp_path / "job.out").read_text()
     assert end["JobState"] == "COMPLETED" and int(end["Restarts"]) >= 1, (end, log[-3000:])
@@ -228,8 +301,14 @@ def test_a_warning_while_the_run_starts_requeues_and_ends_exactly(cluster, tmp_p
     args = (*SMALL, "trainer.max_epochs=3")
     reference = _reference(tmp_path, *args)
     run = tmp_path / "run"
-    job = _batch(cluster, tmp_path, run, args, extra="+callbacks.sig._target_=fault_helpers.SignalWhenBuilt "
-                 "+callbacks.sig.signum=SIGUSR1 +callbacks.sig.first_start_only=true")
+    job = _batch(
+        cluster,
+        tmp_path,
+        run,
+        args,
+        extra="+callbacks.sig._target_=fault_helpers.SignalWhenBuilt "
+        "+callbacks.sig.signum=SIGUSR1 +callbacks.sig.first_start_only=true",
+    )
     end = cluster.wait_gone(job, timeout=240 + REQUEUE_DELAY_S)
     log = (tmp_path / "job.out").read_text()
     assert end["JobState"] == "COMPLETED" and end["Restarts"] == "1", (end, log[-3000:])
@@ -240,10 +319,24 @@ def test_a_warning_while_the_run_starts_requeues_and_ends_exactly(cluster, tmp_p
 
 def test_an_interactive_srun_is_not_requeued_and_says_so(cluster, tmp_path, helpers):
     run = tmp_path / "run"
-    proc = subprocess.run(["srun", "--cpus-per-task=1", VAE_TRAIN, *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run}",
-                           "+callbacks.sig._target_=fault_helpers.SignalAt", "+callbacks.sig.at=step:15",
-                           "+callbacks.sig.signum=SIGUSR1"], cwd=tmp_path, env=cluster.env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "srun",
+            "--cpus-per-task=1",
+            VAE_TRAIN,
+            *SMALL,
+            "trainer.max_epochs=3",
+            f"hydra.run.dir={run}",
+            "+callbacks.sig._target_=fault_helpers.SignalAt",
+            "+callbacks.sig.at=step:15",
+            "+callbacks.sig.signum=SIGUSR1",
+        ],
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 138, proc.stderr[-3000:]
     stopped = json.loads((run / "interrupted.json").read_text())
     assert stopped["requeued"] is False and stopped["stopped"] == "in epoch 2 at step 15"
@@ -254,10 +347,19 @@ def test_an_interactive_srun_is_not_requeued_and_says_so(cluster, tmp_path, help
 def test_a_job_requeued_from_outside_says_slurm_restarts_it(cluster, tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "job.sh"
-    script.write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
-        f"#SBATCH --output={tmp_path / 'job.out'}",
-        f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(SMALL)} trainer.max_epochs=2000", ""]))
+    script.write_text(
+        "\n".join(
+            [
+                "#!/bin/bash",
+                "#SBATCH --requeue",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --cpus-per-task=1",
+                f"#SBATCH --output={tmp_path / 'job.out'}",
+                f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(SMALL)} trainer.max_epochs=2000",
+                "",
+            ]
+        )
+    )
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "last.ckpt").exists():

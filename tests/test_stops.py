@@ -1,6 +1,7 @@
 """A stop knows where it is (training/signals.py): signals that come while a stop is under way are the same stop,
 a later one abandons it only once what is being written is whole, and the record always says where the run
 stopped and what was lost. Real signals, sent to this process by the run's own callbacks."""
+
 import json
 
 import pytest
@@ -23,15 +24,24 @@ def _stopped(tmp_path, *args) -> int:
     return e.value.code
 
 
-@pytest.mark.parametrize("signum, at, step, stopped", [
-    ("SIGUSR1", "step:16", 16, "in epoch 2 at step 16"),
-    ("SIGINT", "step:22", 22, "after epoch 2 (step 22)"),
-    ("SIGTERM", "validation:1", 11, "after epoch 1 (step 11)"),
-])
-def test_two_signals_50_ms_apart_are_one_stop_that_saves_and_resumes_exactly(helpers, tmp_path, uninterrupted, signum,
-                                                                           at, step, stopped):
-    code = _stopped(tmp_path, "+callbacks.sig._target_=fault_helpers.SignalTwiceAt", f"+callbacks.sig.at={at}",
-                    f"+callbacks.sig.signum={signum}", "+callbacks.sig.gap=0.05")
+@pytest.mark.parametrize(
+    "signum, at, step, stopped",
+    [
+        ("SIGUSR1", "step:16", 16, "in epoch 2 at step 16"),
+        ("SIGINT", "step:22", 22, "after epoch 2 (step 22)"),
+        ("SIGTERM", "validation:1", 11, "after epoch 1 (step 11)"),
+    ],
+)
+def test_two_signals_50_ms_apart_are_one_stop_that_saves_and_resumes_exactly(
+    helpers, tmp_path, uninterrupted, signum, at, step, stopped
+):
+    code = _stopped(
+        tmp_path,
+        "+callbacks.sig._target_=fault_helpers.SignalTwiceAt",
+        f"+callbacks.sig.at={at}",
+        f"+callbacks.sig.signum={signum}",
+        "+callbacks.sig.gap=0.05",
+    )
     run = tmp_path / "run"
     record = json.loads((run / "interrupted.json").read_text())
     assert code == 128 + getattr(__import__("signal"), signum)
@@ -53,8 +63,13 @@ def test_a_signal_while_the_run_is_built_records_before_training_and_releases_th
 
 def test_a_signal_after_the_grace_abandons_the_stop_and_the_record_says_what_was_lost(helpers, tmp_path, monkeypatch):
     monkeypatch.setattr(signals, "GRACE", 0.2)
-    code = _stopped(tmp_path, "+callbacks.sig._target_=fault_helpers.SignalInsistingAt", "+callbacks.sig.at=step:16",
-                    "+callbacks.sig.signum=SIGINT", "+callbacks.sig.after=0.5")
+    code = _stopped(
+        tmp_path,
+        "+callbacks.sig._target_=fault_helpers.SignalInsistingAt",
+        "+callbacks.sig.at=step:16",
+        "+callbacks.sig.signum=SIGINT",
+        "+callbacks.sig.after=0.5",
+    )
     run = tmp_path / "run"
     record = json.loads((run / "interrupted.json").read_text())
     assert code == 130 and record["stopped"] == "in epoch 2 at step 16"
@@ -78,8 +93,12 @@ def test_an_abandon_waits_until_the_checkpoint_being_written_is_whole(helpers, t
         return real(path, write, fsync)
 
     monkeypatch.setattr(checkpointing, "atomic_write", insisting)
-    code = _stopped(tmp_path, "+callbacks.sig._target_=fault_helpers.SignalAt", "+callbacks.sig.at=step:16",
-                    "+callbacks.sig.signum=SIGINT")
+    code = _stopped(
+        tmp_path,
+        "+callbacks.sig._target_=fault_helpers.SignalAt",
+        "+callbacks.sig.at=step:16",
+        "+callbacks.sig.signum=SIGINT",
+    )
     run = tmp_path / "run"
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)  # whole: it loads
     record = json.loads((run / "interrupted.json").read_text())

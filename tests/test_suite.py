@@ -1,5 +1,6 @@
 """The suite's own rules (tests/conftest.py): a test starts outside the checkout, and the session fails when the
 checkout gained a file or folder, whatever wrote it, but what tools write by themselves."""
+
 import os
 import subprocess
 import sys
@@ -23,6 +24,11 @@ def test_the_check_sees_every_new_file_and_folder_but_the_tools_own(tmp_path):
         (tmp_path / tool / "x").write_text("")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True)
     cache = os.path.join("data", "vae-cli-cache")
-    assert sorted(checkout_paths(tmp_path) - before) == [".hypothesis", "data", cache,
-                                                         os.path.join(cache, "digits-0.pt"), "pkg"]
+    assert sorted(checkout_paths(tmp_path) - before) == [
+        ".hypothesis",
+        "data",
+        cache,
+        os.path.join(cache, "digits-0.pt"),
+        "pkg",
+    ]
     assert checkout_paths(tmp_path, skip=(tmp_path / "data").resolve()) - before == {".hypothesis", "pkg"}

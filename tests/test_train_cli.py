@@ -1,5 +1,6 @@
 """vae-train end to end, run as a user runs it: Hydra overrides on its real entry point, in this process
 or, for its process contract (exit status, stderr, several jobs), as a subprocess."""
+
 import json
 import shutil
 from pathlib import Path
@@ -31,7 +32,9 @@ def test_run_directory_holds_config_checkpoints_events_and_metrics(short_run):
     for t in TERMS:
         assert f"test/{t}" in metrics
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon_loss"] + metrics["test/kl"]), rel=1e-6)
-    assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (64 * torch.log(torch.tensor(2.0)).item()), rel=1e-6)
+    assert metrics["test/bpd"] == pytest.approx(
+        -metrics["test/elbo"] / (64 * torch.log(torch.tensor(2.0)).item()), rel=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -51,8 +54,14 @@ def test_event_file_has_each_term_as_its_own_scalar(short_run):
 def test_with_gradient_accumulation_the_steps_curves_are_written_once_per_optimiser_step(tmp_path):
     # 11 batches an epoch, 3 to a step: steps 0-3 of each epoch (the last takes 2); every 2nd step is written,
     # once, at the step it ends (as Lightning's own on_step logging writes it), not at each batch of the step.
-    run = train(tmp_path, "run", "trainer.max_epochs=2", "+trainer.accumulate_grad_batches=3",
-                "trainer.log_every_n_steps=2", "callbacks=none")
+    run = train(
+        tmp_path,
+        "run",
+        "trainer.max_epochs=2",
+        "+trainer.accumulate_grad_batches=3",
+        "trainer.log_every_n_steps=2",
+        "callbacks=none",
+    )
     scalars = read_scalars(run)
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 8
     for t in TERMS:
@@ -74,8 +83,14 @@ def test_resume_from_last_checkpoint_continues_the_step_count(short_run, tmp_pat
 
 @pytest.mark.slow
 def test_multirun_writes_one_run_directory_per_job(tmp_path):
-    run_vae_train("--multirun", "model.latent_dim=2,4", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                  *QUIET, cwd=tmp_path)
+    run_vae_train(
+        "--multirun",
+        "model.latent_dim=2,4",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *QUIET,
+        cwd=tmp_path,
+    )
     for job, k in ((0, 2), (1, 4)):
         job_dir = tmp_path / "sweep" / str(job)
         assert (job_dir / "metrics.json").is_file() and (job_dir / "checkpoints" / "last.ckpt").is_file()
@@ -107,18 +122,21 @@ def test_bad_values_stop_before_training_with_a_message(tmp_path, override, expe
 
 def test_a_broken_yaml_file_of_the_users_own_is_named_with_its_line_and_column(tmp_path):
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
-    (tmp_path / "mine" / "experiment" / "small.yaml").write_text("# @package _global_\nmodel:\n  latent_dim: [3\n"
-                                                                "trainer:\n  max_epochs: 1\n")
+    (tmp_path / "mine" / "experiment" / "small.yaml").write_text(
+        "# @package _global_\nmodel:\n  latent_dim: [3\ntrainer:\n  max_epochs: 1\n"
+    )
     proc = run_vae_train("--config-dir", "mine", "+experiment=small", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "vae-train: error: mine/experiment/small.yaml:4:8: not valid YAML (expected ',' or ']', but got ':'). "
-        "Fix that line of the file, then run the command again."]
+        "Fix that line of the file, then run the command again."
+    ]
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("run_dir", ["x" * 300, "x/" * 3000, "/etc/hostname/run"], ids=["long name", "long path",
-                                                                                      "below a file"])
+@pytest.mark.parametrize(
+    "run_dir", ["x" * 300, "x/" * 3000, "/etc/hostname/run"], ids=["long name", "long path", "below a file"]
+)
 def test_a_run_directory_the_file_system_cannot_make_is_refused_before_anything_is_written(run_dir, tmp_path, capsys):
     err = refused("vae-train", f"hydra.run.dir={run_dir}", cwd=tmp_path, capsys=capsys)
     assert err.startswith("vae-train: error: hydra.run.dir=") and len(err.strip().splitlines()) == 1
@@ -127,11 +145,14 @@ def test_a_run_directory_the_file_system_cannot_make_is_refused_before_anything_
 
 def test_a_duplicate_key_in_a_yaml_file_of_the_users_own_is_named_with_its_line(tmp_path, capsys):
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
-    (tmp_path / "mine" / "experiment" / "dup.yaml").write_text("# @package _global_\nmodel:\n  latent_dim: 3\n"
-                                                              "  latent_dim: 4\n")
+    (tmp_path / "mine" / "experiment" / "dup.yaml").write_text(
+        "# @package _global_\nmodel:\n  latent_dim: 3\n  latent_dim: 4\n"
+    )
     err = refused("vae-train", "--config-dir", "mine", "experiment=dup", cwd=tmp_path, capsys=capsys)
-    assert err.strip() == ("vae-train: error: mine/experiment/dup.yaml:4:3: not valid YAML (the key 'latent_dim' "
-                           "appears twice). Fix that line of the file, then run the command again.")
+    assert err.strip() == (
+        "vae-train: error: mine/experiment/dup.yaml:4:3: not valid YAML (the key 'latent_dim' "
+        "appears twice). Fix that line of the file, then run the command again."
+    )
 
 
 @pytest.mark.slow
@@ -158,8 +179,15 @@ def test_learning_beats_initialisation_and_the_best_factorised_model(trained_dig
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_run_reads_the_real_files(tmp_path):
-    train(tmp_path, "run", "data=fashion_mnist", f"data.data_dir={tmp_path / 'data'}", "trainer.max_steps=30",
-          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2")
+    train(
+        tmp_path,
+        "run",
+        "data=fashion_mnist",
+        f"data.data_dir={tmp_path / 'data'}",
+        "trainer.max_steps=30",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 30
     assert metrics["test/bpd"] == pytest.approx(-metrics["test/elbo"] / (784 * 0.6931471805599453), rel=1e-6)
@@ -207,7 +235,13 @@ def test_a_resume_adds_its_own_record_and_keeps_the_first(short_run, tmp_path):
     assert all(after[name] == data for name, data in first.items())  # the first composition, as it was
     records = sorted(p for p in (run / ".hydra").iterdir() if p.is_dir())
     assert len(records) == 1 and {p.name for p in records[0].iterdir() if not p.name.startswith("events.")} == {
-        "config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "hparams.yaml", "provenance.yaml"}
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+        "train.log",
+        "hparams.yaml",
+        "provenance.yaml",
+    }
     assert "trainer.max_epochs=3" in (records[0] / "overrides.yaml").read_text()
     assert "max_epochs: 3" in (records[0] / "config.yaml").read_text()
     assert f"resuming {run / 'checkpoints' / 'last.ckpt'}" in (records[0] / "train.log").read_text()
@@ -277,8 +311,14 @@ def test_images_are_written_at_the_end_whatever_the_epoch_count(short_run):
 def test_diagnostics_do_not_change_what_training_draws(tmp_path):
     args = ("trainer.max_epochs=3", "seed=4")
     quiet = train(tmp_path, "quiet", *args)
-    busy = train(tmp_path, "busy", *args, "callbacks.image_grids.every_n_epochs=1",
-                 "callbacks.val_nll_iw.iw_samples=3", "callbacks.val_nll_iw.every_n_epochs=1")
+    busy = train(
+        tmp_path,
+        "busy",
+        *args,
+        "callbacks.image_grids.every_n_epochs=1",
+        "callbacks.val_nll_iw.iw_samples=3",
+        "callbacks.val_nll_iw.every_n_epochs=1",
+    )
     assert (quiet / "metrics.json").read_text() == (busy / "metrics.json").read_text()
 
 
@@ -295,8 +335,14 @@ def test_in_a_terminal_the_bar_shows_the_running_means_and_the_time_left(tmp_pat
     main, tty = pty.openpty()
     fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
     exe = str(Path(sys.executable).parent / "vae-train")
-    proc = subprocess.Popen([exe, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
-                            stdin=tty, stdout=tty, stderr=tty, close_fds=True)
+    proc = subprocess.Popen(
+        [exe, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        stdin=tty,
+        stdout=tty,
+        stderr=tty,
+        close_fds=True,
+    )
     os.close(tty)
     out = bytearray()
     while True:

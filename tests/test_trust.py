@@ -1,6 +1,7 @@
 """The trust boundary (vae_cli/inputs.py): a checkpoint is data. Whatever its saved configs name, vae-eval and
 vae-sample build only vae-cli's own classes (or those the user names with trust=[...]), never call anything else,
 and refuse the file in one line naming it and the key."""
+
 import pytest
 import torch
 
@@ -12,15 +13,32 @@ def _digits_checkpoint(path, **changes):
     applied to its top-level entries."""
     from vae_cli.core.vae import VAE
 
-    model = {"_target_": "vae_cli.core.vae.VAE", "arch": "mlp", "latent_dim": 2, "hidden_dims": [8],
-             "activation": "relu", "likelihood": "bernoulli", "gaussian_std": 0.1, "init_output_bias": False,
-             "logvar_range": None, "data_shape": [1, 8, 8]}
+    model = {
+        "_target_": "vae_cli.core.vae.VAE",
+        "arch": "mlp",
+        "latent_dim": 2,
+        "hidden_dims": [8],
+        "activation": "relu",
+        "likelihood": "bernoulli",
+        "gaussian_std": 0.1,
+        "init_output_bias": False,
+        "logvar_range": None,
+        "data_shape": [1, 8, 8],
+    }
     vae = VAE(**{k: v for k, v in model.items() if k != "_target_"})
-    ckpt = {"state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()},
-            "hyper_parameters": {"model": model, "objective": {"beta": 1.0}},
-            "data_config": {"_target_": "vae_cli.data.Digits", "data_dir": str(path.parent / "data"), "val_size": 150,
-                            "test_size": 297, "binarize": True},
-            "global_step": 0, "epoch": 0}
+    ckpt = {
+        "state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()},
+        "hyper_parameters": {"model": model, "objective": {"beta": 1.0}},
+        "data_config": {
+            "_target_": "vae_cli.data.Digits",
+            "data_dir": str(path.parent / "data"),
+            "val_size": 150,
+            "test_size": 297,
+            "binarize": True,
+        },
+        "global_step": 0,
+        "epoch": 0,
+    }
     ckpt.update(changes)
     torch.save(ckpt, path)
     return path
@@ -53,8 +71,11 @@ def test_a_checkpoint_naming_a_callable_is_refused_before_anything_runs(tool, wh
     else:
         saved["data_config"] = _aimed(writer, victim)
     torch.save(saved, ckpt)
-    err = refused(tool, f"ckpt_path={ckpt}", "iw_samples=2", cwd=tmp_path, capsys=capsys) if tool == "vae-eval" else \
-        refused(tool, f"ckpt_path={ckpt}", f"out={tmp_path / 'grids'}", cwd=tmp_path, capsys=capsys)
+    err = (
+        refused(tool, f"ckpt_path={ckpt}", "iw_samples=2", cwd=tmp_path, capsys=capsys)
+        if tool == "vae-eval"
+        else refused(tool, f"ckpt_path={ckpt}", f"out={tmp_path / 'grids'}", cwd=tmp_path, capsys=capsys)
+    )
     key = "hyper_parameters.model._target_" if where == "model" else "data_config._target_"
     assert str(ckpt) in err and key in err and writer["_target_"] in err
     assert victim.read_text() == "mine"
@@ -88,8 +109,15 @@ def test_a_users_own_class_is_built_only_when_the_user_trusts_it(tmp_path, capsy
     try:
         err = refused("vae-eval", f"ckpt_path={ckpt}", "iw_samples=2", "limit=5", cwd=tmp_path, capsys=capsys)
         assert "trust=[vae_cli_test_models.SmallVAE]" in err
-        run_here("vae-eval", f"ckpt_path={ckpt}", "iw_samples=2", "limit=5", "figures=false",
-                 "trust=[vae_cli_test_models.SmallVAE]", cwd=tmp_path)
+        run_here(
+            "vae-eval",
+            f"ckpt_path={ckpt}",
+            "iw_samples=2",
+            "limit=5",
+            "figures=false",
+            "trust=[vae_cli_test_models.SmallVAE]",
+            cwd=tmp_path,
+        )
         assert "nll_iw (k=2)" in capsys.readouterr().out
     finally:
         sys.path.remove(str(tmp_path))

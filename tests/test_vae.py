@@ -1,5 +1,6 @@
 """The core VAE's terms: what it computes per example against torch.distributions, that both networks
 learn from them, and that they stay float32 under bf16 autocast."""
+
 import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
@@ -40,8 +41,17 @@ def test_gradients_reach_the_encoder_through_both_terms():
         assert first is not None and first.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"latent_dim": 0}, {"hidden_dims": []}, {"hidden_dims": [64, -1]},
-                                    {"activation": "swishy"}, {"arch": "rnn"}, {"likelihood": "poisson"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"latent_dim": 0},
+        {"hidden_dims": []},
+        {"hidden_dims": [64, -1]},
+        {"activation": "swishy"},
+        {"arch": "rnn"},
+        {"likelihood": "poisson"},
+    ],
+)
 def test_bad_arguments_are_plain_errors(kwargs):
     with pytest.raises(ValueError):
         VAE((1, 8, 8), **kwargs)

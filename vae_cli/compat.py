@@ -3,6 +3,7 @@ and W&B loggers), each behind a function named for what it does: the rest of the
 tests/test_compat.py pins each one, so a release that changes one fails its test rather than a run. No library is
 imported at the top: a command that never trains (vae-eval, vae-sample, vae-report, a refused vae-train) loads none
 through this module."""
+
 import traceback
 
 
@@ -62,5 +63,6 @@ RESTORE_FILE = "checkpoint_connector.py"
 def raised_restoring(error: BaseException) -> bool:
     """Whether an error was raised while Lightning put a checkpoint's state back into the trainer, the module, the
     optimisers or the callbacks (a state the run cannot take), as its traceback's frames tell."""
-    return any(f.name in RESTORE_FRAMES or f.filename.endswith(RESTORE_FILE)
-               for f in traceback.extract_tb(error.__traceback__))
+    return any(
+        f.name in RESTORE_FRAMES or f.filename.endswith(RESTORE_FILE) for f in traceback.extract_tb(error.__traceback__)
+    )

@@ -7,6 +7,7 @@ tensors and plain containers; the configs saved in it may name only the classes 
 and datamodules) or classes the user names (vae-eval trust=[...]); those classes are built here with plain keyword
 arguments, never through Hydra's instantiate (which would resolve interpolations and call any `_target_`).
 Standard library at import: torch and PyYAML are imported where a file of theirs is read."""
+
 import importlib
 import json
 import math
@@ -123,8 +124,9 @@ def read_yaml(path, what: str, unique_keys: bool = False):
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 if key in keys:
-                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice",
-                                                            key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice", key_node.start_mark
+                    )
                 keys.add(key)
             return super().construct_mapping(node, deep)
 
@@ -134,8 +136,10 @@ def read_yaml(path, what: str, unique_keys: bool = False):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise UserError(f"{path}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, then run "
-                        "the command again.") from None
+        raise UserError(
+            f"{path}{at}: not valid YAML ({e.problem or e.context}). Fix that line of the file, then run "
+            "the command again."
+        ) from None
     except (yaml.YAMLError, RecursionError, TypeError) as e:  # errors without a position; an unhashable key
         raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]}).") from None
     return _unicode(content, path, what)
@@ -176,8 +180,10 @@ def plain(value, path, key: str, depth: int = 0) -> None:
             if not isinstance(k, str):
                 raise UserError(f"{_where(path, key)} has a key {k!r} that is not a name; the file is not vae-cli's.")
             if k.startswith("_"):
-                raise UserError(f"{_where(path, f'{key}.{k}')}: a setting below the top of a saved config may not "
-                                "name a class or a call; the file is not vae-cli's (or was altered), and is refused.")
+                raise UserError(
+                    f"{_where(path, f'{key}.{k}')}: a setting below the top of a saved config may not "
+                    "name a class or a call; the file is not vae-cli's (or was altered), and is refused."
+                )
             plain(v, path, f"{key}.{k}", depth + 1)
         return
     raise UserError(f"{_where(path, key)} holds a {type(value).__name__}, not a setting; the file is not vae-cli's.")
@@ -189,13 +195,17 @@ def saved_config(config, path, key: str, trust=()) -> dict:
         raise UserError(f"{_where(path, key)} is a {type(config).__name__}, not a config; the file is not vae-cli's.")
     target = config.get("_target_")
     if not isinstance(target, str) or target not in (*TRUSTED, *trust):
-        raise UserError(f"{_where(path, key + '._target_')}={target!r} is not a class vae-cli builds from a file. "
-                        "A checkpoint may name vae-cli's own networks and datamodules; if this is your own class "
-                        f"and you trust the file, say so: trust=[{target}].")
+        raise UserError(
+            f"{_where(path, key + '._target_')}={target!r} is not a class vae-cli builds from a file. "
+            "A checkpoint may name vae-cli's own networks and datamodules; if this is your own class "
+            f"and you trust the file, say so: trust=[{target}]."
+        )
     extra = [k for k in config if isinstance(k, str) and k.startswith("_") and k != "_target_"]
     if extra:
-        raise UserError(f"{_where(path, f'{key}.{extra[0]}')}: a saved config may name a class and its settings, "
-                        "nothing else; the file is refused.")
+        raise UserError(
+            f"{_where(path, f'{key}.{extra[0]}')}: a saved config may name a class and its settings, "
+            "nothing else; the file is refused."
+        )
     plain({k: v for k, v in config.items() if k != "_target_"}, path, key)
     return config
 
@@ -208,16 +218,20 @@ def build(config: dict, path, key: str, trust=(), **overrides):
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise UserError(f"{_where(path, key + '._target_')}={config['_target_']!r} cannot be imported here ({e}); "
-                        "install the package that defines it.") from None
+        raise UserError(
+            f"{_where(path, key + '._target_')}={config['_target_']!r} cannot be imported here ({e}); "
+            "install the package that defines it."
+        ) from None
     settings = {**{k: v for k, v in config.items() if k != "_target_"}, **overrides}
     try:
         return cls(**settings)
     except BadArgument as e:
         raise UserError(f"{path}: " + e.named(lambda n: f"{key}.{n}")) from None
     except (TypeError, ValueError, UserError) as e:
-        raise UserError(f"{_where(path, key)} does not describe a {name} ({' '.join(str(e).split())[:300]}); "
-                        "the file is not a vae-cli checkpoint of this version, or was altered.") from None
+        raise UserError(
+            f"{_where(path, key)} does not describe a {name} ({' '.join(str(e).split())[:300]}); "
+            "the file is not a vae-cli checkpoint of this version, or was altered."
+        ) from None
 
 
 def _epoch_sums(sums) -> bool:
@@ -226,18 +240,27 @@ def _epoch_sums(sums) -> bool:
     if not (isinstance(sums, dict) and {"names", "sums", "count"} <= sums.keys()):
         return False
     names, values, count = sums["names"], sums["sums"], sums["count"]
-    return (isinstance(names, list) and all(isinstance(n, str) for n in names) and torch.is_tensor(values)
-            and values.dtype.is_floating_point and values.shape == (len(names),)
-            and isinstance(count, int) and not isinstance(count, bool) and count >= 0)
+    return (
+        isinstance(names, list)
+        and all(isinstance(n, str) for n in names)
+        and torch.is_tensor(values)
+        and values.dtype.is_floating_point
+        and values.shape == (len(names),)
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and count >= 0
+    )
 
 
 CORE_VAE = TRUSTED_MODELS[0]
 
 # Checkpoints written before the VAE moved into its own module had flat hyperparameters and the
 # networks' parameters on the LightningModule itself (encoder.*, not vae.encoder.*).
-_GROUPS = {"model": ("data_shape", "arch", "latent_dim", "hidden_dims", "activation", "likelihood", "gaussian_std"),
-           "objective": ("beta", "warmup_steps", "warmup_epochs", "free_bits", "kl_estimator"),
-           "optim": ("lr", "lr_decay")}
+_GROUPS = {
+    "model": ("data_shape", "arch", "latent_dim", "hidden_dims", "activation", "likelihood", "gaussian_std"),
+    "objective": ("beta", "warmup_steps", "warmup_epochs", "free_bits", "kl_estimator"),
+    "optim": ("lr", "lr_decay"),
+}
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
@@ -259,8 +282,13 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
 
 
 # A checkpoint's top-level entries that vae-cli reads, and what each must be.
-_CHECKPOINT = {"state_dict": dict, "hyper_parameters": dict, "data_config": (dict, type(None)),
-               "global_step": int, "epoch": int}
+_CHECKPOINT = {
+    "state_dict": dict,
+    "hyper_parameters": dict,
+    "data_config": (dict, type(None)),
+    "global_step": int,
+    "epoch": int,
+}
 
 
 def checkpoint(path: Path, trust=()) -> dict:
@@ -275,25 +303,34 @@ def checkpoint(path: Path, trust=()) -> dict:
     ckpt = upgrade_checkpoint(ckpt)
     for key, kind in _CHECKPOINT.items():
         if key in ckpt and (not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool)):
-            raise UserError(f"{_where(path, key)} is a {type(ckpt[key]).__name__}; a vae-cli checkpoint's is not. "
-                            "The file is not a vae-cli checkpoint, or was altered.")
+            raise UserError(
+                f"{_where(path, key)} is a {type(ckpt[key]).__name__}; a vae-cli checkpoint's is not. "
+                "The file is not a vae-cli checkpoint, or was altered."
+            )
     bad = next((k for k, v in ckpt["state_dict"].items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
     if bad is not None or not ckpt["state_dict"]:
-        raise UserError(f"{_where(path, 'state_dict')} holds {'no weights' if bad is None else repr(bad)}, not "
-                        "tensors by name; the file is not a vae-cli checkpoint, or was altered.")
+        raise UserError(
+            f"{_where(path, 'state_dict')} holds {'no weights' if bad is None else repr(bad)}, not "
+            "tensors by name; the file is not a vae-cli checkpoint, or was altered."
+        )
     raw = ckpt.get("current_model_state")  # a weight average's raw weights
-    if raw is not None and not (isinstance(raw, dict) and all(isinstance(k, str) and torch.is_tensor(v)
-                                                               for k, v in raw.items())):
+    if raw is not None and not (
+        isinstance(raw, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in raw.items())
+    ):
         raise UserError(f"{_where(path, 'current_model_state')} is not tensors by name; the file was altered.")
     sums = ckpt.get("train_epoch_sums")  # a training epoch's running sums, saved mid-epoch
     if sums is not None and not _epoch_sums(sums):
-        raise UserError(f"{_where(path, 'train_epoch_sums')} is not an epoch's metric sums (names, a sum of each, a "
-                        "count); the file was altered, or is not a vae-cli checkpoint.")
+        raise UserError(
+            f"{_where(path, 'train_epoch_sums')} is not an epoch's metric sums (names, a sum of each, a "
+            "count); the file was altered, or is not a vae-cli checkpoint."
+        )
     hp = ckpt["hyper_parameters"]
     saved_config(hp.get("model"), path, "hyper_parameters.model", trust)
     if not isinstance(hp.get("objective", {}), dict):
-        raise UserError(f"{_where(path, 'hyper_parameters.objective')} is a {type(hp['objective']).__name__}, not "
-                        "the objective's settings; the file was altered, or is not a vae-cli checkpoint.")
+        raise UserError(
+            f"{_where(path, 'hyper_parameters.objective')} is a {type(hp['objective']).__name__}, not "
+            "the objective's settings; the file was altered, or is not a vae-cli checkpoint."
+        )
     plain({k: v for k, v in hp.items() if k != "model"}, path, "hyper_parameters")
     if ckpt.get("data_config") is not None:
         saved_config(ckpt["data_config"], path, "data_config", trust)

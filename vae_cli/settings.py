@@ -6,6 +6,7 @@ same rules when they are built from Python.
 A rule refuses with BadArgument, whose message names the argument as {name}: the class's caller sees the argument's
 name, the command the config key (model.latent_dim). What only the data can tell (a split larger than the dataset)
 is checked where the data is read."""
+
 import math
 import os
 from dataclasses import dataclass
@@ -54,9 +55,15 @@ FAMILIES = {
 POSTERIORS = {
     "diagonal": {},
     "full": {},
-    "iaf": {"n_steps": (lambda v: integer(v, 1), "number of flow steps", "an integer >= 1, e.g. 2", 2),
-            "hidden_dims": (lambda v: isinstance(v, (list, tuple)) and all(integer(h, 1) for h in v),
-                            "list of layer widths", "zero or more integers >= 1, e.g. [128]", [128])},
+    "iaf": {
+        "n_steps": (lambda v: integer(v, 1), "number of flow steps", "an integer >= 1, e.g. 2", 2),
+        "hidden_dims": (
+            lambda v: isinstance(v, (list, tuple)) and all(integer(h, 1) for h in v),
+            "list of layer widths",
+            "zero or more integers >= 1, e.g. [128]",
+            [128],
+        ),
+    },
 }
 PRIORS = {
     "standard": {},
@@ -73,12 +80,15 @@ def _check_family(name: str, spec, families: dict, default: str) -> str:
     if isinstance(spec, str):
         spec = {"family": spec}
     if not isinstance(spec, dict):
-        raise BadArgument(f"{{{name}}}={spec!r} is not a valid {name} family; use one of {', '.join(families)}, "
-                          f"e.g. {name}={next(iter(families))} on the command line.")
+        raise BadArgument(
+            f"{{{name}}}={spec!r} is not a valid {name} family; use one of {', '.join(families)}, "
+            f"e.g. {name}={next(iter(families))} on the command line."
+        )
     family = spec.get("family", default)
     if not one_of(family, families):
-        raise BadArgument(f"{{{name}}}.family={family!r} is not a valid {name} family; use one of "
-                          f"{', '.join(families)}.")
+        raise BadArgument(
+            f"{{{name}}}.family={family!r} is not a valid {name} family; use one of {', '.join(families)}."
+        )
     rules = families[family]
     for key, value in spec.items():
         if key == "family":
@@ -110,30 +120,58 @@ def check_families(*, posterior=None, prior=None, free_bits=0.0, kl_estimator="a
     closed form (a diagonal q against N(0, I)). Names the keys as {posterior}, {prior}, {free_bits}."""
     q, p = family_of(posterior, "diagonal"), family_of(prior, "standard")
     if free_bits > 0 and (q, p) != ("diagonal", "standard"):
-        raise BadArgument(f"{{free_bits}}={free_bits} floors the KL of each latent dimension, which only "
-                          f"{{posterior}}.family=diagonal with {{prior}}.family=standard has (here {{posterior}}.family="
-                          f"{q} and {{prior}}.family={p}: the KL is not a sum over dimensions). Set {{free_bits}}=0, "
-                          "or use posterior=diagonal prior=standard.")
+        raise BadArgument(
+            f"{{free_bits}}={free_bits} floors the KL of each latent dimension, which only "
+            f"{{posterior}}.family=diagonal with {{prior}}.family=standard has (here {{posterior}}.family="
+            f"{q} and {{prior}}.family={p}: the KL is not a sum over dimensions). Set {{free_bits}}=0, "
+            "or use posterior=diagonal prior=standard."
+        )
 
 
-def check_model(*, latent_dim=16, hidden_dims=(512, 256), arch="mlp", activation="relu", likelihood="bernoulli",
-                gaussian_std=0.1, logvar_range=None, init_output_bias=False, posterior=None, prior=None) -> None:
+def check_model(
+    *,
+    latent_dim=16,
+    hidden_dims=(512, 256),
+    arch="mlp",
+    activation="relu",
+    likelihood="bernoulli",
+    gaussian_std=0.1,
+    logvar_range=None,
+    init_output_bias=False,
+    posterior=None,
+    prior=None,
+) -> None:
     """Refuse settings a VAE cannot be built from, before the data's shape is known."""
     require("latent_dim", latent_dim, integer(latent_dim, 1), "latent dimension K", "an integer >= 1, e.g. 16")
     require("arch", arch, one_of(arch, ARCHS), "architecture", f"one of {', '.join(ARCHS)}")
-    require("hidden_dims", hidden_dims, isinstance(hidden_dims, (list, tuple)) and len(hidden_dims) > 0
-            and all(integer(h, 1) for h in hidden_dims), "list of layer widths",
-            "one or more integers >= 1, e.g. [512,256]")
+    require(
+        "hidden_dims",
+        hidden_dims,
+        isinstance(hidden_dims, (list, tuple)) and len(hidden_dims) > 0 and all(integer(h, 1) for h in hidden_dims),
+        "list of layer widths",
+        "one or more integers >= 1, e.g. [512,256]",
+    )
     if activation == GATED and arch != "mlp":
-        raise BadArgument(f"{{activation}}={GATED} is a layer of the MLP; with {{arch}}={arch} use one of "
-                          f"{', '.join(ACTIVATIONS)}.")
-    require("activation", activation, one_of(activation, [*ACTIVATIONS, GATED]), "activation",
-            f"one of {', '.join(ACTIVATIONS)}, or {GATED} for an MLP")
+        raise BadArgument(
+            f"{{activation}}={GATED} is a layer of the MLP; with {{arch}}={arch} use one of {', '.join(ACTIVATIONS)}."
+        )
+    require(
+        "activation",
+        activation,
+        one_of(activation, [*ACTIVATIONS, GATED]),
+        "activation",
+        f"one of {', '.join(ACTIVATIONS)}, or {GATED} for an MLP",
+    )
     require("likelihood", likelihood, one_of(likelihood, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}")
     check_std(likelihood, gaussian_std)
     range_ok = isinstance(logvar_range, (list, tuple)) and len(logvar_range) == 2 and all(map(finite, logvar_range))
-    require("logvar_range", logvar_range, logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
-            "range", "null, or [lo, hi] with lo < hi, e.g. [-6,2]")
+    require(
+        "logvar_range",
+        logvar_range,
+        logvar_range is None or range_ok and logvar_range[0] < logvar_range[1],
+        "range",
+        "null, or [lo, hi] with lo < hi, e.g. [-6,2]",
+    )
     require("init_output_bias", init_output_bias, isinstance(init_output_bias, bool), "switch", "true or false")
     _check_family("posterior", posterior, POSTERIORS, "diagonal")
     _check_family("prior", prior, PRIORS, "standard")
@@ -144,8 +182,10 @@ def check_std(likelihood: str, gaussian_std) -> None:
     floor = FAMILIES[likelihood].std_floor
     if floor is not None and not (finite(gaussian_std) and gaussian_std > floor):
         bound = "a positive number" if floor == 0 else f"a number above {floor:g} (the smallest std it can learn)"
-        raise BadArgument(f"{{gaussian_std}}={gaussian_std!r} is not a valid standard deviation for "
-                          f"{{likelihood}}={likelihood}; use {bound}, e.g. 0.1.")
+        raise BadArgument(
+            f"{{gaussian_std}}={gaussian_std!r} is not a valid standard deviation for "
+            f"{{likelihood}}={likelihood}; use {bound}, e.g. 0.1."
+        )
 
 
 def _halvings(size, n: int) -> list[tuple[int, ...]]:
@@ -162,17 +202,22 @@ def n_parameters(data_shape, latent_dim: int, hidden_dims, arch: str, activation
     c, *hw = data_shape
     out = FAMILIES[likelihood].params_per_dim
     if arch == "mlp":
+
         def mlp(sizes):
             gate = 2 if activation == GATED else 1  # a gated hidden layer is a linear layer of twice the width
-            return sum((n_in + 1) * n_out * (gate if i < len(sizes) - 2 else 1)
-                       for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])))
+            return sum(
+                (n_in + 1) * n_out * (gate if i < len(sizes) - 2 else 1)
+                for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
+            )
+
         d = math.prod(data_shape)
         return mlp([d, *hidden_dims, 2 * latent_dim]) + mlp([latent_dim, *reversed(hidden_dims), out * d])
     channels = [c, *hidden_dims]
     convs = sum(9 * c_in * c_out + c_out for c_in, c_out in zip(channels[:-1], channels[1:]))
     last = hidden_dims[-1] * math.prod(_halvings(hw, len(hidden_dims))[-1])
-    deconvs = sum(9 * c_in * c_out + c_out for c_in, c_out in zip(reversed(channels[1:]), [*reversed(channels[1:-1]),
-                                                                                           out * c]))
+    deconvs = sum(
+        9 * c_in * c_out + c_out for c_in, c_out in zip(reversed(channels[1:]), [*reversed(channels[1:-1]), out * c])
+    )
     return convs + (last + 1) * 2 * latent_dim + (latent_dim + 1) * last + deconvs
 
 
@@ -199,29 +244,58 @@ KL_ESTIMATORS = ("analytic", "mc")
 GRADIENTS = ("reparam", "stl", "dreg")
 
 
-def check_objective(*, beta=1.0, warmup_steps=0, warmup_epochs=0, free_bits=0.0, kl_estimator="analytic",
-                    iw_samples=1, gradient="reparam") -> None:
+def check_objective(
+    *,
+    beta=1.0,
+    warmup_steps=0,
+    warmup_epochs=0,
+    free_bits=0.0,
+    kl_estimator="analytic",
+    iw_samples=1,
+    gradient="reparam",
+) -> None:
     """Refuse settings the training objective (training/objective.py) cannot be built from."""
     require("beta", beta, finite(beta) and beta >= 0, "KL weight", "a number >= 0 (1 is the ELBO)")
     for name, value in (("warmup_steps", warmup_steps), ("warmup_epochs", warmup_epochs)):
         require(name, value, integer(value, 0), "warm-up length", "an integer >= 0 (0 turns warm-up off)")
-    require("free_bits", free_bits, finite(free_bits) and free_bits >= 0, "free-bits floor",
-            "a number >= 0 of nats per latent dimension (0 turns it off)")
-    require("kl_estimator", kl_estimator, one_of(kl_estimator, KL_ESTIMATORS), "KL estimator",
-            f"one of {', '.join(KL_ESTIMATORS)}")
-    require("iw_samples", iw_samples, integer(iw_samples, 1), "number of importance samples",
-            "an integer >= 1 (1: the ELBO; e.g. 5)")
+    require(
+        "free_bits",
+        free_bits,
+        finite(free_bits) and free_bits >= 0,
+        "free-bits floor",
+        "a number >= 0 of nats per latent dimension (0 turns it off)",
+    )
+    require(
+        "kl_estimator",
+        kl_estimator,
+        one_of(kl_estimator, KL_ESTIMATORS),
+        "KL estimator",
+        f"one of {', '.join(KL_ESTIMATORS)}",
+    )
+    require(
+        "iw_samples",
+        iw_samples,
+        integer(iw_samples, 1),
+        "number of importance samples",
+        "an integer >= 1 (1: the ELBO; e.g. 5)",
+    )
     require("gradient", gradient, one_of(gradient, GRADIENTS), "gradient estimator", f"one of {', '.join(GRADIENTS)}")
     if warmup_steps and warmup_epochs:
-        raise BadArgument(f"{{warmup_steps}}={warmup_steps} and {{warmup_epochs}}={warmup_epochs} are "
-                          "both set; set one of them, the other to 0.")
+        raise BadArgument(
+            f"{{warmup_steps}}={warmup_steps} and {{warmup_epochs}}={warmup_epochs} are "
+            "both set; set one of them, the other to 0."
+        )
     if gradient == "stl" and iw_samples > 1:
-        raise BadArgument(f"{{gradient}}=stl with {{iw_samples}}={iw_samples}: sticking the landing is unbiased for one "
-                          "sample only; use {gradient}=dreg, its unbiased form for k > 1 (Tucker et al. 2019).")
+        raise BadArgument(
+            f"{{gradient}}=stl with {{iw_samples}}={iw_samples}: sticking the landing is unbiased for one "
+            "sample only; use {gradient}=dreg, its unbiased form for k > 1 (Tucker et al. 2019)."
+        )
     if free_bits > 0 and (iw_samples > 1 or gradient != "reparam"):
-        raise BadArgument(f"{{free_bits}}={free_bits} applies to the ELBO with its KL in closed form; with "
-                          f"{{iw_samples}}={iw_samples} and {{gradient}}={gradient} the KL is inside the sampled "
-                          "bound. Set {free_bits}=0, or train the ELBO ({iw_samples}=1, {gradient}=reparam).")
+        raise BadArgument(
+            f"{{free_bits}}={free_bits} applies to the ELBO with its KL in closed form; with "
+            f"{{iw_samples}}={iw_samples} and {{gradient}}={gradient} the KL is inside the sampled "
+            "bound. Set {free_bits}=0, or train the ELBO ({iw_samples}=1, {gradient}=reparam)."
+        )
 
 
 VAL_SPLITS = ("random", "last")
@@ -258,23 +332,39 @@ DATA_RULES = {
     "eval_batch_size": (lambda v: integer(v, 1), "batch size", "an integer >= 1, e.g. {eval_batch_size}=1000"),
     "val_size": (_split_size, "number of examples", "a count >= 1 or a fraction in (0, 1), e.g. {val_size}=0.1"),
     "test_size": (_split_size, "number of examples", "a count >= 1 or a fraction in (0, 1), e.g. {test_size}=0.1"),
-    "binarize": (lambda v: v is None or _switch(v), "switch",
-                 "true, false, or null (binarise exactly when the likelihood is of binary data)"),
+    "binarize": (
+        lambda v: v is None or _switch(v),
+        "switch",
+        "true, false, or null (binarise exactly when the likelihood is of binary data)",
+    ),
     "split_seed": (seed, "seed", "an integer from 0 to 2**32 - 1, e.g. {split_seed}=0"),
     "seed": (seed, "seed", "an integer from 0 to 2**32 - 1, e.g. seed=3"),
     "on_device": (_switch, "switch", "true or false"),
-    "val_split": (lambda v: one_of(v, VAL_SPLITS), "validation split",
-                  "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size "
-                  "examples, in file order)"),
-    "eval_binarize_numpy_seed": (lambda v: v is None or seed(v), "seed",
-                                 "null (vae-cli's fixed seeds) or an integer from 0 to 2**32 - 1, e.g. 777 as in the "
-                                 "reference code"),
+    "val_split": (
+        lambda v: one_of(v, VAL_SPLITS),
+        "validation split",
+        "random (val_size examples drawn with {split_seed}) or last (the training set's last val_size "
+        "examples, in file order)",
+    ),
+    "eval_binarize_numpy_seed": (
+        lambda v: v is None or seed(v),
+        "seed",
+        "null (vae-cli's fixed seeds) or an integer from 0 to 2**32 - 1, e.g. 777 as in the reference code",
+    ),
     "likelihood": (lambda v: one_of(v, FAMILIES), "likelihood", f"one of {', '.join(FAMILIES)}"),
     "data_dir": (lambda v: v is None or _folder_name(v), "folder", "a folder's path, e.g. {data_dir}=data"),
-    "path": (lambda v: v is not None and _folder_name(v), "folder", "the folder of your images, e.g. {path}=~/pictures"),
+    "path": (
+        lambda v: v is not None and _folder_name(v),
+        "folder",
+        "the folder of your images, e.g. {path}=~/pictures",
+    ),
     "channels": (lambda v: one_of(v, (1, 3)), "number of channels", "1 (grey) or 3 (RGB)"),
     "image_size": (_size, "image size", "an integer >= 1 or a pair [height, width], e.g. {image_size}=[32,32]"),
-    "num_workers": (lambda v: integer(v, 0), "number of workers", "an integer >= 0 (0: read images in the main process)"),
+    "num_workers": (
+        lambda v: integer(v, 0),
+        "number of workers",
+        "an integer >= 0 (0: read images in the main process)",
+    ),
     "skip_unreadable": (_switch, "switch", "true or false"),
 }
 
@@ -299,8 +389,11 @@ def _text(v) -> bool:
 PART_RULES = {
     "dirpath": (_text, "folder", "a folder's path"),
     "save_dir": (_text, "folder", "a folder's path"),
-    "filename": (lambda v: v is None or _text(v) and all(len(part) <= NAME_MAX for part in v.split("/")), "file name",
-                 "a name without a suffix, of at most 200 characters, e.g. best"),
+    "filename": (
+        lambda v: v is None or _text(v) and all(len(part) <= NAME_MAX for part in v.split("/")),
+        "file name",
+        "a name without a suffix, of at most 200 characters, e.g. best",
+    ),
     "monitor": (lambda v: v is None or _text(v), "metric", "a logged metric, e.g. val/elbo, or null"),
     "mode": (lambda v: one_of(v, ("min", "max")), "direction", "min or max"),
     "save_top_k": (lambda v: integer(v, -1), "number of checkpoints", "an integer >= -1 (-1: all), e.g. 1"),
@@ -314,11 +407,17 @@ PART_RULES = {
     "save_last": (lambda v: v is None or isinstance(v, bool) or v == "link", "switch", "true, false, null or link"),
     "auto_insert_metric_name": (_switch, "switch", "true or false"),
     "name": (lambda v: v is None or v == "" or _text(v), "name", "a name, empty, or null"),
-    "version": (lambda v: v is None or v == "" or _text(v) or integer(v, 0), "version",
-                "a name, an integer >= 0, empty, or null"),
+    "version": (
+        lambda v: v is None or v == "" or _text(v) or integer(v, 0),
+        "version",
+        "a name, an integer >= 0, empty, or null",
+    ),
     "default_hp_metric": (_switch, "switch", "true or false"),
-    "decay": (lambda v: finite(v) and 0 < v < 1, "decay", "a number in (0, 1): e.g. 0.999 for an average over about "
-              "the last 1,000 steps"),
+    "decay": (
+        lambda v: finite(v) and 0 < v < 1,
+        "decay",
+        "a number in (0, 1): e.g. 0.999 for an average over about the last 1,000 steps",
+    ),
 }
 PARTS = ("vae_cli.", "pytorch_lightning.")  # the classes whose arguments PART_RULES knows
 
@@ -332,8 +431,12 @@ def check_part(**arguments) -> None:
 
 
 # The image shape of each of vae-cli's datamodules, (C, H, W), known before any data is read.
-DATA_SHAPES = {"vae_cli.data.Digits": (1, 8, 8), "vae_cli.data.MNIST": (1, 28, 28),
-               "vae_cli.data.FashionMNIST": (1, 28, 28), "vae_cli.data.CIFAR10": (3, 32, 32)}
+DATA_SHAPES = {
+    "vae_cli.data.Digits": (1, 8, 8),
+    "vae_cli.data.MNIST": (1, 28, 28),
+    "vae_cli.data.FashionMNIST": (1, 28, 28),
+    "vae_cli.data.CIFAR10": (3, 32, 32),
+}
 
 
 def data_shape(data: dict) -> tuple[int, ...] | None:

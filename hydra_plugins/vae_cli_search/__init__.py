@@ -1,4 +1,5 @@
 """hparams_search=optuna's sweeper as a Hydra plugin (hydra/sweeper=optuna_study); the search itself is _impl.py."""
+
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 

@@ -8,6 +8,7 @@ to an end (complete, pruned or failed, as Optuna's own Study.optimize counts the
 `max_failures_in_a_row` trials failed stops early. Each job reports its validation metric to its trial after every
 epoch, and the study's pruner stops a hopeless one (vae_cli/cli/study.py: the study as both sides open it).
 """
+
 import logging
 import threading
 import time
@@ -23,8 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.cli.errors import run_or_exit
 from vae_cli.cli.secrets import mask
-from vae_cli.cli.study import (Pruned, SearchConfig, built, make_pruner, open_storage, quiet_experimental, storage_url,
-                               trial_id)
+from vae_cli.cli.study import (
+    Pruned,
+    SearchConfig,
+    built,
+    make_pruner,
+    open_storage,
+    quiet_experimental,
+    storage_url,
+    trial_id,
+)
 from vae_cli.cli.sweep.jobs import JobFailed
 from vae_cli.errors import UserError
 from vae_cli.writers import figures
@@ -53,8 +62,11 @@ def search_space(params, arguments: list[str]) -> tuple[dict, list[str]]:
         elif isinstance(value, RangeSweep):
             values = list(override.sweep_iterator())
             ints = all(isinstance(v, int) for v in values)
-            space[key] = (IntDistribution(values[0], values[-1], step=value.step, log=log_scale) if ints
-                          else CategoricalDistribution(values))
+            space[key] = (
+                IntDistribution(values[0], values[-1], step=value.step, log=log_scale)
+                if ints
+                else CategoricalDistribution(values)
+            )
         elif override.is_sweep_override():
             raise UserError(f"{override.input_line}: a search takes choice(...), range(...) or interval(...).")
         else:
@@ -93,8 +105,9 @@ class Search:
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> None:
 
@@ -105,15 +118,23 @@ class Search:
 
         s = self.settings
         if s.max_failures_in_a_row < 0:
-            raise UserError(f"hydra.sweeper.max_failures_in_a_row={s.max_failures_in_a_row}: a count of trials; use 0 "
-                            "to run n_trials whatever fails, or a positive number, e.g. 3 (the default).")
+            raise UserError(
+                f"hydra.sweeper.max_failures_in_a_row={s.max_failures_in_a_row}: a count of trials; use 0 "
+                "to run n_trials whatever fails, or a positive number, e.g. 3 (the default)."
+            )
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what each trial did
         space, fixed = search_space(s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         url = storage_url(s.storage, sweep_dir)
         storage = open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retry)
-        study = optuna.create_study(study_name=s.study_name, storage=storage, direction=s.direction,
-                                    sampler=built(s.sampler), pruner=make_pruner(s.pruner), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=s.study_name,
+            storage=storage,
+            direction=s.direction,
+            sampler=built(s.sampler),
+            pruner=make_pruner(s.pruner),
+            load_if_exists=True,
+        )
         log.info("study %s in %s: %d of %d trials run", s.study_name, mask(url), len(tried(study)), s.n_trials)
         failed, in_a_row = [], 0
         while len(tried(study)) < s.n_trials:
@@ -136,8 +157,11 @@ class Search:
                     failed.append(error)
             if s.max_failures_in_a_row and in_a_row >= s.max_failures_in_a_row:
                 # A setting that fails every trial (or a broken machine) would otherwise fail trial after trial.
-                log.error("the last %d trials failed: the search stops (hydra.sweeper.max_failures_in_a_row=%d)",
-                          in_a_row, s.max_failures_in_a_row)
+                log.error(
+                    "the last %d trials failed: the search stops (hydra.sweeper.max_failures_in_a_row=%d)",
+                    in_a_row,
+                    s.max_failures_in_a_row,
+                )
                 break
         self.write_results(study, sweep_dir)
         if failed:
@@ -149,7 +173,7 @@ class Search:
         from optuna.trial import TrialState
 
         keep = sorted(running(study), key=lambda t: (t.datetime_start, t.number))
-        if trial.number in {t.number for t in keep[:max(self.settings.n_trials - len(tried(study)), 0)]}:
+        if trial.number in {t.number for t in keep[: max(self.settings.n_trials - len(tried(study)), 0)]}:
             return False
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
@@ -174,7 +198,9 @@ class Search:
         self.job_idx += len(batch)
         errors = []
         for t, ret in zip(batch, returns):
-            t.set_user_attr("run_dir", str(Path(ret.hydra_cfg.hydra.runtime.output_dir).resolve()))  # the trial's folder
+            t.set_user_attr(
+                "run_dir", str(Path(ret.hydra_cfg.hydra.runtime.output_dir).resolve())
+            )  # the trial's folder
             try:
                 value = ret.return_value  # the job's result; Hydra writes the overrides of a failed one to stderr
             except Exception as error:
@@ -197,15 +223,23 @@ class Search:
     def write_results(self, study, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
 
-
         counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
         results = {"name": study.study_name, "trials": dict(counts)}
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
-            results.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                           best_run_dir=best.user_attrs.get("run_dir"))
-            log.info("best trial: %d, %.4f in %s (%s)", best.number, best.value, best.user_attrs.get("run_dir"),
-                     sweep_dir / RESULTS_FILE)
+            results.update(
+                best_trial=best.number,
+                best_value=best.value,
+                best_params=best.params,
+                best_run_dir=best.user_attrs.get("run_dir"),
+            )
+            log.info(
+                "best trial: %d, %.4f in %s (%s)",
+                best.number,
+                best.value,
+                best.user_attrs.get("run_dir"),
+                sweep_dir / RESULTS_FILE,
+            )
         atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(OmegaConf.to_yaml(results).encode()))
         plot_study(study, sweep_dir, f"best {self.config.callbacks.model_checkpoint.monitor} (nats)")
 
@@ -228,7 +262,6 @@ def running(study) -> list:
 def plot_study(study, sweep_dir: Path, target: str = "objective") -> list[Path]:
     """Optuna's own figures of the study: the optimisation history, and the parameters' importances."""
     from optuna.trial import TrialState
-
 
     if figures.figure_class() is None:
         log.info(figures.not_installed("the study's figures"))

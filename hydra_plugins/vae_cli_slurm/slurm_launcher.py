@@ -12,6 +12,7 @@ launcher submits them, with three differences:
 
 A job requeued (after SLURM's warning before its time limit, a preemption, scontrol requeue) stays in the queue,
 and the launcher waits for it to start again and finish."""
+
 import getpass
 import logging
 import re
@@ -63,6 +64,7 @@ def _run(*command: str) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # What the cluster can give: checked before anything is submitted.
 
+
 def _minutes(limit: str) -> float:
     """SLURM's time limit ([days-]hours:minutes:seconds, minutes:seconds, ...) in minutes; inf for infinite."""
     if limit in ("infinite", "UNLIMITED", ""):
@@ -91,9 +93,11 @@ def unmet_request(params: dict) -> str | None:
     nodes = [r for r in rows if (r[1].rstrip("*") == partition if partition else r[1].endswith("*"))]
     if not nodes:
         known = sorted({r[1].rstrip("*") for r in rows})
-        return (f"hydra.launcher.partition={partition}: SLURM has no such partition; it has {', '.join(known)}."
-                if partition else f"SLURM has no default partition: set hydra.launcher.partition to one of "
-                                  f"{', '.join(known)}.")
+        return (
+            f"hydra.launcher.partition={partition}: SLURM has no such partition; it has {', '.join(known)}."
+            if partition
+            else f"SLURM has no default partition: set hydra.launcher.partition to one of {', '.join(known)}."
+        )
     names = {r[0] for r in nodes}
     cpus, mem_mb = max(int(r[2].rstrip("+")) for r in nodes), max(int(r[3].rstrip("+")) for r in nodes)
     gpus, limit = max(_gpus(r[4]) for r in nodes), _minutes(nodes[0][5])
@@ -101,30 +105,43 @@ def unmet_request(params: dict) -> str | None:
     asked_gpus = params.get("gpus_per_node") or (params.get("gpus_per_task") or 0) * tasks
     unmet = []
     if asked_gpus and not gpus:
-        unmet.append(f"hydra.launcher.gpus_per_node={asked_gpus}: {named} has no GPUs. Train on CPUs with "
-                     "trainer.accelerator=cpu (the launcher then asks for none), or set hydra.launcher.gpus_per_node=0.")
+        unmet.append(
+            f"hydra.launcher.gpus_per_node={asked_gpus}: {named} has no GPUs. Train on CPUs with "
+            "trainer.accelerator=cpu (the launcher then asks for none), or set hydra.launcher.gpus_per_node=0."
+        )
     elif asked_gpus > gpus:
-        unmet.append(f"hydra.launcher.gpus_per_node={asked_gpus}: no node of {named} has more than {gpus} GPUs. Set "
-                     f"hydra.launcher.gpus_per_node={gpus} (and trainer.devices={gpus}) or fewer.")
+        unmet.append(
+            f"hydra.launcher.gpus_per_node={asked_gpus}: no node of {named} has more than {gpus} GPUs. Set "
+            f"hydra.launcher.gpus_per_node={gpus} (and trainer.devices={gpus}) or fewer."
+        )
     if (params.get("nodes") or 1) > len(names):
-        unmet.append(f"hydra.launcher.nodes={params['nodes']}: {named} has {len(names)} node(s). Set "
-                     f"hydra.launcher.nodes={len(names)} or fewer.")
+        unmet.append(
+            f"hydra.launcher.nodes={params['nodes']}: {named} has {len(names)} node(s). Set "
+            f"hydra.launcher.nodes={len(names)} or fewer."
+        )
     if (params.get("cpus_per_task") or 1) * tasks > cpus:
-        unmet.append(f"hydra.launcher.cpus_per_task={params['cpus_per_task']} (x tasks_per_node={tasks}): no node of "
-                     f"{named} has more than {cpus} CPUs. Set hydra.launcher.cpus_per_task={max(1, cpus // tasks)} or "
-                     "fewer.")
+        unmet.append(
+            f"hydra.launcher.cpus_per_task={params['cpus_per_task']} (x tasks_per_node={tasks}): no node of "
+            f"{named} has more than {cpus} CPUs. Set hydra.launcher.cpus_per_task={max(1, cpus // tasks)} or "
+            "fewer."
+        )
     if params.get("mem_gb") and params["mem_gb"] * 1024 > mem_mb:
-        unmet.append(f"hydra.launcher.mem_gb={params['mem_gb']}: no node of {named} has more than {mem_mb} MB of "
-                     f"memory for jobs. Set hydra.launcher.mem_gb={max(1, mem_mb // 1024)} or less.")
+        unmet.append(
+            f"hydra.launcher.mem_gb={params['mem_gb']}: no node of {named} has more than {mem_mb} MB of "
+            f"memory for jobs. Set hydra.launcher.mem_gb={max(1, mem_mb // 1024)} or less."
+        )
     if params.get("timeout_min") and params["timeout_min"] > limit:
-        unmet.append(f"hydra.launcher.timeout_min={params['timeout_min']}: {named} allows at most {int(limit)} "
-                     f"minutes. Set hydra.launcher.timeout_min={int(limit)} or less; a job requeues itself at its "
-                     "limit and goes on.")
+        unmet.append(
+            f"hydra.launcher.timeout_min={params['timeout_min']}: {named} allows at most {int(limit)} "
+            f"minutes. Set hydra.launcher.timeout_min={int(limit)} or less; a job requeues itself at its "
+            "limit and goes on."
+        )
     return " ".join(unmet) or None
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Waiting for the jobs.
+
 
 def _queued(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """This user's jobs among `job_ids` that SLURM still holds (pending, running, requeued, ...): id -> (state,
@@ -133,8 +150,11 @@ def _queued(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     if code:
         return None
     wanted = set(job_ids)
-    return {i: (state, reason) for i, state, reason in (line.split("|") for line in out.splitlines()
-                                                         if line.count("|") == 2) if i in wanted}
+    return {
+        i: (state, reason)
+        for i, state, reason in (line.split("|") for line in out.splitlines() if line.count("|") == 2)
+        if i in wanted
+    }
 
 
 def _final_state(job_id: str) -> str:
@@ -164,8 +184,13 @@ def _ended_without_result(num: int, job, job_dir: Path) -> str:
 
 
 def _say_state(num: int, job_id: str, state: str, reason: str) -> None:
-    waiting = " (requeued: waiting for SLURM to restart it)" if reason == "BeginTime" else \
-        f" ({reason})" if reason not in ("None", "") else ""
+    waiting = (
+        " (requeued: waiting for SLURM to restart it)"
+        if reason == "BeginTime"
+        else f" ({reason})"
+        if reason not in ("None", "")
+        else ""
+    )
     log.info("job %d (SLURM job %s): %s%s", num, job_id, state, waiting)
 
 
@@ -196,9 +221,12 @@ def wait(jobs: list, nums: list[int], job_dirs: list[Path], overrides: list[list
             elif queue is not None and now - gone_since.setdefault(i, now) > RESULT_GRACE_S:
                 returns[i] = _failed(overrides[i], _ended_without_result(nums[i], job, job_dirs[i]))
             elif unreadable_since is not None and now - unreadable_since > SQUEUE_PATIENCE_S:
-                returns[i] = _failed(overrides[i], f"job {nums[i]} (SLURM job {job.job_id}): SLURM's queue could not "
-                                                   f"be read for {SQUEUE_PATIENCE_S // 60} minutes; the job may still "
-                                                   f"run. Its log: {job.paths.stderr}")
+                returns[i] = _failed(
+                    overrides[i],
+                    f"job {nums[i]} (SLURM job {job.job_id}): SLURM's queue could not "
+                    f"be read for {SQUEUE_PATIENCE_S // 60} minutes; the job may still "
+                    f"run. Its log: {job.paths.stderr}",
+                )
         if any(r is None for r in returns):
             time.sleep(POLL_S)
     return returns
@@ -230,13 +258,15 @@ def _result(num: int, job, overrides: list[str]) -> JobReturn:
     except (FailedJobError, UncompletedJobError) as e:  # submitit's own failure, outside vae-train: its last error
         lines = (job.stderr() or str(e)).splitlines()
         last = next((x for x in reversed(lines) if re.match(r"[\w.]+(Error|Exception)\b", x)), type(e).__name__)
-        return _failed(overrides, f"job {num} (SLURM job {job.job_id}) failed: {last.strip()}. Its log: "
-                                  f"{job.paths.stderr}")
+        return _failed(
+            overrides, f"job {num} (SLURM job {job.job_id}) failed: {last.strip()}. Its log: {job.paths.stderr}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 if _SubmititSlurmLauncher is not None:
+
     class SlurmLauncher(_SubmititSlurmLauncher):
         """Hydra's submitit SLURM launcher that checks the request first, and waits for its jobs itself (above)."""
 
@@ -262,8 +292,11 @@ if _SubmititSlurmLauncher is not None:
             import submitit
 
             params = dict(self.params)
-            executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                             slurm_max_num_timeout=params.pop("max_num_timeout"))
+            executor = submitit.AutoExecutor(
+                cluster="slurm",
+                folder=params.pop("submitit_folder"),
+                slurm_max_num_timeout=params.pop("max_num_timeout"),
+            )
             shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the rest are sbatch's own, prefixed
             executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
             sweep = Path(str(self.config.hydra.sweep.dir))
@@ -277,14 +310,23 @@ if _SubmititSlurmLauncher is not None:
                 log.info("\t#%d : %s", num, " ".join(filter_overrides(o)))
             state = Singleton.get_state()
             try:
-                jobs = executor.map_array(self, overrides, ["hydra.sweep.dir"] * len(nums), nums,
-                                          [f"job_id_for_{n}" for n in nums], [state] * len(nums))
+                jobs = executor.map_array(
+                    self,
+                    overrides,
+                    ["hydra.sweep.dir"] * len(nums),
+                    nums,
+                    [f"job_id_for_{n}" for n in nums],
+                    [state] * len(nums),
+                )
             except Exception as e:  # sbatch refused them: its own words name the setting
                 from vae_cli.cli.errors import fail
 
                 said = next((line for line in reversed(str(e).splitlines()) if "error" in line.lower()), str(e))
-                fail("vae-train", f"sbatch refused the sweep's jobs: {said.strip()}. Change the hydra.launcher "
-                                  "setting it names (configs/hydra/launcher/slurm.yaml lists them).")
+                fail(
+                    "vae-train",
+                    f"sbatch refused the sweep's jobs: {said.strip()}. Change the hydra.launcher "
+                    "setting it names (configs/hydra/launcher/slurm.yaml lists them).",
+                )
             job_dirs = [self._job_dir(o, n) for o, n in zip(overrides, nums)]
             returns = wait(jobs, nums, job_dirs, overrides)
             for num, job_dir, ret in zip(nums, job_dirs, returns):

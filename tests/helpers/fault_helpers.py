@@ -6,6 +6,7 @@ Imported by the vae-train processes the tests start, in this process and as subp
 `helpers` fixture (tests/conftest.py) puts this folder, tests/helpers, on sys.path and, by its absolute path, on
 PYTHONPATH, which every process started from the test inherits (sbatch exports it to the job, srun to its tasks).
 Only the modules here are put on that path, not the tests themselves."""
+
 import os
 import shutil
 import signal
@@ -113,11 +114,14 @@ class SlowAfterRequeue(pl.Callback):
 
     def __init__(self, seconds):
         from vae_cli.cli import slurm
+
         real = slurm.requeue
+
         def requeue():
             done = real()
             time.sleep(seconds)
             return done
+
         slurm.requeue = requeue
 
 
@@ -154,8 +158,10 @@ class RemountReadOnlyAtStep(AtStep):
 
     def act(self, pl_module):
         for _ in range(100):  # busy for the moment TensorBoard's thread has its file open
-            if subprocess.run(["mount", "-o", "remount,ro", self.mount], capture_output=True,
-                              check=False).returncode == 0:
+            if (
+                subprocess.run(["mount", "-o", "remount,ro", self.mount], capture_output=True, check=False).returncode
+                == 0
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"could not remount {self.mount} read-only")

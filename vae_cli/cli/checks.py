@@ -3,6 +3,7 @@ value and what it accepts: the rules of the model, objective and data (vae_cli/s
 apply when built), and below those of the keys no class of vae-cli owns (the seed, the trainer's, the optimiser's).
 named() turns a class's refusal (BadArgument) into the user's error with the config key. What only the data can tell
 (a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
+
 import inspect
 import os
 import platform
@@ -32,40 +33,108 @@ def _bool(v) -> bool:
 
 
 def _names(v) -> bool:
-    return isinstance(v, list) and all(isinstance(n, str) and n.replace(".", "").replace("_", "").isalnum()
-                                       and "." in n for n in v)
+    return isinstance(v, list) and all(
+        isinstance(n, str) and n.replace(".", "").replace("_", "").isalnum() and "." in n for n in v
+    )
 
 
 # key, test, what the value is, what to use instead. A key the config does not have is not checked.
 TRAIN_RULES = [
     ("seed", settings.seed, "seed", "an integer from 0 to 2**32 - 1, e.g. seed=3"),
     ("requeue", _bool, "switch", "true or false"),
-    ("trainer.max_epochs", lambda v: v is None or _int(-1)(v), "epoch limit", "an integer (-1 for no limit), e.g. trainer.max_epochs=20"),
+    (
+        "trainer.max_epochs",
+        lambda v: v is None or _int(-1)(v),
+        "epoch limit",
+        "an integer (-1 for no limit), e.g. trainer.max_epochs=20",
+    ),
     ("trainer.max_steps", _int(-1), "step limit", "an integer (-1 for no limit), e.g. trainer.max_steps=1000"),
     ("optim.lr", _number(lambda v: v > 0), "learning rate", "a positive number, e.g. optim.lr=1e-3"),
-    ("optim.lr_decay", _number(lambda v: 0 < v <= 1), "learning-rate decay", "a factor per epoch in (0, 1] (1: constant)"),
+    (
+        "optim.lr_decay",
+        _number(lambda v: 0 < v <= 1),
+        "learning-rate decay",
+        "a factor per epoch in (0, 1] (1: constant)",
+    ),
     ("optim.normalize_grads", _bool, "switch", "true or false"),
     ("compile", _bool, "switch", "true or false"),
-    ("trainer.devices", lambda v: v == "auto" or _int(1)(v) and v <= 1 << 16 or isinstance(v, list) and 0 < len(v)
-     and all(_int(0)(d) and d < 1 << 16 for d in v),
-     "device count", "an integer >= 1, a list of device indices, or auto, e.g. trainer.devices=1"),
-    ("trainer.precision", _one_of(("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true",
-                                   "64", 64, "transformer-engine")), "precision",
-     "32-true (the default), bf16-mixed or 16-mixed on a GPU, or 64-true"),
-    *((f"trainer.limit_{split}_batches", lambda v: v is None or _int(0)(v) or settings.finite(v) and 0 <= v <= 1,
-       "batch limit", f"null (all), a number of batches >= 0, or a fraction in [0, 1], e.g. trainer.limit_{split}_batches=10")
-      for split in ("train", "val", "test")),
-    ("trainer.check_val_every_n_epoch", lambda v: v is None or _int(1)(v), "validation interval",
-     "an integer >= 1 of epochs, e.g. trainer.check_val_every_n_epoch=1"),
-    ("trainer.log_every_n_steps", _int(1), "logging interval", "an integer >= 1 of steps, e.g. trainer.log_every_n_steps=10"),
-    ("trainer.gradient_clip_val", lambda v: v is None or _number(lambda x: x > 0)(v), "clipping threshold",
-     "null (no clipping) or a positive number, e.g. trainer.gradient_clip_val=1.0"),
-    ("trainer.accumulate_grad_batches", _int(1), "number of batches", "an integer >= 1, e.g. trainer.accumulate_grad_batches=2"),
-    ("trainer.max_time", lambda v: v is None or isinstance(v, str) and _max_time(v) or _duration(v), "time limit",
-     "null, DD:HH:MM:SS, or {days: D, hours: H, minutes: M, seconds: S}, e.g. trainer.max_time=00:12:00:00"),
+    (
+        "trainer.devices",
+        lambda v: (
+            v == "auto"
+            or _int(1)(v)
+            and v <= 1 << 16
+            or isinstance(v, list)
+            and 0 < len(v)
+            and all(_int(0)(d) and d < 1 << 16 for d in v)
+        ),
+        "device count",
+        "an integer >= 1, a list of device indices, or auto, e.g. trainer.devices=1",
+    ),
+    (
+        "trainer.precision",
+        _one_of(
+            (
+                "32-true",
+                "32",
+                32,
+                "16-mixed",
+                "bf16-mixed",
+                "bf16-true",
+                "16-true",
+                "64-true",
+                "64",
+                64,
+                "transformer-engine",
+            )
+        ),
+        "precision",
+        "32-true (the default), bf16-mixed or 16-mixed on a GPU, or 64-true",
+    ),
+    *(
+        (
+            f"trainer.limit_{split}_batches",
+            lambda v: v is None or _int(0)(v) or settings.finite(v) and 0 <= v <= 1,
+            "batch limit",
+            f"null (all), a number of batches >= 0, or a fraction in [0, 1], e.g. trainer.limit_{split}_batches=10",
+        )
+        for split in ("train", "val", "test")
+    ),
+    (
+        "trainer.check_val_every_n_epoch",
+        lambda v: v is None or _int(1)(v),
+        "validation interval",
+        "an integer >= 1 of epochs, e.g. trainer.check_val_every_n_epoch=1",
+    ),
+    (
+        "trainer.log_every_n_steps",
+        _int(1),
+        "logging interval",
+        "an integer >= 1 of steps, e.g. trainer.log_every_n_steps=10",
+    ),
+    (
+        "trainer.gradient_clip_val",
+        lambda v: v is None or _number(lambda x: x > 0)(v),
+        "clipping threshold",
+        "null (no clipping) or a positive number, e.g. trainer.gradient_clip_val=1.0",
+    ),
+    (
+        "trainer.accumulate_grad_batches",
+        _int(1),
+        "number of batches",
+        "an integer >= 1, e.g. trainer.accumulate_grad_batches=2",
+    ),
+    (
+        "trainer.max_time",
+        lambda v: v is None or isinstance(v, str) and _max_time(v) or _duration(v),
+        "time limit",
+        "null, DD:HH:MM:SS, or {days: D, hours: H, minutes: M, seconds: S}, e.g. trainer.max_time=00:12:00:00",
+    ),
     ("trainer.deterministic", lambda v: isinstance(v, bool) or v == "warn", "switch", "true, false or warn"),
-    *((f"trainer.{key}", _bool, "switch", "true or false")
-      for key in ("enable_progress_bar", "enable_model_summary", "enable_checkpointing", "benchmark")),
+    *(
+        (f"trainer.{key}", _bool, "switch", "true or false")
+        for key in ("enable_progress_bar", "enable_model_summary", "enable_checkpointing", "benchmark")
+    ),
 ]
 
 
@@ -76,13 +145,23 @@ def _max_time(v: str) -> bool:
 
 def _duration(v) -> bool:
     units = ("weeks", "days", "hours", "minutes", "seconds")
-    return isinstance(v, dict) and 0 < len(v) and all(k in units and settings.finite(x) and 0 <= x < 1e7
-                                                      for k, x in v.items())
+    return (
+        isinstance(v, dict)
+        and 0 < len(v)
+        and all(k in units and settings.finite(x) and 0 <= x < 1e7 for k, x in v.items())
+    )
+
+
 EVAL_RULES = [
     ("iw_samples", _int(1), "number of importance samples", "an integer >= 1 (5000 is the literature's choice)"),
     ("iw_batch", _int(1), "number of (example, sample) pairs per pass", "an integer >= 1, e.g. iw_batch=50000"),
     ("split", _one_of(("val", "test")), "split vae-eval scores", "split=test or split=val"),
-    ("limit", lambda v: v is None or _int(1)(v), "number of images", "null (the whole split) or an integer >= 1, e.g. limit=1000"),
+    (
+        "limit",
+        lambda v: v is None or _int(1)(v),
+        "number of images",
+        "null (the whole split) or an integer >= 1, e.g. limit=1000",
+    ),
     ("figures", _bool, "switch", "true or false"),
     ("trust", lambda v: _names(v), "list of classes", "a list of dotted class names, e.g. trust=[mypkg.MyVAE]"),
 ]
@@ -103,9 +182,11 @@ def check_known(cfg: DictConfig, tool: str) -> None:
 
     added = [o.lstrip("+").partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+")]
     if added:
-        raise UserError(f"{added[0]} is not a setting of {tool}: a checkpoint is scored and sampled with the settings "
-                        f"it was trained with, which {tool} reads from the file. Leave it out ({tool} --cfg job lists "
-                        f"the settings {tool} takes).")
+        raise UserError(
+            f"{added[0]} is not a setting of {tool}: a checkpoint is scored and sampled with the settings "
+            f"it was trained with, which {tool} reads from the file. Leave it out ({tool} --cfg job lists "
+            f"the settings {tool} takes)."
+        )
 
 
 def check_values(cfg: DictConfig, rules) -> None:
@@ -114,11 +195,17 @@ def check_values(cfg: DictConfig, rules) -> None:
     for group, node in cfg.items_ex(resolve=False):
         if group != "hydra":
             _container(node) if isinstance(node, DictConfig) else _resolved(cfg, group)
-    missing = sorted(k for group in cfg if group != "hydra" and isinstance(cfg[group], DictConfig)
-                     for k in OmegaConf.missing_keys(cfg[group]))
+    missing = sorted(
+        k
+        for group in cfg
+        if group != "hydra" and isinstance(cfg[group], DictConfig)
+        for k in OmegaConf.missing_keys(cfg[group])
+    )
     if missing:
-        raise UserError(f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
-                        f"{missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else "."))
+        raise UserError(
+            f"{', '.join(missing)} must be set (the config marks it ???), e.g. "
+            f"{missing[0]}=VALUE" + (" (the folder of your images)." if "data.path" in missing else ".")
+        )
     for key, ok, what, use in rules:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT:
@@ -135,8 +222,10 @@ def check_train_config(cfg: DictConfig) -> None:
     data = _container(cfg.data)
     target = data.get("_target_")
     if not (isinstance(target, str) and target.replace(".", "").replace("_", "").isalnum() and "." in target):
-        raise UserError(f"data._target_={target!r} is not a class; name a datamodule class, e.g. data=digits "
-                        "(vae_cli.data.Digits), or your own: data._target_=mypkg.MyData.")
+        raise UserError(
+            f"data._target_={target!r} is not a class; name a datamodule class, e.g. data=digits "
+            "(vae_cli.data.Digits), or your own: data._target_=mypkg.MyData."
+        )
     if target in TRUSTED_DATA:
         named("data", settings.check_data, **{k: v for k, v in data.items() if k != "_target_"})
         for key, must_exist in (("data_dir", False), ("path", True)):
@@ -160,8 +249,11 @@ def check_train_config(cfg: DictConfig) -> None:
     _known_keys("objective", objective, settings.check_objective)
     named("objective", settings.check_objective, **objective)
     if families:  # what the families' math allows of the objective (free bits: a KL per dimension in closed form)
-        _by_key(settings.check_families, **families,
-                **{k: objective[k] for k in ("free_bits", "kl_estimator") if k in objective})
+        _by_key(
+            settings.check_families,
+            **families,
+            **{k: objective[k] for k in ("free_bits", "kl_estimator") if k in objective},
+        )
     for group in ("callbacks", "logger"):
         for name, part in (_container(cfg[group]) if cfg.get(group) else {}).items():
             target = part.get("_target_") if isinstance(part, dict) else None
@@ -207,8 +299,10 @@ def _known_keys(group: str, config: dict, check) -> None:
     known = set(inspect.signature(check).parameters)
     unknown = sorted(k for k in config if k not in known)
     if unknown:
-        raise UserError(f"{group}.{unknown[0]} is not a setting of {group}; its settings are "
-                        f"{', '.join(sorted(known))} (vae-train --cfg job shows them).")
+        raise UserError(
+            f"{group}.{unknown[0]} is not a setting of {group}; its settings are "
+            f"{', '.join(sorted(known))} (vae-train --cfg job shows them)."
+        )
 
 
 def check_memory(model: dict, shape) -> None:
@@ -218,10 +312,12 @@ def check_memory(model: dict, shape) -> None:
     n = settings.n_parameters(shape, m["latent_dim"], m["hidden_dims"], m["arch"], m["activation"], m["likelihood"])
     need, have = n * settings.BYTES_PER_PARAMETER, settings.available_memory()
     if have is not None and need > have:
-        raise UserError(f"model.latent_dim={m['latent_dim']} and model.hidden_dims={m['hidden_dims']} make a network of "
-                        f"{n:,} parameters on {'x'.join(map(str, shape))} images: {need / 2**30:,.1f} GiB with their "
-                        f"gradients and the optimiser's state, more than the {have / 2**30:,.1f} GiB of memory free "
-                        "here. Use a smaller model.latent_dim or model.hidden_dims.")
+        raise UserError(
+            f"model.latent_dim={m['latent_dim']} and model.hidden_dims={m['hidden_dims']} make a network of "
+            f"{n:,} parameters on {'x'.join(map(str, shape))} images: {need / 2**30:,.1f} GiB with their "
+            f"gradients and the optimiser's state, more than the {have / 2**30:,.1f} GiB of memory free "
+            "here. Use a smaller model.latent_dim or model.hidden_dims."
+        )
 
 
 def _gpu_devices() -> int | None:
@@ -244,8 +340,10 @@ def check_accelerator(accelerator, devices) -> None:
         raise UserError(f"trainer.accelerator={accelerator!r} is not an accelerator; use auto, cpu, gpu (cuda) or mps.")
     gpus = _gpu_devices()
     if accelerator in ("gpu", "cuda", "mps") and gpus == 0:
-        raise UserError(f"trainer.accelerator={accelerator}: this machine has no GPU. Train on the CPU "
-                        "(trainer.accelerator=cpu, or auto: a GPU when there is one).")
+        raise UserError(
+            f"trainer.accelerator={accelerator}: this machine has no GPU. Train on the CPU "
+            "(trainer.accelerator=cpu, or auto: a GPU when there is one)."
+        )
     n = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else None
     if n is None:
         return
@@ -253,12 +351,16 @@ def check_accelerator(accelerator, devices) -> None:
         # Processes may share cores (to try data parallelism on a laptop), not memory: each holds torch and the data.
         free = settings.available_memory()
         if free is not None and n * settings.PROCESS_BYTES > free:
-            raise UserError(f"trainer.devices={devices}: one training process per device, each needing about "
-                            f"{settings.PROCESS_BYTES / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory "
-                            f"free here (and this machine has {os.cpu_count()} CPU cores). Use fewer devices.")
+            raise UserError(
+                f"trainer.devices={devices}: one training process per device, each needing about "
+                f"{settings.PROCESS_BYTES / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory "
+                f"free here (and this machine has {os.cpu_count()} CPU cores). Use fewer devices."
+            )
     elif gpus is not None and n > gpus:
-        raise UserError(f"trainer.devices={devices}: one training process per GPU, but this machine has {gpus}. Use "
-                        f"at most trainer.devices={gpus}.")
+        raise UserError(
+            f"trainer.devices={devices}: one training process per GPU, but this machine has {gpus}. Use "
+            f"at most trainer.devices={gpus}."
+        )
 
 
 def named(group: str, build, *args, **kwargs):
@@ -277,8 +379,9 @@ def named(group: str, build, *args, **kwargs):
         refusal = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
         if isinstance(refusal, BadArgument):
             raise UserError(refusal.named(lambda name: f"{group}.{name}")) from None
-        raise UserError(refused_by(group, refusal, args[0] if args and isinstance(args[0], (dict, DictConfig))
-                                   else kwargs)) from None
+        raise UserError(
+            refused_by(group, refusal, args[0] if args and isinstance(args[0], (dict, DictConfig)) else kwargs)
+        ) from None
 
 
 def refused_by(group: str, error: BaseException, config) -> str:
@@ -290,13 +393,17 @@ def refused_by(group: str, error: BaseException, config) -> str:
     config = dict(config or {})
     target = config.get("_target_")
     if isinstance(error, (ImportError, AttributeError)) or re.search(r"\b(target|import|callable)\b", why, re.I):
-        return (f"{group}._target_={target!r} cannot be built ({why}). Name a class that is installed here, with "
-                f"the settings it takes (vae-train --cfg job shows {group}).")
+        return (
+            f"{group}._target_={target!r} cannot be built ({why}). Name a class that is installed here, with "
+            f"the settings it takes (vae-train --cfg job shows {group})."
+        )
     settings_ = {k: v for k, v in config.items() if isinstance(k, str) and k != "_target_"}
     keys = [k for k in settings_ if re.search(rf"\b{re.escape(k)}\b", why)] or list(settings_)
     shown = ", ".join(f"{group}.{k}={_short(settings_[k])}" for k in keys)
-    return (f"{group}._target_={target!r} refused its settings ({shown}): {why}. Change the value it names (vae-train "
-            "--cfg job shows them).")
+    return (
+        f"{group}._target_={target!r} refused its settings ({shown}): {why}. Change the value it names (vae-train "
+        "--cfg job shows them)."
+    )
 
 
 def misconfigured(cfg: DictConfig, error: BaseException) -> str:
@@ -333,7 +440,11 @@ def optimizer_and_schedule(cfg: DictConfig):
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     schedule = OmegaConf.to_container(cfg.get("scheduler") or OmegaConf.create(), resolve=True)
     if not schedule and cfg.optim.lr_decay != 1:
-        schedule = {"_target_": "torch.optim.lr_scheduler.ExponentialLR", "_partial_": True, "gamma": cfg.optim.lr_decay}
+        schedule = {
+            "_target_": "torch.optim.lr_scheduler.ExponentialLR",
+            "_partial_": True,
+            "gamma": cfg.optim.lr_decay,
+        }
     make_optimizer, tried = _built("optimizer", optimizer, [torch.nn.Parameter(torch.zeros(1))])
     return make_optimizer, _built("scheduler", schedule, tried)[0] if schedule else None
 
@@ -347,8 +458,9 @@ def _built(group: str, config: dict, *args):
         made = instantiate(config, _convert_="all")  # lists as lists: an optimiser's state goes into checkpoints
         return made, made(*args)
     except Exception as e:  # noqa: BLE001 (the user's class, called with the user's settings)
-        raise UserError(refused_by(group, e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e,
-                                   config)) from None
+        raise UserError(
+            refused_by(group, e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e, config)
+        ) from None
 
 
 def binarizes(cfg: DictConfig) -> bool:
@@ -368,8 +480,10 @@ def check_fits_data(name: str, x, binarize: bool) -> None:
             "(model.likelihood=gaussian or continuous_bernoulli)."
         )
     if support != "real" and (x.min() < 0 or x.max() > 1):
-        raise UserError(f"model.likelihood={name} needs pixel values in [0, 1]; this data spans "
-                        f"[{x.min().item():.3g}, {x.max().item():.3g}].")
+        raise UserError(
+            f"model.likelihood={name} needs pixel values in [0, 1]; this data spans "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]."
+        )
     if support == "8bit" and not binarize:
         k = x * 255
         if (k - k.round()).abs().max() > 1e-3:

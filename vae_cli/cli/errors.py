@@ -4,6 +4,7 @@ A user's mistake (UserError, or a config Hydra cannot compose) is one line, `<to
 status 2. Anything else is a bug in vae-cli: one line saying so, the exception's summary and where its traceback
 was written (the run's log file, or a file in the system's temporary folder when there is no run yet), exit
 status 1. No traceback reaches the terminal unless HYDRA_FULL_ERROR=1 (Hydra's own switch for it)."""
+
 import atexit
 import contextlib
 import datetime
@@ -87,8 +88,11 @@ def _traceback_file(tool: str, error: BaseException) -> str:
     """Where a bug's traceback goes: the run's log files, or (no run yet) a new file in the temporary folder."""
     logs = _log_files()
     if logs:
-        _to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "a bug in vae-cli", (),
-                                     (type(error), error, error.__traceback__)))
+        _to_log_files(
+            log.makeRecord(
+                log.name, logging.ERROR, __file__, 0, "a bug in vae-cli", (), (type(error), error, error.__traceback__)
+            )
+        )
         return " and ".join(h.baseFilename for h in logs)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = mask(f"{tool} {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(error)))
@@ -104,8 +108,11 @@ def _traceback_file(tool: str, error: BaseException) -> str:
 def bug(tool: str, error: BaseException) -> NoReturn:
     """One line for an error that is vae-cli's own: its summary and where its traceback is; exit status 1."""
     where = getattr(error, "traceback_in", None) or _traceback_file(tool, error)
-    print(f"{tool}: bug: this is a bug in vae-cli, not a mistake in your command ({mask(_summary(error))}). "
-          f"The traceback is in {where}; please report it with that file.", file=sys.stderr)
+    print(
+        f"{tool}: bug: this is a bug in vae-cli, not a mistake in your command ({mask(_summary(error))}). "
+        f"The traceback is in {where}; please report it with that file.",
+        file=sys.stderr,
+    )
     raise SystemExit(1)
 
 

@@ -1,6 +1,7 @@
 """vae-eval: score a checkpoint on a data split: the ELBO's terms, the importance-weighted estimate
 of log p(x) with k samples, the inference gap log p(x) - ELBO, active units and the KL per latent
 dimension (core/scoring.py), printed and written beside the run with the per-image values."""
+
 import sys
 from pathlib import Path
 
@@ -33,9 +34,11 @@ def read_per_example(path: str, split: str, iw_samples: int) -> dict:
         p = next((f for f in named if f.is_file()), named[0])
     p = p.with_suffix(".pt")
     if not p.is_file():
-        raise UserError(f"compare_to={path!r}: no per-image results at {p}. Give the .json or .pt that an earlier "
-                        "vae-eval wrote (vae-eval writes both), or a run directory where vae-eval ran with the same "
-                        f"split={split} and iw_samples={iw_samples}.")
+        raise UserError(
+            f"compare_to={path!r}: no per-image results at {p}. Give the .json or .pt that an earlier "
+            "vae-eval wrote (vae-eval writes both), or a run directory where vae-eval ran with the same "
+            f"split={split} and iw_samples={iw_samples}."
+        )
     import torch
 
     try:
@@ -43,19 +46,26 @@ def read_per_example(path: str, split: str, iw_samples: int) -> dict:
     except UserError as e:
         raise UserError(f"compare_to={path!r}: {e}") from None
     values = (other.get("log_px"), other.get("elbo")) if isinstance(other, dict) else (None, None)
-    if not (isinstance(other, dict) and isinstance(other.get("images_sha256"), str)
-            and all(torch.is_tensor(v) and v.dim() == 1 and v.dtype.is_floating_point for v in values)
-            and len(values[0]) == len(values[1])):
-        raise UserError(f"compare_to={path!r}: {p} is not a vae-eval per-image file (one log p(x) and one ELBO per "
-                        "image, and the images' hash). Rerun vae-eval on that checkpoint to write it again.")
+    if not (
+        isinstance(other, dict)
+        and isinstance(other.get("images_sha256"), str)
+        and all(torch.is_tensor(v) and v.dim() == 1 and v.dtype.is_floating_point for v in values)
+        and len(values[0]) == len(values[1])
+    ):
+        raise UserError(
+            f"compare_to={path!r}: {p} is not a vae-eval per-image file (one log p(x) and one ELBO per "
+            "image, and the images' hash). Rerun vae-eval on that checkpoint to write it again."
+        )
     other["file"] = str(p)
     return other
 
 
 def check_same_images(images_sha256: str, other: dict) -> None:
     if images_sha256 != other["images_sha256"]:
-        raise UserError(f"compare_to={other['file']!r} scored other images than this evaluation would (a different "
-                        "split, data, or binarisation seed). Compare evaluations of the same split of the same data.")
+        raise UserError(
+            f"compare_to={other['file']!r} scored other images than this evaluation would (a different "
+            "split, data, or binarisation seed). Compare evaluations of the same split of the same data."
+        )
 
 
 def format_table(res: dict) -> str:
@@ -69,14 +79,20 @@ def format_table(res: dict) -> str:
         ("active_units", f"{res['active_units']} / {res['latent_dim']}"),
     ]
     order = sorted(range(len(res["kl_per_dim"])), key=lambda j: -res["kl_per_dim"][j])
-    kl_dims = "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order) or "none (the KL is not a sum over dimensions)"
-    head = f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
+    kl_dims = (
+        "  ".join(f"z{j}:{res['kl_per_dim'][j]:.3f}" for j in order) or "none (the KL is not a sum over dimensions)"
+    )
+    head = (
+        f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
+    )
     lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
     if "compared_to" in res:
         c = res["compared_to"]
-        lines += [f"  minus {c['file']} (paired, same {c['n_paired']} images):",
-                  f"    nll_iw {c['nll_iw_diff']:+.4f} ± {c['nll_iw_diff_se']:.4f}   elbo {c['elbo_diff']:+.4f} ± "
-                  f"{c['elbo_diff_se']:.4f}"]
+        lines += [
+            f"  minus {c['file']} (paired, same {c['n_paired']} images):",
+            f"    nll_iw {c['nll_iw_diff']:+.4f} ± {c['nll_iw_diff_se']:.4f}   elbo {c['elbo_diff']:+.4f} ± "
+            f"{c['elbo_diff_se']:.4f}",
+        ]
     return "\n".join(lines)
 
 
@@ -105,15 +121,29 @@ def run_eval(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     n_scored = n_images if cfg.limit is None else min(cfg.limit, n_images)
     with Progress(n_scored, f"{cfg.split} images scored with k={cfg.iw_samples}") as progress:
-        scored = score(vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, limit=cfg.limit,
-                       progress=progress)
-    res = {"checkpoint": str(ckpt), "split": cfg.split, "iw_samples": cfg.iw_samples, "seed": cfg.seed,
-           **summarize(scored, vae.n_dims), "kl_estimate": getattr(vae, "kl_estimate", "analytic")}
-    mine = {"log_px": scored.log_px.double().cpu(), "elbo": scored.elbo.double().cpu(),
-            "images_sha256": images, "checkpoint": str(ckpt)}
+        scored = score(
+            vae, dm.eval_batches(cfg.split), cfg.iw_samples, cfg.iw_batch, device, limit=cfg.limit, progress=progress
+        )
+    res = {
+        "checkpoint": str(ckpt),
+        "split": cfg.split,
+        "iw_samples": cfg.iw_samples,
+        "seed": cfg.seed,
+        **summarize(scored, vae.n_dims),
+        "kl_estimate": getattr(vae, "kl_estimate", "analytic"),
+    }
+    mine = {
+        "log_px": scored.log_px.double().cpu(),
+        "elbo": scored.elbo.double().cpu(),
+        "images_sha256": images,
+        "checkpoint": str(ckpt),
+    }
     if baseline is not None:
-        res["compared_to"] = {"file": baseline["file"], "checkpoint": baseline.get("checkpoint"),
-                              **paired_difference(mine, baseline)}
+        res["compared_to"] = {
+            "file": baseline["file"],
+            "checkpoint": baseline.get("checkpoint"),
+            **paired_difference(mine, baseline),
+        }
     out = Path(cfg.out) if cfg.out else report_path(ckpt, cfg.split, cfg.iw_samples, cfg.limit)
     make_folder(out.parent)
     write_json(out, res)

@@ -1,5 +1,6 @@
 """TensorBoard's HPARAMS tab (and the other loggers' settings): every setting of a run as a column, and its final
 metrics declared beside them."""
+
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -19,8 +20,11 @@ WHERE = ("run_dir", "ckpt_path", "requeue", "data.data_dir", "trainer.default_ro
 def hparams_of(cfg: DictConfig) -> dict:
     """Every setting of the composed config as a flat scalar (a.b.c: value) for TensorBoard's HPARAMS tab, one
     row per run, so whatever differs between the runs of a sweep is a column; and the config groups chosen."""
-    flat = {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
-            if not group.startswith("hydra") and choice is not None}
+    flat = {
+        group: choice
+        for group, choice in HydraConfig.get().runtime.choices.items()
+        if not group.startswith("hydra") and choice is not None
+    }
     flat["logger"] = ",".join(cfg.get("logger") or {})  # Hydra lists no choice for several (logger=[tensorboard,csv])
 
     def walk(prefix: str, node) -> None:
@@ -28,8 +32,12 @@ def hparams_of(cfg: DictConfig) -> dict:
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(f"{name}.", value)
-            elif (not key.startswith("_") and name not in WHERE and not name.startswith("logger.")
-                  and not name.endswith(("dirpath", "save_dir"))):
+            elif (
+                not key.startswith("_")
+                and name not in WHERE
+                and not name.startswith("logger.")
+                and not name.endswith(("dirpath", "save_dir"))
+            ):
                 flat[name] = value if isinstance(value, (int, float, bool)) else mask(str(value))
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
@@ -83,8 +91,12 @@ def loggers_of(trainer, cfg: DictConfig, monitor: str | None, provenance: dict |
             out.append(lg)
             continue
         if later:
-            lg = TensorBoardLogger(save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir, name="", version="",
-                                   default_hp_metric=False)
+            lg = TensorBoardLogger(
+                save_dir=Path(hydra.runtime.output_dir) / hydra.output_subdir,
+                name="",
+                version="",
+                default_hp_metric=False,
+            )
         declare(lg, settings, tensorboard_metrics(monitor))
         out.append(lg)
     return out

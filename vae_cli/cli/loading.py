@@ -2,6 +2,7 @@
 running code from them, checked against the configured model), the device, and the datamodule a
 data config describes. A checkpoint is read through the trust boundary (vae_cli/inputs.py): as data, its
 saved configs naming only classes vae-cli trusts."""
+
 from pathlib import Path
 
 from .. import inputs
@@ -26,14 +27,18 @@ def resolve_checkpoint(ckpt_path, default_name: str | None = "best.ckpt") -> Pat
     """A checkpoint file, a run directory meaning its checkpoints/<default_name>, or `latest`: the newest run
     directory under outputs/. default_name=None: the state training resumes from (newest_state)."""
     if ckpt_path is None or str(ckpt_path) == "":
-        raise UserError("ckpt_path is not set; pass a .ckpt file or a run directory, e.g. ckpt_path=outputs/DATE/TIME, "
-                        "or ckpt_path=latest for the newest run under outputs/.")
+        raise UserError(
+            "ckpt_path is not set; pass a .ckpt file or a run directory, e.g. ckpt_path=outputs/DATE/TIME, "
+            "or ckpt_path=latest for the newest run under outputs/."
+        )
     if str(ckpt_path) == LATEST:
         run = latest()
         if run is None:
-            raise UserError(f"ckpt_path=latest: there is no run directory with checkpoints under {OUTPUTS.resolve()}/ "
-                            "(vae-train writes outputs/DATE/TIME/ below the directory it is started in). Run vae-train "
-                            "here first, or give the run's path: ckpt_path=path/to/run.")
+            raise UserError(
+                f"ckpt_path=latest: there is no run directory with checkpoints under {OUTPUTS.resolve()}/ "
+                "(vae-train writes outputs/DATE/TIME/ below the directory it is started in). Run vae-train "
+                "here first, or give the run's path: ckpt_path=path/to/run."
+            )
         ckpt_path = run
     p = Path(str(ckpt_path)).expanduser()
     names = RESUMABLE if default_name is None else (default_name,)
@@ -42,8 +47,9 @@ def resolve_checkpoint(ckpt_path, default_name: str | None = "best.ckpt") -> Pat
             p = (newest_state(p) if default_name is None else None) or p / "checkpoints" / names[-1]
         found = p.is_file()
     except OSError as e:  # a name too long, a folder that cannot be read
-        raise UserError(f"ckpt_path={str(ckpt_path)[:100]!r}: {e.strerror}. Pass a .ckpt file or a run directory.") \
-            from None
+        raise UserError(
+            f"ckpt_path={str(ckpt_path)[:100]!r}: {e.strerror}. Pass a .ckpt file or a run directory."
+        ) from None
     if not found:
         raise UserError(
             f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {p}. Pass a .ckpt file or a run directory "
@@ -60,6 +66,7 @@ def newest_state(run_dir: Path) -> Path | None:
     """Of checkpoints/interrupted.ckpt and last.ckpt, the one further into training (by its step; at the same
     step, the newer file); None when there is neither. A file that cannot be read counts as the least advanced,
     so the other is taken (a broken one alone is named when it is loaded)."""
+
     def progress(f: Path) -> tuple[int, int]:
         step = saved_step(f)
         return -1 if step is None else step, f.stat().st_mtime_ns
@@ -105,13 +112,15 @@ def load_vae(path: Path, map_location="cpu", trust=()):
 
     ckpt = read_checkpoint(path, trust)
     vae = build(ckpt["hyper_parameters"]["model"], path, "hyper_parameters.model", trust)
-    weights = {name[len("vae."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")}
+    weights = {name[len("vae.") :]: t for name, t in ckpt["state_dict"].items() if name.startswith("vae.")}
     try:
         vae.load_state_dict(weights)
     except RuntimeError as e:  # missing, unexpected or misshapen tensors
         why = " ".join(str(e).split())[:300]
-        raise UserError(f"{path}: state_dict does not fit the network its hyper_parameters.model describes ({why}). "
-                        "The file was altered or is not a vae-cli checkpoint; use another checkpoint of the run.") from None
+        raise UserError(
+            f"{path}: state_dict does not fit the network its hyper_parameters.model describes ({why}). "
+            "The file was altered or is not a vae-cli checkpoint; use another checkpoint of the run."
+        ) from None
     return vae.to(map_location).eval(), ckpt.get("data_config")
 
 
@@ -144,7 +153,9 @@ def check_compatible(module, ckpt: dict, path) -> None:
     changed = [k for k in sorted(set(trained) | set(here)) if trained.get(k) != here.get(k)]
     hint = "Resume with the model settings it was trained with" + (
         ": " + ", ".join(f"model.{k}={_show(trained.get(k))} (here {_show(here.get(k))})" for k in changed) + "."
-        if changed else f" (its hyperparameters: {ckpt['hyper_parameters']}).")
+        if changed
+        else f" (its hyperparameters: {ckpt['hyper_parameters']})."
+    )
     for name, tensor in theirs.items():
         if name in own and own[name].shape != tensor.shape:
             raise UserError(
@@ -162,9 +173,21 @@ def check_compatible(module, ckpt: dict, path) -> None:
 
 # The settings that give a checkpoint's numbers their meaning: a run resumed with another value of one of these
 # would mix two models' curves in one run directory (or score with another likelihood). Per saved config.
-MEANING = {"model": ("likelihood", "gaussian_std"), "objective": ("iw_samples",),
-           "data": ("_target_", "binarize", "val_size", "val_split", "split_seed", "test_size",
-                    "eval_binarize_numpy_seed", "image_size", "channels")}
+MEANING = {
+    "model": ("likelihood", "gaussian_std"),
+    "objective": ("iw_samples",),
+    "data": (
+        "_target_",
+        "binarize",
+        "val_size",
+        "val_split",
+        "split_seed",
+        "test_size",
+        "eval_binarize_numpy_seed",
+        "image_size",
+        "channels",
+    ),
+}
 
 
 def check_same_meaning(ckpt: dict, here: dict, path) -> None:
@@ -172,20 +195,27 @@ def check_same_meaning(ckpt: dict, here: dict, path) -> None:
     it was trained with and the value given here. here: {"model": ..., "objective": ..., "data": ...}, as saved."""
     from .. import settings
 
-    saved = {"model": ckpt["hyper_parameters"].get("model") or {},
-             "objective": ckpt["hyper_parameters"].get("objective") or {}, "data": ckpt.get("data_config") or {}}
+    saved = {
+        "model": ckpt["hyper_parameters"].get("model") or {},
+        "objective": ckpt["hyper_parameters"].get("objective") or {},
+        "data": ckpt.get("data_config") or {},
+    }
     changed = []
     for group, keys in MEANING.items():
         for key in keys:
-            if key == "gaussian_std" and settings.FAMILIES.get(here["model"].get("likelihood"),
-                                                                settings.Family()).std_floor is None:
+            if (
+                key == "gaussian_std"
+                and settings.FAMILIES.get(here["model"].get("likelihood"), settings.Family()).std_floor is None
+            ):
                 continue  # a family without a std ignores it
             if key in saved[group] and key in here[group] and saved[group][key] != here[group][key]:
                 changed.append(f"{group}.{key}={_show(here[group][key])} (trained with {_show(saved[group][key])})")
     if changed:
-        raise UserError(f"ckpt_path={str(path)!r} was trained with other settings that change what its numbers mean: "
-                        f"{', '.join(changed)}. Resume it with the settings it was trained with (leave these keys "
-                        "out), or train a new run from the start.")
+        raise UserError(
+            f"ckpt_path={str(path)!r} was trained with other settings that change what its numbers mean: "
+            f"{', '.join(changed)}. Resume it with the settings it was trained with (leave these keys "
+            "out), or train a new run from the start."
+        )
 
 
 def _show(value) -> str:

@@ -1,6 +1,7 @@
 """How far a long command is and the time it has left, outside Lightning's loops (vae-eval's scoring): a bar on
 a terminal; when the output is not one (a batch job, nohup, a pipe), a plain log line every `every` seconds,
 as training does once per epoch."""
+
 import logging
 import sys
 import time
@@ -31,8 +32,15 @@ class Progress:
             self.shown = now
             elapsed = now - self.started
             left = elapsed / self.done * (self.total - self.done)
-            log.info("%d/%d %s (%d%%), %s so far, about %s left", self.done, self.total, self.what,
-                     100 * self.done // self.total, timedelta(seconds=round(elapsed)), timedelta(seconds=round(left)))
+            log.info(
+                "%d/%d %s (%d%%), %s so far, about %s left",
+                self.done,
+                self.total,
+                self.what,
+                100 * self.done // self.total,
+                timedelta(seconds=round(elapsed)),
+                timedelta(seconds=round(left)),
+            )
 
     def __enter__(self) -> "Progress":
         return self

@@ -4,6 +4,7 @@ installed, and its commit when built from a git checkout; the commit of the work
 experiment), the versions of the libraries that compute the numbers, the machine, the SLURM job, the command line and
 when it ran. Versions come from the imported modules (torch's names its build) or the installed packages' metadata;
 commits from one git call, only where a .git is there. Reading a record back (vae-report) needs only YAML."""
+
 import datetime
 import importlib.metadata
 import json
@@ -25,8 +26,15 @@ from .secrets import mask
 FILE = "provenance.yaml"
 BUILD_FILE = "_build.json"  # written into the package by setup.py
 # The libraries behind a run's numbers: module -> distribution.
-PACKAGES = {"torch": "torch", "torchvision": "torchvision", "pytorch_lightning": "pytorch-lightning",
-            "hydra": "hydra-core", "omegaconf": "omegaconf", "optuna": "optuna", "numpy": "numpy"}
+PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "pytorch_lightning": "pytorch-lightning",
+    "hydra": "hydra-core",
+    "omegaconf": "omegaconf",
+    "optuna": "optuna",
+    "numpy": "numpy",
+}
 
 
 def _version(dist: str, module: str | None = None) -> str | None:
@@ -48,8 +56,13 @@ def git_state(folder: Path) -> dict | None:
     if top is None:
         return None
     try:
-        out = subprocess.run(["git", "-C", str(top), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(top), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     commit = next((line.split()[2] for line in out.splitlines() if line.startswith("# branch.oid ")), None)
@@ -65,8 +78,11 @@ def installed_code() -> dict:
     package = Path(__file__).resolve().parents[1]
     if (package / BUILD_FILE).exists():
         built = json.loads((package / BUILD_FILE).read_text())
-        return {"version": built["version"], "install": "wheel",
-                **{k: built[k] for k in ("commit", "modified") if k in built}}
+        return {
+            "version": built["version"],
+            "install": "wheel",
+            **{k: built[k] for k in ("commit", "modified") if k in built},
+        }
     code = {"version": _version("vae-cli"), "install": "editable"}
     # Only the checkout itself: a copy inside a user's repository (a virtualenv in it, say) is not that repository's.
     if (package.parent / ".git").exists() and (state := git_state(package.parent)) is not None:
@@ -102,11 +118,23 @@ def collect(argv: list[str], cwd: Path) -> dict:
 
     gpu = None
     if torch.cuda.is_available():
-        gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-               "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    slurm = {k.removeprefix("SLURM_").lower(): os.environ[k]
-             for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
-                       "SLURM_JOB_NODELIST") if k in os.environ}
+        gpu = {
+            "name": torch.cuda.get_device_name(0),
+            "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    slurm = {
+        k.removeprefix("SLURM_").lower(): os.environ[k]
+        for k in (
+            "SLURM_JOB_ID",
+            "SLURM_ARRAY_JOB_ID",
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_RESTART_COUNT",
+            "SLURM_JOB_NODELIST",
+        )
+        if k in os.environ
+    }
     return {
         "command": mask(shlex.join([Path(argv[0]).name, *argv[1:]])),
         "started": _now(),
@@ -115,8 +143,14 @@ def collect(argv: list[str], cwd: Path) -> dict:
         "vae_cli": installed_code(),
         "experiment_repository": git_state(cwd),
         "versions": {"python": platform.python_version(), **{m: _version(d, m) for m, d in PACKAGES.items()}},
-        "machine": {"host": socket.gethostname(), "system": platform.platform(), "cpu": _cpu(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu},
+        "machine": {
+            "host": socket.gethostname(),
+            "system": platform.platform(),
+            "cpu": _cpu(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": gpu,
+        },
         "slurm": slurm or None,
         "working_directory": str(cwd),
     }
@@ -156,8 +190,11 @@ def read(run_dir: Path) -> list[dict]:
         except UserError:
             continue
         parts = ("machine", "vae_cli", "versions", "experiment_repository")
-        if isinstance(content, dict) and all(isinstance(content.get(k) or {}, dict) for k in parts) \
-                and isinstance((content.get("machine") or {}).get("gpu") or {}, dict):
+        if (
+            isinstance(content, dict)
+            and all(isinstance(content.get(k) or {}, dict) for k in parts)
+            and isinstance((content.get("machine") or {}).get("gpu") or {}, dict)
+        ):
             out.append(content)  # a record of another shape is none of vae-train's, and is passed over
     return out
 
@@ -179,9 +216,17 @@ def comparable(record: dict) -> dict:
     machine = record.get("machine") or {}
     gpu = machine.get("gpu") or {}
     code = record.get("vae_cli") or {}
-    out = {"vae-cli": code.get("version"), "vae-cli commit": short_commit(code, 12),
-           "experiment commit": short_commit(record.get("experiment_repository"), 12),
-           **(record.get("versions") or {}),
-           "host": machine.get("host"), "cpu": machine.get("cpu"), "torch threads": machine.get("torch_threads"),
-           "device": machine.get("device"), "gpu": gpu.get("name"), "cuda": gpu.get("cuda"), "cudnn": gpu.get("cudnn")}
+    out = {
+        "vae-cli": code.get("version"),
+        "vae-cli commit": short_commit(code, 12),
+        "experiment commit": short_commit(record.get("experiment_repository"), 12),
+        **(record.get("versions") or {}),
+        "host": machine.get("host"),
+        "cpu": machine.get("cpu"),
+        "torch threads": machine.get("torch_threads"),
+        "device": machine.get("device"),
+        "gpu": gpu.get("name"),
+        "cuda": gpu.get("cuda"),
+        "cudnn": gpu.get("cudnn"),
+    }
     return {k: str(v) for k, v in out.items() if v is not None}

@@ -2,6 +2,7 @@
 append-only record of how each invocation made it, the lock that keeps a second vae-train out while one
 writes it, why it failed, the command that resumes it, and what a file system that refuses it (full, read-only,
 gone) tells the user. The resolvers and the Hydra callback here are named in configs/train.yaml."""
+
 import contextlib
 import errno
 import json
@@ -92,8 +93,6 @@ def forget_refused_record() -> None:
     shutil.rmtree(record, ignore_errors=True)
 
 
-
-
 def record_failure(run_dir: Path, error: Exception) -> None:
     """Write error.json in the run directory: the exception's type and message, the traceback of a bug (not of
     a UserError, a message for the user), the invocation's overrides and the time. Not for an invocation that
@@ -108,13 +107,18 @@ def record_failure(run_dir: Path, error: Exception) -> None:
     user = isinstance(error, UserError)
     # A full disk, say: the error itself still reaches the user and the log.
     with contextlib.suppress(OSError, UserError):
-        write_json(run_dir / run_files.ERROR, {
-            "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
-            "message": mask(own_message(error) if user else str(error)),
-            "traceback": None if user else mask("".join(traceback.format_exception(error))),
-            "overrides": [mask(o) for o in hydra.overrides.task],
-            "time": datetime.now().astimezone().isoformat(timespec="seconds"),
-        })
+        write_json(
+            run_dir / run_files.ERROR,
+            {
+                "type": kind.__qualname__
+                if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}",
+                "message": mask(own_message(error) if user else str(error)),
+                "traceback": None if user else mask("".join(traceback.format_exception(error))),
+                "overrides": [mask(o) for o in hydra.overrides.task],
+                "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+            },
+        )
 
 
 def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
@@ -138,16 +142,33 @@ def record_stop(cfg: DictConfig, run_dir: Path, stop) -> None:
     ckpt = stop.checkpoint or newest_state(run_dir)
     command = resume_command(ckpt)
     lost = _lost(stop, ckpt)
-    write_json(run_dir / run_files.STOP, {
-        "signal": stop.name, "stopped": stop.where, "epoch": stop.epoch, "global_step": stop.global_step,
-        "checkpoint": str(ckpt) if ckpt else None, "resume": command, "requeued": requeued, "lost": lost})
-    state = (f"the exact state is in {stop.checkpoint}" if stop.checkpoint else
-             f"a later signal ended the stop before it saved: {lost}; the run's state is {ckpt or 'its start'}"
-             if stop.abandoned else
-             f"nothing new to save; the run's state is {ckpt}" if ckpt else "nothing was saved")
+    write_json(
+        run_dir / run_files.STOP,
+        {
+            "signal": stop.name,
+            "stopped": stop.where,
+            "epoch": stop.epoch,
+            "global_step": stop.global_step,
+            "checkpoint": str(ckpt) if ckpt else None,
+            "resume": command,
+            "requeued": requeued,
+            "lost": lost,
+        },
+    )
+    state = (
+        f"the exact state is in {stop.checkpoint}"
+        if stop.checkpoint
+        else f"a later signal ended the stop before it saved: {lost}; the run's state is {ckpt or 'its start'}"
+        if stop.abandoned
+        else f"nothing new to save; the run's state is {ckpt}"
+        if ckpt
+        else "nothing was saved"
+    )
     if requeued:
-        then = (f"SLURM has requeued the job: waiting for SLURM to restart it (it holds it {slurm.held_for()}), then "
-                "it resumes from there. To resume it yourself instead, cancel the job, then: ")
+        then = (
+            f"SLURM has requeued the job: waiting for SLURM to restart it (it holds it {slurm.held_for()}), then "
+            "it resumes from there. To resume it yourself instead, cancel the job, then: "
+        )
     else:
         then = f"Could not requeue the SLURM job ({why}). Resume with: " if why else "Resume with: "
     log.info("%s: stopped %s; %s. %s%s", stop.name, stop.where, state, then, command)
@@ -171,8 +192,10 @@ def resume_command(ckpt: Path | None) -> str:
     hydra = HydraConfig.get()
     task = hydra.overrides.task
     if any(o.startswith("search.trial=") for o in task):  # a trial of hparams_search=optuna
-        return "the search's own command (vae-train --multirun hparams_search=optuna ...), which runs this trial's " \
-               "settings again as a new trial"
+        return (
+            "the search's own command (vae-train --multirun hparams_search=optuna ...), which runs this trial's "
+            "settings again as a new trial"
+        )
     keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
     where = f"ckpt_path={shlex.quote(str(ckpt))}" if ckpt else f"hydra.run.dir={shlex.quote(hydra.runtime.output_dir)}"
     return mask(" ".join(["vae-train", where, *map(shlex.quote, keep)]))
@@ -214,10 +237,17 @@ def claim(run_dir: Path) -> Path | None:
         except OSError as e:
             raise cannot_write(lock, e) from e
     else:
-        raise UserError(f"{lock} is made again by another process each time vae-train removes it as stale; stop the "
-                        f"other vae-train runs in {run_dir}, or train in another directory.")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
-          "since": datetime.now().astimezone().isoformat(timespec="seconds"), "slurm_job": _slurm_job()}
+        raise UserError(
+            f"{lock} is made again by another process each time vae-train removes it as stale; stop the "
+            f"other vae-train runs in {run_dir}, or train in another directory."
+        )
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _start_time(os.getpid()),
+        "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "slurm_job": _slurm_job(),
+    }
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(me) + "\n")
@@ -253,8 +283,13 @@ def _owner(lock: Path) -> dict | None:
     host, start, since, job = (owner.get(k) for k in ("host", "start", "since", "slurm_job"))
     if host is not None and not _text(host):
         return None  # no host vae-train writes: not its lock
-    return {"pid": owner["pid"], "host": host, "start": start if type(start) is int else None,
-            "since": since if _text(since) else None, "slurm_job": job if _text(job) else None}
+    return {
+        "pid": owner["pid"],
+        "host": host,
+        "start": start if type(start) is int else None,
+        "since": since if _text(since) else None,
+        "slurm_job": job if _text(job) else None,
+    }
 
 
 def _text(value) -> bool:
@@ -308,9 +343,11 @@ def _held(run_dir: Path, lock: Path, owner: dict) -> UserError:
     else:
         who = f"(process {pid}) on host {host} ({since}), which cannot be checked from here"
         gone = f"if that process is gone (check on {host})"
-    return UserError(f"{run_dir} is being written by another vae-train {who}: its lock file is {lock}. Wait for it to "
-                     f"end (or stop it), then resume it with ckpt_path={run_dir}; {gone}, delete {lock} first; or "
-                     "train in another directory.")
+    return UserError(
+        f"{run_dir} is being written by another vae-train {who}: its lock file is {lock}. Wait for it to "
+        f"end (or stop it), then resume it with ckpt_path={run_dir}; {gone}, delete {lock} first; or "
+        "train in another directory."
+    )
 
 
 def outside_fault(error: Exception, run_dir: Path) -> Exception:
@@ -318,9 +355,11 @@ def outside_fault(error: Exception, run_dir: Path) -> Exception:
     it, or a file the file system refused (TensorBoard's event files raise the system's own error), as one
     message; any other error as it is."""
     if not run_dir.is_dir():
-        return UserError(f"the run directory {run_dir} is gone: it was deleted, moved or unmounted while the run "
-                         "wrote it, and vae-train stopped without making it again. Restore it (from a backup, or "
-                         f"mount it again) and resume with ckpt_path={run_dir}, or start a new run.")
+        return UserError(
+            f"the run directory {run_dir} is gone: it was deleted, moved or unmounted while the run "
+            "wrote it, and vae-train stopped without making it again. Restore it (from a backup, or "
+            f"mount it again) and resume with ckpt_path={run_dir}, or start a new run."
+        )
     if isinstance(error, OSError) and error.errno in _REFUSALS:
         return cannot_write(error.filename or run_dir, error)
     return error
@@ -350,8 +389,11 @@ def _try_writing(folder: Path, key: str) -> None:
         made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     except OSError as e:  # a name longer than the file system takes
         shown = str(folder) if len(str(folder)) <= 80 else str(folder)[:60] + "..." + str(folder)[-15:]
-        fail("vae-train", f"{key}={shown!r} cannot be a folder here: {e.strerror}. Choose a shorter path "
-                          f"(at most {os.pathconf('/', 'PC_NAME_MAX')} characters a name).")
+        fail(
+            "vae-train",
+            f"{key}={shown!r} cannot be a folder here: {e.strerror}. Choose a shorter path "
+            f"(at most {os.pathconf('/', 'PC_NAME_MAX')} characters a name).",
+        )
     probe = folder / f".vae-train.{os.getpid()}.probe"  # this process's own: jobs starting together each try
     try:
         folder.mkdir(parents=True, exist_ok=True)

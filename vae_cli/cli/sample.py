@@ -1,5 +1,6 @@
 """vae-sample: PNG grids from a checkpoint: prior samples, reconstructions, latent traversals,
 interpolations, and the 2-D manifold when K = 2."""
+
 import sys
 from pathlib import Path
 

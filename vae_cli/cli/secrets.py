@@ -4,6 +4,7 @@ shown in clear: every message, log line, record and tracker setting passes throu
 SQLAlchemy hides a URL's password (alice:***@host; likewise ?password=***), also in a URL percent-encoded inside
 another. Hydra writes its own record of a command (.hydra/*.yaml, a sweep's multirun.yaml) before vae-train's code
 runs: run_dir.Masked rewrites those files as soon as they exist. Standard library only."""
+
 import logging
 import re
 from pathlib import Path
@@ -23,14 +24,16 @@ _QUERY_PASSWORD = re.compile(
     rf"(?P<head>[?&]{_NAME}=)(?P<password>[^&#\s]+)"
     # the same, percent-encoded: %3F or %26, the name, %3D, the value up to %26 or %23
     rf"|(?P<encoded_head>(?:%3f|%26){_ENCODED_NAME}%3d)(?P<encoded_password>(?:[^%&#\s]|%(?!26|23))+)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _USERINFO_PASSWORD = re.compile(
     # scheme://user:password@, read as SQLAlchemy reads it: the user may be empty, the password runs to the first @
     # (SQLAlchemy writes a space in either unencoded)
     r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\r\n]*:)(?P<password>[^@\r\n]+)(?=@)"
     # the same, percent-encoded: %3A%2F%2F, the user, %3A, the password up to %40
     r"|(?P<encoded_head>%3a%2f%2f(?:[^%:/@\s]|%(?!3a|40|2f))*%3a)(?P<encoded_password>(?:[^%@\s]|%(?!40))+)(?=%40)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def _hidden(match: re.Match) -> str:

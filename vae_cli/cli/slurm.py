@@ -7,6 +7,7 @@ a checkpoint from inside the signal handler, in the middle of a step, and lets t
 the job; it cannot be made to wait for the end of the step. So Lightning's is switched off (vae-train passes
 SLURMEnvironment(auto_requeue=False)) and the requeue is the same scontrol call, made here after the exact state
 is saved."""
+
 import logging
 import os
 import subprocess
@@ -89,8 +90,9 @@ def wanted(signum: int, requeue: bool) -> bool:
     (SIGUSR1), or the time limit itself (SIGTERM while the job times out); never a cancellation."""
     import signal
 
-    return requeue and (signum == signal.SIGUSR1 or signum == signal.SIGTERM and batch_job() is not None
-                        and at_time_limit())
+    return requeue and (
+        signum == signal.SIGUSR1 or signum == signal.SIGTERM and batch_job() is not None and at_time_limit()
+    )
 
 
 def held_for() -> str:

@@ -3,6 +3,7 @@ naming the fix, not a lookup error or a traceback: a sweeper, launcher or logger
 SLURM's sbatch missing, a callback's setting without the callback chosen, and a YAML file of the user's own that
 does not parse. Standard library and PyYAML only:
 it runs in a blink."""
+
 import importlib.util
 import shutil
 from pathlib import Path
@@ -34,8 +35,10 @@ def check_logger_packages(cfg) -> None:
     for name in cfg.get("logger") or {}:
         module, what, extra = LOGGER_PACKAGES.get(name, (None, None, None))
         if module is not None and not _installed(module):
-            raise UserError(f"logger={name} needs {what}, which is not installed. Install the extra: pip install "
-                            f"'vae-cli[{extra}]' (from a clone of the repository: pip install '.[{extra}]').")
+            raise UserError(
+                f"logger={name} needs {what}, which is not installed. Install the extra: pip install "
+                f"'vae-cli[{extra}]' (from a clone of the repository: pip install '.[{extra}]')."
+            )
 
 
 def check_optional_parts(argv: list[str]) -> None:
@@ -43,12 +46,16 @@ def check_optional_parts(argv: list[str]) -> None:
     before Hydra fails on it with a lookup error or a traceback."""
     for prefix, module, what in OPTIONAL:
         if any(a.startswith(prefix) for a in argv) and not _installed(module):
-            raise UserError(f"{prefix} needs {what}, which is not installed. Install the sweep extras: "
-                            "pip install 'vae-cli[sweeps]' (from a clone of the repository: pip install '.[sweeps]').")
+            raise UserError(
+                f"{prefix} needs {what}, which is not installed. Install the sweep extras: "
+                "pip install 'vae-cli[sweeps]' (from a clone of the repository: pip install '.[sweeps]')."
+            )
     if any(a.startswith("hydra/launcher=slurm") for a in argv) and shutil.which("sbatch") is None:
-        raise UserError("hydra/launcher=slurm submits each job of the sweep to SLURM with sbatch, which is not on this "
-                        "machine's PATH. Start the sweep on a SLURM login node, or run it here: without a launcher "
-                        "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2.")
+        raise UserError(
+            "hydra/launcher=slurm submits each job of the sweep to SLURM with sbatch, which is not on this "
+            "machine's PATH. Start the sweep on a SLURM login node, or run it here: without a launcher "
+            "(one job after another) or with hydra/launcher=joblib hydra.launcher.n_jobs=2."
+        )
 
 
 # Callbacks that are choices of the callbacks group, not members of callbacks=default.
@@ -65,8 +72,10 @@ def check_callback_choices(argv: list[str]) -> None:
     for name in CALLBACK_CHOICES:
         typed = next((a for a in argv if a.startswith(f"callbacks.{name}.")), None)
         if typed is not None and name not in chosen:
-            raise UserError(f"{typed}: {name} is a choice of the callbacks group, not part of callbacks={chosen}; choose "
-                            f"it too: 'callbacks=[{chosen.strip('[]')},{name}]' {typed}")
+            raise UserError(
+                f"{typed}: {name} is a choice of the callbacks group, not part of callbacks={chosen}; choose "
+                f"it too: 'callbacks=[{chosen.strip('[]')},{name}]' {typed}"
+            )
 
 
 def _config_dirs(argv: list[str]) -> list[Path]:
@@ -89,8 +98,10 @@ def check_config_files(argv: list[str]) -> None:
         for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
             loaded = inputs.read_yaml(f, "a config file", unique_keys=True)
             if not isinstance(loaded, (dict, type(None))):
-                raise UserError(f"{f}: holds a {type(loaded).__name__}, not settings (key: value lines). A config "
-                                "file is a mapping of settings, e.g. model:\\n  latent_dim: 8.")
+                raise UserError(
+                    f"{f}: holds a {type(loaded).__name__}, not settings (key: value lines). A config "
+                    "file is a mapping of settings, e.g. model:\\n  latent_dim: 8."
+                )
 
 
 # Options that bring configs other than the shipped ones, whose classes may read a key by rules of their own.

@@ -2,6 +2,7 @@
 which asks it for trials and tells it how they ended, and each trial's job, which reports its validation metric
 after every epoch so that the study's pruner can stop it (training/callbacks.py Pruning). The study lives in its
 storage: an SQLite file in the sweep directory unless hydra.sweeper.storage names another SQLAlchemy URL."""
+
 import logging
 import time
 import warnings
@@ -33,25 +34,27 @@ STUDY_FILE = "optuna.db"
 @dataclass
 class SearchConfig:
     """hydra.sweeper for hparams_search=optuna (configs/hparams_search/optuna.yaml sets the search itself)."""
+
     _target_: str = "hydra_plugins.vae_cli_search.OptunaStudySweeper"
     study_name: str = "vae"
-    storage: Any = None            # an SQLAlchemy URL; None: sqlite:///<sweep dir>/optuna.db
+    storage: Any = None  # an SQLAlchemy URL; None: sqlite:///<sweep dir>/optuna.db
     direction: str = "maximize"
-    n_trials: int = 20             # trials to run to an end (complete, pruned or failed), over every run of the command
+    n_trials: int = 20  # trials to run to an end (complete, pruned or failed), over every run of the command
     max_failures_in_a_row: int = 3  # a worker stops after this many failed trials in a row (0: never), with the
-                                    # first failure's error
-    n_jobs: int = 1                # trials launched together (a parallel launcher runs them at once)
+    # first failure's error
+    n_jobs: int = 1  # trials launched together (a parallel launcher runs them at once)
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
-    pruner: Any = "median"         # median, halving, hyperband, none, or {_target_: optuna.pruners.X, ...}
-    params: Any = None             # key: Hydra sweep syntax, e.g. optim.lr: tag(log, interval(1e-4, 3e-3))
-    heartbeat_interval: int = 60   # seconds between a running trial's signs of life in the storage
-    grace_period: int = 180        # a running trial silent this long was killed: failed, and its settings retried
-    max_retry: int = 1             # how often a killed or interrupted trial's settings are tried again
+    pruner: Any = "median"  # median, halving, hyperband, none, or {_target_: optuna.pruners.X, ...}
+    params: Any = None  # key: Hydra sweep syntax, e.g. optim.lr: tag(log, interval(1e-4, 3e-3))
+    heartbeat_interval: int = 60  # seconds between a running trial's signs of life in the storage
+    grace_period: int = 180  # a running trial silent this long was killed: failed, and its settings retried
+    max_retry: int = 1  # how often a killed or interrupted trial's settings are tried again
 
 
 @dataclass
 class Pruned:
     """What a job returns when the study's pruner stopped it."""
+
     epoch: int
     value: float
 
@@ -68,8 +71,10 @@ def built(spec):
 def make_pruner(spec):
     if isinstance(spec, str):
         if spec not in PRUNERS:
-            raise UserError(f"hydra.sweeper.pruner={spec}: no such pruner; use one of {', '.join(PRUNERS)}, or a "
-                            "config naming any Optuna pruner: {_target_: optuna.pruners.PercentilePruner, ...}.")
+            raise UserError(
+                f"hydra.sweeper.pruner={spec}: no such pruner; use one of {', '.join(PRUNERS)}, or a "
+                "config naming any Optuna pruner: {_target_: optuna.pruners.PercentilePruner, ...}."
+            )
         target, kwargs = PRUNERS[spec]
         return get_class(target)(**kwargs)
     return built(spec)
@@ -85,8 +90,7 @@ def quiet_experimental():
         yield
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int = 0):
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int = 0):
     """The study's database. With a heartbeat, a trial that stops sending it (its process was killed) is failed
     by the next worker that looks, and its settings are queued again (Optuna's own retry callback)."""
     import optuna
@@ -101,10 +105,14 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     if heartbeat_interval:
         new = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")  # the name since Optuna 4.9
         with quiet_experimental():
-            retry = (optuna.storages.RetryHeartbeatStaleTrialCallback if new
-                     else optuna.storages.RetryFailedTrialCallback)(max_retry=max_retry)
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                      **{"heartbeat_stale_trial_callback" if new else "failed_trial_callback": retry})
+            retry = (
+                optuna.storages.RetryHeartbeatStaleTrialCallback if new else optuna.storages.RetryFailedTrialCallback
+            )(max_retry=max_retry)
+        kwargs.update(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            **{"heartbeat_stale_trial_callback" if new else "failed_trial_callback": retry},
+        )
     for attempt in range(3):
         try:
             with quiet_experimental():
@@ -114,10 +122,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             # Workers started together race to create a new database's tables: the losers try again.
             time.sleep(1 + attempt)
     reason = str(error).splitlines()[0] if str(error) else ""
-    raise UserError(f"hydra.sweeper.storage={mask(url)}: Optuna cannot open this database ({type(error).__name__}: "
-                    f"{mask(reason)}). Check the URL (SQLAlchemy's form, e.g. sqlite:///path/study.db or "
-                    "postgresql+psycopg2://user@host/db), that the server is running and that its driver is "
-                    "installed (for PostgreSQL: pip install psycopg2-binary).")
+    raise UserError(
+        f"hydra.sweeper.storage={mask(url)}: Optuna cannot open this database ({type(error).__name__}: "
+        f"{mask(reason)}). Check the URL (SQLAlchemy's form, e.g. sqlite:///path/study.db or "
+        "postgresql+psycopg2://user@host/db), that the server is running and that its driver is "
+        "installed (for PostgreSQL: pip install psycopg2-binary)."
+    )
 
 
 def trial_id(storage, study, number: int) -> int:
@@ -133,7 +143,9 @@ def trial_reporter(number: int):
 
     hydra = HydraConfig.get()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    s = SearchConfig(**{k: v for k, v in OmegaConf.to_container(hydra.sweeper, resolve=True).items() if k != "_target_"})
+    s = SearchConfig(
+        **{k: v for k, v in OmegaConf.to_container(hydra.sweeper, resolve=True).items() if k != "_target_"}
+    )
     storage = open_storage(storage_url(s.storage, hydra.sweep.dir))
     study = optuna.load_study(study_name=s.study_name, storage=storage, pruner=make_pruner(s.pruner))
     # Optuna has no public way to take up a trial that another process asked for: its Trial is built from the

@@ -1,4 +1,5 @@
 """vae-train: compose the config, build data, model and trainer, fit, test, write metrics.json."""
+
 import contextlib
 import logging
 import os
@@ -25,8 +26,13 @@ from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
 from .sweep.jobs import JobFailed
 from .checks import TRAIN_RULES
-from .startup import (check_callback_choices, check_command_line_values, check_config_files, check_logger_packages,
-                      check_optional_parts)
+from .startup import (
+    check_callback_choices,
+    check_command_line_values,
+    check_config_files,
+    check_logger_packages,
+    check_optional_parts,
+)
 
 log = logging.getLogger("vae_cli")
 
@@ -100,8 +106,10 @@ def setup(cfg: DictConfig):
     binarize = binarizes(cfg)
     datamodule = named("data", make_datamodule, settings("data"), binarize=binarize, seed=cfg.seed)
     if not isinstance(datamodule, BaseDataModule):
-        raise UserError(f"data._target_={cfg.data._target_!r} does not build a datamodule (a {type(datamodule).__name__}); "
-                        "name a subclass of vae_cli.data.BaseDataModule.")
+        raise UserError(
+            f"data._target_={cfg.data._target_!r} does not build a datamodule (a {type(datamodule).__name__}); "
+            "name a subclass of vae_cli.data.BaseDataModule."
+        )
     datamodule.prepare_data()
     datamodule.setup("fit")  # loads and splits now, so data problems stop the run before training
     check_fits_data(cfg.model.likelihood, datamodule.head("train", 1000)[0], binarize)
@@ -111,15 +119,23 @@ def setup(cfg: DictConfig):
         if isinstance(data_config.get(key), str):
             data_config[key] = str(Path(data_config[key]).expanduser().resolve())
     model = {**settings("model"), "data_shape": list(datamodule.shape)}
-    module = VAEModule(build_vae(model), model, Objective(**settings("objective")), optimizer=optimizer,
-                       scheduler=scheduler, normalize_grads=cfg.optim.normalize_grads,
-                       monitor=_monitor(cfg) or "val/elbo", data_config=data_config)
+    module = VAEModule(
+        build_vae(model),
+        model,
+        Objective(**settings("objective")),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        normalize_grads=cfg.optim.normalize_grads,
+        monitor=_monitor(cfg) or "val/elbo",
+        data_config=data_config,
+    )
     if ckpt_path is not None:
         # Read it here (weights only: no code from the file runs), so a corrupt or mismatching
         # checkpoint stops the run with the parameter named, before anything is written.
         ckpt = read_checkpoint(Path(ckpt_path), trust=(cfg.model.get("_target_"), cfg.data.get("_target_")))
-        check_same_meaning(ckpt, {"model": model, "objective": module.hparams["objective"], "data": data_config},
-                           ckpt_path)
+        check_same_meaning(
+            ckpt, {"model": model, "objective": module.hparams["objective"], "data": data_config}, ckpt_path
+        )
         check_compatible(module, ckpt, ckpt_path)
     elif getattr(module.vae, "starts_at_data_mean", False):  # model.init_output_bias (a user's network may lack it)
         module.vae.init_output_bias(datamodule.train_pixel_mean())
@@ -132,8 +148,10 @@ def setup(cfg: DictConfig):
     if not any(isinstance(lg, TensorBoardLogger) for lg in loggers):
         skipped = [cb for cb in callbacks if isinstance(cb, TENSORBOARD_ONLY)]
         if skipped:
-            log.info("no TensorBoard logger (logger=[%s]): the image grids, KL histograms and latent projector are "
-                     "skipped", ",".join(cfg.get("logger") or {}))
+            log.info(
+                "no TensorBoard logger (logger=[%s]): the image grids, KL histograms and latent projector are skipped",
+                ",".join(cfg.get("logger") or {}),
+            )
             callbacks = [cb for cb in callbacks if cb not in skipped]
     if scheduler is not None and loggers:  # the learning rate follows a schedule: log it (lr-Adam)
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
@@ -257,10 +275,12 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
             raise UserError(misconfigured(cfg, error)) from None
         if ckpt_path is not None and raised_restoring(error):
             forget_refused_record()
-            raise UserError(f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
-                            f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
-                            "or is not a state of this run; resume from another checkpoint of the run (last.ckpt or "
-                            "interrupted.ckpt), or start a new run. Nothing in the run directory was changed.") from None
+            raise UserError(
+                f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
+                f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
+                "or is not a state of this run; resume from another checkpoint of the run (last.ckpt or "
+                "interrupted.ckpt), or start a new run. Nothing in the run directory was changed."
+            ) from None
         raise
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
     train_seconds = timer.time_elapsed("train")  # over every start of the run
@@ -270,8 +290,9 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
 
     chosen = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
     best = chosen.best_model_path if chosen else ""
-    (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
-                                   weights_only=True)
+    (test_metrics,) = trainer.test(
+        module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+    )
     best_score = chosen.best_model_score if chosen else None
     summary = run_summary(_monitor(cfg))  # its last name is the best validation value's
     metrics = {
@@ -306,14 +327,25 @@ def _pruned(cfg: DictConfig, trainer, run_dir: Path, epoch: int, value: float) -
     from ..writers.files import write_json
 
     monitor = _monitor(cfg) or "val/elbo"
-    record = {"trial": cfg.search.trial, "epoch": epoch, "monitor": monitor, "value": value,
-              "global_step": trainer.global_step}
+    record = {
+        "trial": cfg.search.trial,
+        "epoch": epoch,
+        "monitor": monitor,
+        "value": value,
+        "global_step": trainer.global_step,
+    }
     for lg in trainer.loggers:
         lg.finalize("success")
     if trainer.is_global_zero:
         write_json(run_dir / run_files.PRUNED, record)
-    log.info("pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)", epoch, monitor, value,
-             cfg.search.trial, run_dir / run_files.PRUNED)
+    log.info(
+        "pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)",
+        epoch,
+        monitor,
+        value,
+        cfg.search.trial,
+        run_dir / run_files.PRUNED,
+    )
     return {"pruned": record}
 
 
@@ -375,8 +407,10 @@ def summarize_sweep(finished: bool) -> None:
         return
     if unfinished and not SweepSummary.search:
         first = unfinished[0]
-        SweepSummary.unfinished = (f"{len(unfinished)} of the sweep's jobs did not finish (the table above says how "
-                                   f"each ended); job {first.num}: {first.error or first.status}")
+        SweepSummary.unfinished = (
+            f"{len(unfinished)} of the sweep's jobs did not finish (the table above says how "
+            f"each ended); job {first.num}: {first.error or first.status}"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vae_cli.configs", config_name="train")
@@ -388,8 +422,11 @@ def train(cfg: DictConfig):
     except UserError as e:  # a job of a sweep (a single run exits instead): recorded and said; the others go on
         return JobFailed(own_message(e))
     except Exception as e:  # noqa: BLE001 (a bug in a job of a sweep: its traceback is in the job's log)
-        return JobFailed(f"a bug in vae-cli ({type(e).__name__}: {e}); the traceback is in "
-                         f"{getattr(e, 'traceback_in', 'the job log')}", exit_status=1)
+        return JobFailed(
+            f"a bug in vae-cli ({type(e).__name__}: {e}); the traceback is in "
+            f"{getattr(e, 'traceback_in', 'the job log')}",
+            exit_status=1,
+        )
     if "pruned" in metrics:
         from .study import Pruned
 

@@ -4,6 +4,7 @@ ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)),  q = N(mu, diag(sigma^2)), p(z) 
 Functions return per-example values (summed over data or latent dimensions) unless their name
 says per dimension; averaging over examples is left to the caller.
 """
+
 import math
 
 import torch
@@ -45,8 +46,9 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (math.log(2 * math.pi) + z.pow(2)).sum(-1)
 
 
-def log_importance_weights(log_px_given_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-                           logvar: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+def log_importance_weights(
+    log_px_given_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kl_weight: float = 1.0
+) -> torch.Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) for z ~ q(z|x): E_q[w] = p(x). With kl_weight c != 1,
     the tempered log p(x|z) + c (log p(z) - log q(z|x)), whose k = 1 bound is recon + c * KL (a KL warm-up)."""
     if kl_weight == 1.0:
@@ -58,4 +60,3 @@ def iwae_bound(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """log (1/k sum_i w_i) over k importance samples along `dim` (Burda et al. 2016, eq. 8):
     a lower bound on log p(x) in expectation that tightens as k grows; k = 1 is the ELBO."""
     return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
-

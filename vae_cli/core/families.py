@@ -16,6 +16,7 @@ Priors:
 Only diagonal + standard has the KL per dimension in closed form, full + standard its total; every other pair's KL
 is the Monte Carlo estimate log q(z|x) - log p(z) on the sample the ELBO is taken at.
 """
+
 import math
 from typing import NamedTuple
 
@@ -49,11 +50,13 @@ def _float32(t: torch.Tensor) -> torch.Tensor:
 
 def _no_autocast(f):
     """f with autocast off: its matrix products stay in the inputs' precision (float32 at least), not bf16."""
+
     def wrapped(*args, **kwargs):
         device = next(a for a in args if torch.is_tensor(a) or isinstance(a, QParams))
         device = (device.mu if isinstance(device, QParams) else device).device.type
         with torch.autocast(device_type=device, enabled=False):
             return f(*args, **kwargs)
+
     wrapped.__doc__, wrapped.__name__ = f.__doc__, f.__name__
     return wrapped
 
@@ -141,8 +144,10 @@ class MADE(nn.Module):
         degrees = [torch.arange(1, k + 1)]
         for h in hidden_dims:
             degrees.append(torch.arange(h) % max(1, k - 1) + 1)
-        layers = [MaskedLinear(len(d_in), len(d_out), (d_out[:, None] >= d_in[None, :]))
-                  for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+        layers = [
+            MaskedLinear(len(d_in), len(d_out), (d_out[:, None] >= d_in[None, :]))
+            for d_in, d_out in zip(degrees[:-1], degrees[1:])
+        ]
         out = torch.arange(1, k + 1).repeat(2)  # (m, s): each output i after the units of degree < i
         layers.append(MaskedLinear(len(degrees[-1]), 2 * k, out[:, None] > degrees[-1][None, :]))
         self.layers = nn.ModuleList(layers)

@@ -10,6 +10,7 @@ the model; the families without one add nothing to the state dict.
 Adding a family: a subclass of Likelihood, its traits in settings.FAMILIES (which the settings are checked
 against before torch is imported), and an entry in LIKELIHOODS.
 """
+
 import math
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..errors import one_of, require
 from ..settings import FAMILIES, STD_MIN, check_std
+
 # Floor of the discretised logistic's scale. Bin probabilities are at most 1, so nothing diverges;
 # the floor keeps 1/s, and the gradients that scale with it, finite. It costs nothing: at s = 1e-4
 # the bin around the mean already holds all but 1e-8 of the mass.
@@ -253,8 +255,10 @@ class DiscretizedLogistic(Likelihood):
         return torch.round(y.clamp(0, 1) * 255) / 255
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (
-    Bernoulli, Gaussian, GaussianGlobalVar, GaussianPixelVar, ContinuousBernoulli, DiscretizedLogistic)}
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls
+    for cls in (Bernoulli, Gaussian, GaussianGlobalVar, GaussianPixelVar, ContinuousBernoulli, DiscretizedLogistic)
+}
 
 
 def make_likelihood(name: str, gaussian_std: float = 0.1) -> Likelihood:

@@ -3,6 +3,7 @@
 Only `math` is imported at the top (the functions take tensors or floats alike), so vae-report reads
 the names without loading torch.
 """
+
 import math
 
 

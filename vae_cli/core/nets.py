@@ -5,6 +5,7 @@ family that needs them, further outputs: core/families.py);
 the decoder maps z to the parameters of p(x|z): `params_per_dim` values per data dimension,
 shaped (B, params_per_dim * C, H, W) for x of shape (B, C, H, W).
 """
+
 import math
 
 import torch
@@ -48,7 +49,7 @@ def _split(out: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, ...]:
     """(mu, log sigma^2), or (mu, log sigma^2, extra) where the posterior family takes more outputs."""
     if out.shape[-1] == 2 * latent_dim:
         return tuple(out.chunk(2, dim=-1))
-    return out[..., :latent_dim], out[..., latent_dim:2 * latent_dim], out[..., 2 * latent_dim:]
+    return out[..., :latent_dim], out[..., latent_dim : 2 * latent_dim], out[..., 2 * latent_dim :]
 
 
 class MLPEncoder(nn.Module):
@@ -134,15 +135,26 @@ class ConvDecoder(nn.Module):
         return self.deconvs[-1].bias.view(-1, 1, 1)
 
 
-def make_networks(arch: str, data_shape, hidden_dims: list[int], latent_dim: int, activation: str,
-                  params_per_dim: int, extra_outputs: int = 0) -> tuple[nn.Module, nn.Module]:
+def make_networks(
+    arch: str,
+    data_shape,
+    hidden_dims: list[int],
+    latent_dim: int,
+    activation: str,
+    params_per_dim: int,
+    extra_outputs: int = 0,
+) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) of the architecture `arch` (settings the VAE has checked); the encoder has
     `extra_outputs` outputs beyond (mu, log sigma^2) for a posterior family that takes more (core/families.py)."""
     if arch == "mlp":
-        return (MLPEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
-                MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
+        return (
+            MLPEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
+            MLPDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim),
+        )
     if arch == "conv":
         if len(data_shape) != 3:
             raise ValueError(f"a conv network needs image data shaped (C, H, W), not {tuple(data_shape)}")
-        return (ConvEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
-                ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim))
+        return (
+            ConvEncoder(data_shape, hidden_dims, latent_dim, activation, extra_outputs),
+            ConvDecoder(data_shape, hidden_dims, latent_dim, activation, params_per_dim),
+        )

@@ -4,6 +4,7 @@ per example, their means with standard errors, and the paired difference of two 
 The importance-weighted estimate (the IWAE bound with k samples, Burda et al. 2016) makes the
 identity log p(x) = ELBO + KL(q(z|x) || p(z|x)) measurable: the inference gap is log p(x) - ELBO.
 """
+
 import hashlib
 import math
 
@@ -16,8 +17,9 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: unit j is active when Cov_x(E
 
 
 @torch.no_grad()
-def score(vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None = None,
-          progress=None) -> ImportanceWeighted:
+def score(
+    vae: VAE, batches, k: int, max_pairs: int, device, limit: int | None = None, progress=None
+) -> ImportanceWeighted:
     """vae.importance_weighted over an iterable of [x, y] batches (the first `limit` examples), concatenated.
     A batch goes through in the pieces of at most max_pairs (example, sample) pairs that vae.importance_weighted
     would cut it into, so the random draws are the same whatever the limit: a limited score is exactly the
@@ -52,12 +54,15 @@ def summarize(s: ImportanceWeighted, n_dims: int) -> dict:
     mu = s.mu.double()
     mu_var = mu.var(0) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype)
     return {
-        "elbo": elbo, "elbo_se": elbo_se,
+        "elbo": elbo,
+        "elbo_se": elbo_se,
         "recon_loss": s.recon.double().mean().item(),
         "kl": (s.kl if s.kl is not None else s.kl_dims.sum(-1)).double().mean().item(),
         "bpd": bits_per_dim(-elbo, n_dims),
-        "nll_iw": nll, "nll_iw_se": nll_se,
-        "inference_gap": gap, "inference_gap_se": gap_se,
+        "nll_iw": nll,
+        "nll_iw_se": nll_se,
+        "inference_gap": gap,
+        "inference_gap_se": gap_se,
         "active_units": int((mu_var > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": mu.shape[1],
         "kl_per_dim": s.kl_dims.double().mean(0).tolist(),
@@ -75,8 +80,13 @@ def paired_difference(mine: dict, other: dict) -> dict:
     n = min(len(mine["log_px"]), len(other["log_px"]))
     d_nll, d_nll_se = mean_se(other["log_px"][:n] - mine["log_px"][:n])
     d_elbo, d_elbo_se = mean_se(mine["elbo"][:n] - other["elbo"][:n])
-    return {"n_paired": n, "nll_iw_diff": d_nll, "nll_iw_diff_se": d_nll_se, "elbo_diff": d_elbo,
-            "elbo_diff_se": d_elbo_se}
+    return {
+        "n_paired": n,
+        "nll_iw_diff": d_nll,
+        "nll_iw_diff_se": d_nll_se,
+        "elbo_diff": d_elbo,
+        "elbo_diff_se": d_elbo_se,
+    }
 
 
 def fingerprint(batches) -> tuple[str, int]:

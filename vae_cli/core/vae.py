@@ -4,6 +4,7 @@ p(z) = N(0, I); `posterior` and `prior` choose other families (core/families.py)
 Its methods return the ELBO's terms by name and the importance-weighted estimate of log p(x);
 the formulas they use are written once, in elbo.py, families.py and likelihoods.py.
 """
+
 import math
 from typing import NamedTuple
 
@@ -21,14 +22,14 @@ from .nets import make_networks
 class Terms(NamedTuple):
     """The one-sample ELBO of each example, by term (nats, float32)."""
 
-    recon: torch.Tensor    # -log p(x|z) at one reparameterised z ~ q(z|x), per example
+    recon: torch.Tensor  # -log p(x|z) at one reparameterised z ~ q(z|x), per example
     kl_dims: torch.Tensor | None  # KL(q(z|x) || p(z)) in closed form per example and latent dimension, where the
-                                  # families have it (diagonal q, standard p); None otherwise
+    # families have it (diagonal q, standard p); None otherwise
     z: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
     kl_total: torch.Tensor | None = None  # the KL per example where kl_dims is None: in closed form (full q,
-                                          # standard p) or log q(z|x) - log p(z) at z (settings.kl_estimate)
+    # standard p) or log q(z|x) - log p(z) at z (settings.kl_estimate)
     kl_sample: torch.Tensor | None = None  # log q(z|x) - log p(z) at z, per example (the Monte Carlo KL)
 
     @property
@@ -43,10 +44,10 @@ class Terms(NamedTuple):
 class ImportanceWeighted(NamedTuple):
     """Per-example estimates from k samples z_i ~ q(z|x)."""
 
-    log_px: torch.Tensor   # log (1/k sum_i p(x, z_i) / q(z_i|x)): the IWAE bound, -> log p(x) as k grows
-    recon: torch.Tensor    # -log p(x|z) averaged over the k samples
+    log_px: torch.Tensor  # log (1/k sum_i p(x, z_i) / q(z_i|x)): the IWAE bound, -> log p(x) as k grows
+    recon: torch.Tensor  # -log p(x|z) averaged over the k samples
     kl_dims: torch.Tensor  # the analytic KL per latent dimension; (B, 0) where the families have none
-    mu: torch.Tensor       # the posterior means (of the base Gaussian, for iaf)
+    mu: torch.Tensor  # the posterior means (of the base Gaussian, for iaf)
     kl: torch.Tensor | None = None  # the KL per example: analytic, or log q - log p averaged over the k samples
 
     @property
@@ -67,13 +68,33 @@ class VAE(nn.Module):
     as in the VampPrior / Exemplar VAE models), or None. init_output_bias: whether training starts the
     decoder's output at the data's mean image (init_output_bias(mean), by the trainer, which has the data)."""
 
-    def __init__(self, data_shape, latent_dim: int = 16, hidden_dims=(512, 256), arch: str = "mlp",
-                 activation: str = "relu", likelihood: str = "bernoulli", gaussian_std: float = 0.1,
-                 logvar_range=None, init_output_bias: bool = False, posterior=None, prior=None):
+    def __init__(
+        self,
+        data_shape,
+        latent_dim: int = 16,
+        hidden_dims=(512, 256),
+        arch: str = "mlp",
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        gaussian_std: float = 0.1,
+        logvar_range=None,
+        init_output_bias: bool = False,
+        posterior=None,
+        prior=None,
+    ):
         super().__init__()
-        check_model(latent_dim=latent_dim, hidden_dims=hidden_dims, arch=arch, activation=activation,
-                   likelihood=likelihood, gaussian_std=gaussian_std, logvar_range=logvar_range,
-                   init_output_bias=init_output_bias, posterior=posterior, prior=prior)
+        check_model(
+            latent_dim=latent_dim,
+            hidden_dims=hidden_dims,
+            arch=arch,
+            activation=activation,
+            likelihood=likelihood,
+            gaussian_std=gaussian_std,
+            logvar_range=logvar_range,
+            init_output_bias=init_output_bias,
+            posterior=posterior,
+            prior=prior,
+        )
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
         self.logvar_range = None if logvar_range is None else tuple(logvar_range)
@@ -83,9 +104,15 @@ class VAE(nn.Module):
         # The likelihood first: optimiser states in checkpoints follow this parameter order.
         self.likelihood = make_likelihood(likelihood, gaussian_std)
         posterior_family = make_posterior(posterior, latent_dim)
-        self.encoder, self.decoder = make_networks(arch, self.data_shape, list(hidden_dims), latent_dim, activation,
-                                                   self.likelihood.params_per_dim,
-                                                   posterior_family.extra_outputs(latent_dim))
+        self.encoder, self.decoder = make_networks(
+            arch,
+            self.data_shape,
+            list(hidden_dims),
+            latent_dim,
+            activation,
+            self.likelihood.params_per_dim,
+            posterior_family.extra_outputs(latent_dim),
+        )
         # After the networks (the diagonal and standard families have no parameters: older checkpoints' order).
         self.posterior = posterior_family
         self.prior = make_prior(prior, latent_dim, self.data_shape)
@@ -97,8 +124,7 @@ class VAE(nn.Module):
         mu, logvar, *extra = self.encoder(x)
         if self.logvar_range is not None:
             logvar = F.hardtanh(logvar, *self.logvar_range)
-        return QParams(_at_least_float32(mu), _at_least_float32(logvar),
-                       _at_least_float32(extra[0]) if extra else None)
+        return QParams(_at_least_float32(mu), _at_least_float32(logvar), _at_least_float32(extra[0]) if extra else None)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x) (of its base Gaussian, for a flow)."""
@@ -196,4 +222,3 @@ class VAE(nn.Module):
         loc = self.likelihood.location(data_mean.to(bias))
         c = loc.shape[0]
         bias[:c].copy_(loc.mean((-2, -1), keepdim=True) if bias.shape[-1] == 1 else loc)
-

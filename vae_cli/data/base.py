@@ -1,6 +1,7 @@
 """The contract every datamodule keeps, in memory or not: what the trainer, the callbacks, vae-eval
 and vae-sample read from it. A new dataset is a subclass (of InMemoryDataModule when it fits in
 memory) and a config file in configs/data/. Torch only: Lightning sees a datamodule through lightning.py."""
+
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -39,10 +40,25 @@ class BaseDataModule(ABC):
     shape: tuple[int, int, int]
     name = "dataset"
 
-    def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int | float = 0.1,
-                 binarize: bool | None = True, split_seed: int = 0, seed: int = 0, likelihood: str = "bernoulli"):
-        check_data(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, binarize=binarize,
-                   split_seed=split_seed, seed=seed, likelihood=likelihood)
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int | float = 0.1,
+        binarize: bool | None = True,
+        split_seed: int = 0,
+        seed: int = 0,
+        likelihood: str = "bernoulli",
+    ):
+        check_data(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_size=val_size,
+            binarize=binarize,
+            split_seed=split_seed,
+            seed=seed,
+            likelihood=likelihood,
+        )
         self.likelihood = likelihood  # the family of p(x|z) this data is modelled with unless model.likelihood says
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size

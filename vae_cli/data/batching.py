@@ -5,6 +5,7 @@ Binarisation (for a binary likelihood): training batches are re-sampled every st
 binarisation, on the device the batch lands on); validation and test sets are binarised once with
 fixed seeds, so every run and every checkpoint is scored on the same bits.
 """
+
 import numpy as np
 import torch
 
@@ -23,8 +24,17 @@ class TensorBatches:
     as an uninterrupted one; `epoch` is read from the trainer when one is attached.
     """
 
-    def __init__(self, tensors: list[torch.Tensor], batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch=lambda: 0, rank: int = 0, world_size: int = 1, progress=None):
+    def __init__(
+        self,
+        tensors: list[torch.Tensor],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch=lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        progress=None,
+    ):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         # progress(): how many of this epoch's batches training has taken (the trainer's count, which excludes a
@@ -47,7 +57,7 @@ class TensorBatches:
         else:
             idx = torch.arange(n)
         # Each process of a multi-process run takes every world_size-th example.
-        return idx[self.rank::self.world_size].to(self.tensors[0].device)
+        return idx[self.rank :: self.world_size].to(self.tensors[0].device)
 
     def __len__(self) -> int:
         n = len(range(self.rank, len(self.tensors[0]), self.world_size))
@@ -58,7 +68,7 @@ class TensorBatches:
         done = self._resume_at[1] if self._resume_at and self._resume_at[0] == self.epoch() else 0
         self._resume_at = None
         for start in range(done * self.batch_size, len(idx), self.batch_size):
-            rows = idx[start:start + self.batch_size]
+            rows = idx[start : start + self.batch_size]
             yield [t[rows] for t in self.tensors]
 
 

@@ -11,6 +11,7 @@ data is prepared again and the file written anew. Files are written under a name
 link) and renamed into place, so jobs starting together each write a whole file and readers never see half of
 one. Pixel values on a grid k/s (8-bit images, digits' 17 levels, bits) are stored as bytes and divided back
 exactly as they were made; anything else as float32."""
+
 import contextlib
 import hashlib
 import io
@@ -43,8 +44,18 @@ def key(name: str, settings: dict, sources: list[Path]) -> str:
     """Everything the splits of dataset `name`, made with `settings` from `sources`, depend on, as text: the
     sources' paths, sizes and modification times, the settings, and the versions whose generators drew the bits."""
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
-    return json.dumps({"format": FORMAT, "name": name, "settings": settings, "sources": stats,
-                       "torch": torch.__version__, "numpy": _version("numpy")}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "name": name,
+            "settings": settings,
+            "sources": stats,
+            "torch": torch.__version__,
+            "numpy": _version("numpy"),
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def path(data_dir: Path, name: str, key: str) -> Path:
@@ -77,9 +88,15 @@ def _digest(stored: dict) -> str:
 
 def _manifest(stored: dict) -> dict:
     """What a file claims to hold: per split, the count, and the dtype and shape of its pixels and labels."""
-    return {s: {"count": len(stored[s]["y"]), "scale": stored[s]["scale"],
-                "x": [str(stored[s]["x"].dtype), list(stored[s]["x"].shape)],
-                "y": [str(stored[s]["y"].dtype), list(stored[s]["y"].shape)]} for s in SPLITS}
+    return {
+        s: {
+            "count": len(stored[s]["y"]),
+            "scale": stored[s]["scale"],
+            "x": [str(stored[s]["x"].dtype), list(stored[s]["x"].shape)],
+            "y": [str(stored[s]["y"].dtype), list(stored[s]["y"].shape)],
+        }
+        for s in SPLITS
+    }
 
 
 def _record(key: str, splits: dict) -> dict:
@@ -135,8 +152,9 @@ def read(file: Path, key: str, shape: tuple[int, ...]) -> dict | None:
             kept = inputs.load_tensors(file, "a cache of prepared data")
         why = _mismatch(kept, key, tuple(shape))
         if why is None:
-            return {s: (_unpack(kept["splits"][s]["x"], kept["splits"][s]["scale"]), kept["splits"][s]["y"])
-                    for s in SPLITS}
+            return {
+                s: (_unpack(kept["splits"][s]["x"], kept["splits"][s]["scale"]), kept["splits"][s]["y"]) for s in SPLITS
+            }
     except inputs.Unreadable as e:
         why = f"it cannot be read as one: {e.reason}"
     except Exception as e:  # noqa: BLE001 (a content _mismatch did not foresee: the same for the user)

@@ -1,5 +1,6 @@
 """A user's own folder of images, which need not fit in memory: read batch by batch through
 DataLoader workers."""
+
 import contextlib
 import logging
 import os
@@ -23,8 +24,13 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
     """The image files in a folder (and below it, when recursive), sorted. Hidden files and
     folders are skipped: macOS "._name.jpg" resource forks and .ipynb_checkpoints are not images."""
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 class Unreadable(Exception):
@@ -80,8 +86,15 @@ class _ImageFiles(torch.utils.data.Dataset):
     index in the folder's file list): each image gets the same bits however it is batched, in
     whichever worker process, in every run."""
 
-    def __init__(self, files: list[str], labels: list[int], ids: list[int], channels: int,
-                 size: tuple[int, int], binarize_seed: int | None = None):
+    def __init__(
+        self,
+        files: list[str],
+        labels: list[int],
+        ids: list[int],
+        channels: int,
+        size: tuple[int, int],
+        binarize_seed: int | None = None,
+    ):
         from torchvision import transforms
 
         self.files, self.labels, self.ids = files, labels, ids
@@ -97,8 +110,10 @@ class _ImageFiles(torch.utils.data.Dataset):
         try:
             im = _decoded(self.files[i], self.mode, self.size)
         except Unreadable as e:
-            raise UserError(f"data.path: cannot read the image {self.files[i]} ({e}). Remove or replace it, or "
-                            "train without the files that do not decode with data.skip_unreadable=true.") from None
+            raise UserError(
+                f"data.path: cannot read the image {self.files[i]} ({e}). Remove or replace it, or "
+                "train without the files that do not decode with data.skip_unreadable=true."
+            ) from None
         x = self.transform(im)
         if self.binarize_seed is not None:
             x = binarize(x, (self.binarize_seed << 32) + self.ids[i])
@@ -151,13 +166,26 @@ class ImageFolder(BaseDataModule):
         skip_unreadable: bool = False,  # train without files that do not open as images, instead of stopping
         likelihood: str = "discretized_logistic",
     ):
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-                         binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_size=val_size,
+            binarize=binarize,
+            split_seed=split_seed,
+            seed=seed,
+            likelihood=likelihood,
+        )
         # vae-eval and vae-sample pass data_dir= for data that has moved since training; for a folder
         # of images that is the folder itself.
         path = data_dir if data_dir is not None else path
-        check_data(path=path, channels=channels, image_size=image_size, test_size=test_size, num_workers=num_workers,
-                   skip_unreadable=skip_unreadable)
+        check_data(
+            path=path,
+            channels=channels,
+            image_size=image_size,
+            test_size=test_size,
+            num_workers=num_workers,
+            skip_unreadable=skip_unreadable,
+        )
         self.path = Path(os.path.expanduser(str(path)))
         self.skip_unreadable = skip_unreadable
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -169,15 +197,24 @@ class ImageFolder(BaseDataModule):
         self._pixel_mean: torch.Tensor | None = None
 
     def _list_images(self) -> tuple[list[Path], list[int]]:
-        accepted = f"files ending in {', '.join(IMAGE_EXTENSIONS)} (any case), directly in it or in one sub-folder per class"
+        accepted = (
+            f"files ending in {', '.join(IMAGE_EXTENSIONS)} (any case), directly in it or in one sub-folder per class"
+        )
         if not self.path.is_dir():
-            raise UserError(f"data.path={str(self.path)!r} is not a folder; point it at a folder of images: {accepted}.")
+            raise UserError(
+                f"data.path={str(self.path)!r} is not a folder; point it at a folder of images: {accepted}."
+            )
         classes = [d for d in sorted(self.path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
         per_class = [imgs for imgs in (_images_in(d, recursive=True) for d in classes) if imgs]
         loose = _images_in(self.path, recursive=False)
         if loose and per_class:
-            log.warning("%s: %d images lie directly in data.path beside %d class sub-folders; they get label %d",
-                        self.name, len(loose), len(per_class), len(per_class))
+            log.warning(
+                "%s: %d images lie directly in data.path beside %d class sub-folders; they get label %d",
+                self.name,
+                len(loose),
+                len(per_class),
+                len(per_class),
+            )
         files, labels = [], []
         for label, imgs in enumerate([*per_class, loose]):
             files += imgs
@@ -190,12 +227,19 @@ class ImageFolder(BaseDataModule):
         bad = [i for i, f in enumerate(files) if not _readable(f, decode_as)]
         shown = ", ".join(str(files[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         if bad and not self.skip_unreadable:
-            raise UserError(f"data.path={str(self.path)!r}: {len(bad)} of its {len(files)} image files cannot be read "
-                            f"as images: {shown}. Remove or replace them, or train without them with "
-                            "data.skip_unreadable=true.")
+            raise UserError(
+                f"data.path={str(self.path)!r}: {len(bad)} of its {len(files)} image files cannot be read "
+                f"as images: {shown}. Remove or replace them, or train without them with "
+                "data.skip_unreadable=true."
+            )
         if bad:
-            log.warning("%s: skipping %d unreadable image files of %d (data.skip_unreadable=true): %s", self.name,
-                        len(bad), len(files), shown)
+            log.warning(
+                "%s: skipping %d unreadable image files of %d (data.skip_unreadable=true): %s",
+                self.name,
+                len(bad),
+                len(files),
+                shown,
+            )
             keep = [i for i in range(len(files)) if i not in set(bad)]
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         return files, labels
@@ -211,17 +255,32 @@ class ImageFolder(BaseDataModule):
         if n_val + n_test >= n:
             raise UserError(
                 f"data.val_size={self.val_size!r} and data.test_size={self.test_size!r} take {n_val} + {n_test} of "
-                f"the {n} images in {pool}, leaving none to train on; make them smaller (counts or fractions).")
+                f"the {n} images in {pool}, leaving none to train on; make them smaller (counts or fractions)."
+            )
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        order = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+        order = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
         fixed = {"train": None, "val": VAL_BINARIZE_SEED, "test": TEST_BINARIZE_SEED}
         self._datasets = {
-            split: _ImageFiles([str(files[i]) for i in ids], [labels[i] for i in ids], ids, self.channels,
-                               self.image_size, fixed[split] if self.binarize else None)
+            split: _ImageFiles(
+                [str(files[i]) for i in ids],
+                [labels[i] for i in ids],
+                ids,
+                self.channels,
+                self.image_size,
+                fixed[split] if self.binarize else None,
+            )
             for split, ids in order.items()
         }
-        log.info("%s: %d train, %d val, %d test images from %s, resized to %s%s", self.name, n - n_val - n_test,
-                 n_val, n_test, self.path, tuple(self.shape), ", binarised" if self.binarize else "")
+        log.info(
+            "%s: %d train, %d val, %d test images from %s, resized to %s%s",
+            self.name,
+            n - n_val - n_test,
+            n_val,
+            n_test,
+            self.path,
+            tuple(self.shape),
+            ", binarised" if self.binarize else "",
+        )
 
     def prepare_data(self) -> None:
         # Nothing to download; listing the folder here stops a bad data.path before anything else.
@@ -237,7 +296,10 @@ class ImageFolder(BaseDataModule):
         # No more workers than batches: a handful of images is read faster than a process starts.
         workers = min(self.num_workers, -(-len(dataset) // batch_size))
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
             persistent_workers=persistent and workers > 0,  # no new processes every epoch
             pin_memory=feed.device.type == "cuda",
             # A private generator for the workers' base seed: building a loader leaves the global
@@ -254,8 +316,11 @@ class ImageFolder(BaseDataModule):
         # advanced by Lightning's set_epoch (so a resumed run replays the same order), and sharded
         # by rank in multi-process runs, where Lightning then leaves it as it is.
         sampler = DistributedSampler(
-            self.dataset("train"), shuffle=True, seed=self.seed * 100_003,  # seed s, epoch e: no overlap with s+1
-            num_replicas=feed.world_size, rank=feed.rank,
+            self.dataset("train"),
+            shuffle=True,
+            seed=self.seed * 100_003,  # seed s, epoch e: no overlap with s+1
+            num_replicas=feed.world_size,
+            rank=feed.rank,
         )
         return self._loader(self.dataset("train"), self.batch_size, sampler=sampler, persistent=True, feed=feed)
 
@@ -265,12 +330,18 @@ class ImageFolder(BaseDataModule):
         return _Shard(self.dataset(split), num_replicas=feed.world_size, rank=feed.rank)
 
     def val_dataloader(self, feed: Feed = Feed()):
-        return self._loader(self.dataset("val"), self.eval_batch_size, sampler=self._eval_sampler("val", feed),
-                            persistent=True, feed=feed)
+        return self._loader(
+            self.dataset("val"),
+            self.eval_batch_size,
+            sampler=self._eval_sampler("val", feed),
+            persistent=True,
+            feed=feed,
+        )
 
     def test_dataloader(self, feed: Feed = Feed()):
-        return self._loader(self.dataset("test"), self.eval_batch_size, sampler=self._eval_sampler("test", feed),
-                            feed=feed)
+        return self._loader(
+            self.dataset("test"), self.eval_batch_size, sampler=self._eval_sampler("test", feed), feed=feed
+        )
 
     def eval_batches(self, split: str):
         """The whole split in order, as [x, y] batches of eval_batch_size."""

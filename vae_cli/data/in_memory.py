@@ -1,6 +1,7 @@
 """Datasets held in memory: each split is one tensor of pixel values in [0, 1] shaped (N, C, H, W),
 on the training device by default, batched by index with no per-example Python work. Digits, the
 embedded default, lives here; the torchvision sets in torchvision_sets.py."""
+
 import logging
 import os
 from abc import abstractmethod
@@ -35,10 +36,21 @@ class InMemoryDataModule(BaseDataModule):
         eval_binarize_numpy_seed: int | None = None,
         likelihood: str = "bernoulli",
     ):
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
-                         binarize=binarize, split_seed=split_seed, seed=seed, likelihood=likelihood)
-        check_data(val_split=val_split, eval_binarize_numpy_seed=eval_binarize_numpy_seed, on_device=on_device,
-                   data_dir=data_dir)
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_size=val_size,
+            binarize=binarize,
+            split_seed=split_seed,
+            seed=seed,
+            likelihood=likelihood,
+        )
+        check_data(
+            val_split=val_split,
+            eval_binarize_numpy_seed=eval_binarize_numpy_seed,
+            on_device=on_device,
+            data_dir=data_dir,
+        )
         self.data_dir = Path(os.path.expanduser(str(data_dir)))
         self.on_device = bool(on_device)
         # "random": val_size examples drawn with split_seed; "last": the training file's last val_size examples.
@@ -59,9 +71,14 @@ class InMemoryDataModule(BaseDataModule):
 
     def cache_settings(self) -> dict:
         """Every setting the splits depend on."""
-        return {"class": type(self).__qualname__, "val_size": self.val_size, "val_split": self.val_split,
-                "split_seed": self.split_seed, "binarize": self.binarize,
-                "eval_binarize_numpy_seed": self.eval_binarize_numpy_seed}
+        return {
+            "class": type(self).__qualname__,
+            "val_size": self.val_size,
+            "val_split": self.val_split,
+            "split_seed": self.split_seed,
+            "binarize": self.binarize,
+            "eval_binarize_numpy_seed": self.eval_binarize_numpy_seed,
+        }
 
     def _data_folder(self) -> Path:
         """data_dir, where the data is read and its prepared splits kept; refused when it, or the nearest folder
@@ -72,9 +89,11 @@ class InMemoryDataModule(BaseDataModule):
             return self.data_dir
         if not found.is_dir():
             inside = "" if found == self.data_dir else f" lies in {str(found)!r}, which"
-            raise UserError(f"data.data_dir={str(self.data_dir)!r}{inside} is a file, not a folder. Point "
-                            f"data.data_dir at a folder (where {self.name}'s files are read and its prepared splits "
-                            "kept; it is made if missing), or move the file away.")
+            raise UserError(
+                f"data.data_dir={str(self.data_dir)!r}{inside} is a file, not a folder. Point "
+                f"data.data_dir at a folder (where {self.name}'s files are read and its prepared splits "
+                "kept; it is made if missing), or move the file away."
+            )
         return self.data_dir
 
     def cache_file(self) -> Path | None:
@@ -100,8 +119,15 @@ class InMemoryDataModule(BaseDataModule):
             if kept:
                 cache.write(kept, key, self._splits)
         n = {s: len(x) for s, (x, _) in self._splits.items()}
-        log.info("%s: %d train, %d val, %d test examples of shape %s%s", self.name, n["train"], n["val"], n["test"],
-                 tuple(self.shape), ", binarised" if self.binarize else "")
+        log.info(
+            "%s: %d train, %d val, %d test examples of shape %s%s",
+            self.name,
+            n["train"],
+            n["val"],
+            n["test"],
+            tuple(self.shape),
+            ", binarised" if self.binarize else "",
+        )
 
     def _prepare(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The splits from the sources: read, split, and the evaluation splits binarised with their seeds."""
@@ -145,8 +171,16 @@ class InMemoryDataModule(BaseDataModule):
             if cached is None or cached[0].device != feed.device:
                 self._on_device[split] = cached = [t.to(feed.device) for t in tensors]
             tensors = cached
-        return TensorBatches(tensors, batch_size, shuffle, seed=self.seed, epoch=feed.epoch, rank=feed.rank,
-                             world_size=feed.world_size, progress=feed.progress if split == "train" else None)
+        return TensorBatches(
+            tensors,
+            batch_size,
+            shuffle,
+            seed=self.seed,
+            epoch=feed.epoch,
+            rank=feed.rank,
+            world_size=feed.world_size,
+            progress=feed.progress if split == "train" else None,
+        )
 
     def train_dataloader(self, feed: Feed = Feed()) -> TensorBatches:
         # debug=overfit: the same few batches every epoch, so in file order.
@@ -194,5 +228,5 @@ class Digits(InMemoryDataModule):
         if not 1 <= self.test_size < len(x) - 1:
             raise UserError(f"data.test_size={self.test_size!r} must be between 1 and {len(x) - 2} for digits.")
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(12345))
-        test, train = perm[: self.test_size], perm[self.test_size:]
+        test, train = perm[: self.test_size], perm[self.test_size :]
         return x[train], y[train], x[test], y[test]

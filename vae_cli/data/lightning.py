@@ -1,5 +1,6 @@
 """The datamodules as Lightning sees them: the one module of the data layer that imports Lightning, so that
 vae-eval and vae-sample, which read data without training, never do."""
+
 import pytorch_lightning as pl
 
 from .base import BaseDataModule, Feed
@@ -17,9 +18,14 @@ class LightningData(pl.LightningDataModule):
     def _feed(self) -> Feed:
         trainer = self.trainer
         loop = trainer.fit_loop.epoch_loop.batch_progress
-        return Feed(device=trainer.strategy.root_device, epoch=lambda: trainer.current_epoch,
-                    progress=lambda: loop.current.processed, rank=trainer.global_rank,
-                    world_size=trainer.world_size, in_order=trainer.overfit_batches > 0)
+        return Feed(
+            device=trainer.strategy.root_device,
+            epoch=lambda: trainer.current_epoch,
+            progress=lambda: loop.current.processed,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            in_order=trainer.overfit_batches > 0,
+        )
 
     def prepare_data(self) -> None:
         self.data.prepare_data()

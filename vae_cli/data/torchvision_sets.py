@@ -2,6 +2,7 @@
 there. When a dataset is neither on disk nor downloadable, the message says where it looked and how
 to supply the files. Files are prepared once however many runs start together (the jobs of a sweep):
 one process at a time writes them, each file under a name of its own, renamed into place when whole."""
+
 import contextlib
 import fcntl
 import gzip
@@ -126,8 +127,10 @@ class _TorchvisionIDX(_Torchvision):
 
     def load(self):
         train, test = self._open(train=True), self._open(train=False)
+
         def x(ds):
             return ds.data.to(torch.float32).div_(255.0).unsqueeze(1)
+
         return x(train), train.targets.long(), x(test), test.targets.long()
 
 
@@ -138,6 +141,7 @@ class MNIST(_TorchvisionIDX):
     @property
     def dataset_class(self):
         from torchvision.datasets import MNIST as cls
+
         return cls
 
 
@@ -155,6 +159,7 @@ class FashionMNIST(_TorchvisionIDX):
     @property
     def dataset_class(self):
         from torchvision.datasets import FashionMNIST as cls
+
         return cls
 
     def _extra_sources(self) -> list[Path]:
@@ -173,6 +178,7 @@ class CIFAR10(_Torchvision):
     @property
     def dataset_class(self):
         from torchvision.datasets import CIFAR10 as cls
+
         return cls
 
     def _looked_in(self) -> list[Path]:
@@ -182,13 +188,16 @@ class CIFAR10(_Torchvision):
         return [self.data_dir / self.folder / f for f in self.files]
 
     def _how_to_copy(self) -> str:
-        return (f"extracting cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into "
-                f"{self.data_dir}, so that {self._looked_in()[0]} holds data_batch_1 to data_batch_5, "
-                f"test_batch and batches.meta")
+        return (
+            f"extracting cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into "
+            f"{self.data_dir}, so that {self._looked_in()[0]} holds data_batch_1 to data_batch_5, "
+            f"test_batch and batches.meta"
+        )
 
     def load(self):
         def xy(ds):
             # torchvision keeps the images as uint8 (N, H, W, C); make them (N, C, H, W) in [0, 1].
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
             return x, torch.tensor(ds.targets, dtype=torch.long)
+
         return (*xy(self._open(train=True)), *xy(self._open(train=False)))

@@ -6,6 +6,7 @@ generators travel in checkpoints), checkpointing, and the weight average.
 The diagnostics read data through the datamodule's data (head() and eval_batches()) and write through the
 run's TensorBoard logger. The class names are keys of their state in checkpoints: renaming one
 loses that state when an older run resumes."""
+
 import contextlib
 import logging
 import math
@@ -44,8 +45,12 @@ def _own_random_stream(pl_module):
 
 
 def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    return (not trainer.sanity_checking and every_n_epochs > 0 and trainer.is_global_zero
-            and (trainer.current_epoch + 1) % every_n_epochs == 0)
+    return (
+        not trainer.sanity_checking
+        and every_n_epochs > 0
+        and trainer.is_global_zero
+        and (trainer.current_epoch + 1) % every_n_epochs == 0
+    )
 
 
 class ImageGrids(pl.Callback):
@@ -84,8 +89,9 @@ class ImageGrids(pl.Callback):
         vae.train(was_training)
 
     def _kl_bars(self, tb, kl: list[float], mu_var: list[float], n: int, step: int) -> None:
-        fig = figures.kl_per_dim_figure(kl, mu_var, ACTIVE_UNIT_THRESHOLD,
-                                        f"KL per latent dimension ({n} validation images)")
+        fig = figures.kl_per_dim_figure(
+            kl, mu_var, ACTIVE_UNIT_THRESHOLD, f"KL per latent dimension ({n} validation images)"
+        )
         if fig is None:
             if not self._said_no_matplotlib:
                 log.info(figures.not_installed("TensorBoard's val/kl_per_dim_sorted"))
@@ -112,8 +118,13 @@ class ImportanceWeightedNLL(pl.Callback):
         if self.iw_samples < 1 or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         with _own_random_stream(pl_module):
-            log_px = score(pl_module.vae, trainer.datamodule.data.eval_batches("val"), self.iw_samples, self.iw_batch,
-                           pl_module.device).log_px
+            log_px = score(
+                pl_module.vae,
+                trainer.datamodule.data.eval_batches("val"),
+                self.iw_samples,
+                self.iw_batch,
+                pl_module.device,
+            ).log_px
         pl_module.log("val/nll_iw", -log_px.mean(), on_epoch=True, sync_dist=True)
 
 
@@ -247,7 +258,7 @@ class NonFiniteGuard(pl.Callback):
         rows, self.steps = self.steps, []
         if not rows:
             return
-        bad = (~torch.isfinite(self.window[:len(rows)])).nonzero().tolist()  # (row, metric): earliest step first
+        bad = (~torch.isfinite(self.window[: len(rows)])).nonzero().tolist()  # (row, metric): earliest step first
         if bad:
             row, i = bad[0]
             name, step = self.names[i], rows[row]
@@ -309,23 +320,27 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         # Lightning's own key, so runs checkpointed by ModelCheckpoint resume here and the reverse. Made once: it
         # names settings fixed at construction, and Lightning reads it around every hook of every step.
         if self._state_key is None:
-            self._state_key = "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+            self._state_key = "ModelCheckpoint" + super().state_key[len(type(self).__qualname__) :]
         return self._state_key
 
     def load_state_dict(self, state_dict):
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
+
             def moved(path):
                 return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
 
             best = moved(state_dict.get("best_model_path"))
             if best and Path(best).is_file():  # the run's checkpoints came along; else Lightning's behaviour
-                state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": best,
-                              "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
-                              "last_model_path": moved(state_dict.get("last_model_path")),
-                              "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+                state_dict = {
+                    **state_dict,
+                    "dirpath": self.dirpath,
+                    "best_model_path": best,
+                    "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                    "last_model_path": moved(state_dict.get("last_model_path")),
+                    "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+                }
         super().load_state_dict(state_dict)
-
 
 
 class EarlyStopping(pl.callbacks.EarlyStopping):
@@ -398,8 +413,13 @@ class EMA(WeightAveraging):
     (`current_model_state`) so a resumed run continues the same optimisation."""
 
     def __init__(self, decay: float = 0.999):
-        require("decay", decay, number(decay) and 0 < decay < 1, "decay", "a number in (0, 1): e.g. 0.999 for an "
-                "average over about the last 1,000 steps")
+        require(
+            "decay",
+            decay,
+            number(decay) and 0 < decay < 1,
+            "decay",
+            "a number in (0, 1): e.g. 0.999 for an average over about the last 1,000 steps",
+        )
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.decay = decay
 

@@ -1,4 +1,5 @@
 """Checkpoint files: Lightning's writer made atomic (files.py); reading earlier versions' checkpoints is compat.py's."""
+
 from pathlib import Path
 
 import torch

@@ -5,6 +5,7 @@
   epoch whose validation and end already ran, so the stop waits for them.
 The state goes to checkpoints/interrupted.ckpt (last.ckpt and best.ckpt stay as they are) and the run ends with
 training/signals.Interrupted, which the command turns into its record and exit status."""
+
 from pathlib import Path
 
 import torch
@@ -26,15 +27,17 @@ class Interruption(Checkpoint):
     def _agreed(self, trainer) -> int | None:
         signum = signals.pending() or 0
         if trainer.world_size > 1:
-            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device),
-                                                 reduce_op="max"))
+            signum = int(
+                trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device), reduce_op="max")
+            )
         return signum or None
 
     def _save(self, trainer, signum: int, epoch_finished: bool) -> signals.Interrupted:
         ckpt = self.dirpath / "interrupted.ckpt"
         trainer.save_checkpoint(ckpt, weights_only=False)  # whole before a later signal can end the stop
-        return signals.Interrupted(signum, ckpt, trainer.current_epoch + 1, trainer.global_step, epoch_finished,
-                                   phase=signals.TRAINING)
+        return signals.Interrupted(
+            signum, ckpt, trainer.current_epoch + 1, trainer.global_step, epoch_finished, phase=signals.TRAINING
+        )
 
     @staticmethod
     def _progress(trainer):

@@ -1,4 +1,5 @@
 """Lightning's loggers, where a run needs them to behave differently."""
+
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
@@ -23,8 +24,14 @@ class MLFlowLogger(LightningMLFlowLogger):
     log_model=True the files of every checkpoint callback (best.ckpt and last.ckpt) become artifacts when
     training ends: Lightning's keeps only those of the callback that saved last."""
 
-    def __init__(self, *, local_store: str | None = None, tracking_uri: str | None = None,
-                 artifact_location: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        local_store: str | None = None,
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+        **kwargs,
+    ):
         if tracking_uri is None and local_store is not None:
             store = Path(local_store).resolve()
             tracking_uri = f"sqlite:///{store / 'mlflow.db'}"

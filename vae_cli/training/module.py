@@ -1,6 +1,7 @@
 """The VAE under Lightning: a thin layer that asks the core VAE for the ELBO's terms, the objective
 for the loss, and logs every metric of core.metrics by name, once per split and epoch (and every
 trainer.log_every_n_steps training steps)."""
+
 from dataclasses import asdict
 from functools import partial
 from typing import Callable, NamedTuple
@@ -30,17 +31,31 @@ class VAEModule(pl.LightningModule):
     ReduceLROnPlateau on `monitor`. normalize_grads: each parameter tensor's gradient divided by its L2 norm
     before the optimizer's step. data_config: the data it is trained on, kept in checkpoints."""
 
-    def __init__(self, vae: torch.nn.Module, model: dict | None = None, objective: Objective = Objective(),
-                 optimizer: Callable = partial(torch.optim.Adam, lr=1e-3, fused=True),
-                 scheduler: Callable | None = None, normalize_grads: bool = False, monitor: str = "val/elbo",
-                 data_config: dict | None = None):
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        model: dict | None = None,
+        objective: Objective = Objective(),
+        optimizer: Callable = partial(torch.optim.Adam, lr=1e-3, fused=True),
+        scheduler: Callable | None = None,
+        normalize_grads: bool = False,
+        monitor: str = "val/elbo",
+        data_config: dict | None = None,
+    ):
         super().__init__()
         # The optimizer and its schedule are the run's config's, built again whenever it trains.
         # kl_estimate: whether the logged kl is in closed form ("analytic") or log q(z|x) - log p(z) at the ELBO's
         # sample ("mc"), as the posterior and prior families allow (settings.kl_estimate).
-        self.save_hyperparameters({"model": model, "objective": asdict(objective), "normalize_grads": normalize_grads,
-                                   "monitor": monitor, "kl_estimate": getattr(vae, "kl_estimate", "analytic")},
-                                  logger=False)
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "objective": asdict(objective),
+                "normalize_grads": normalize_grads,
+                "monitor": monitor,
+                "kl_estimate": getattr(vae, "kl_estimate", "analytic"),
+            },
+            logger=False,
+        )
         self.vae, self.objective = vae, objective
         self.optimizer, self.scheduler = optimizer, scheduler
         self.normalize_grads, self.monitor = normalize_grads, monitor
@@ -75,8 +90,13 @@ class VAEModule(pl.LightningModule):
         total = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([count])]), reduce_op="sum")
         means = total[:-1] / total[-1]
         # Every process holds the same means now: Lightning's sync (max of equal values, exact) only tells it so.
-        self.log_dict({f"{split}/{k}{suffix}": v for k, v in zip(names, means)}, on_step=False, on_epoch=True,
-                      sync_dist=True, reduce_fx="max")
+        self.log_dict(
+            {f"{split}/{k}{suffix}": v for k, v in zip(names, means)},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            reduce_fx="max",
+        )
 
     def _accumulate_posterior_means(self, mu: torch.Tensor) -> None:
         """Add the batch's posterior means and their squares to the validation totals, on the device, in float64
@@ -94,8 +114,14 @@ class VAEModule(pl.LightningModule):
         total = self.trainer.strategy.reduce(torch.cat([sums.flatten(), sums.new_tensor([count])]), reduce_op="sum")
         n, (s1, s2) = total[-1], total[:-1].view(2, -1)
         mu_var = (s2 - s1 * s1 / n) / (n - 1)  # the sample variance, as vae-eval's
-        self.log("val/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float(), on_step=False, on_epoch=True,
-                 sync_dist=True, reduce_fx="max")
+        self.log(
+            "val/active_units",
+            (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float(),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            reduce_fx="max",
+        )
 
     def epoch_means(self, split: str) -> dict[str, float]:
         """The running means of this epoch so far, in this process (a host sync: for display only)."""
@@ -161,8 +187,10 @@ class VAEModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_config"] = self.data_config
         trainer = attached_trainer(self)
-        mid_epoch = trainer is not None and \
-            trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches
+        mid_epoch = (
+            trainer is not None
+            and trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches
+        )
         if mid_epoch and "train" in self._sums:  # the epoch's means so far carry on after a resume
             names, sums, count = self._sums["train"]
             checkpoint["train_epoch_sums"] = {"names": list(names), "sums": sums, "count": count}
@@ -175,8 +203,12 @@ class VAEModule(pl.LightningModule):
         # the raw weights beside it. Resumed without the average, training goes on from the raw
         # weights, which the optimiser's state belongs to (with it, the EMA callback restores them).
         trainer = attached_trainer(self)
-        if ("current_model_state" in checkpoint and trainer is not None and trainer.state.fn == TrainerFn.FITTING
-                and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)):
+        if (
+            "current_model_state" in checkpoint
+            and trainer is not None
+            and trainer.state.fn == TrainerFn.FITTING
+            and not any(isinstance(cb, pl.callbacks.WeightAveraging) for cb in trainer.callbacks)
+        ):
             checkpoint["state_dict"] = checkpoint["current_model_state"]
 
     def on_before_optimizer_step(self, optimizer):

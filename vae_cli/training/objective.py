@@ -21,6 +21,7 @@ log q(z|x) - log p(z) at the same sample: vae.kl_estimate), plus, for k > 1, the
 With a family whose KL has no closed form, KL_opt is that Monte Carlo estimate whatever kl_estimator says; with a
 full-covariance q and p = N(0, I), kl_estimator=mc takes log q - log p at the sample in place of the closed form.
 """
+
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -39,19 +40,19 @@ def free_bits_kl(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
 
 
 class Step(NamedTuple):
-    loss: torch.Tensor               # what is minimised
-    terms: Terms                     # the one-sample ELBO's terms, for logging
+    loss: torch.Tensor  # what is minimised
+    terms: Terms  # the one-sample ELBO's terms, for logging
     iwae: torch.Tensor | None = None  # the k-sample bound L_k per example, when k > 1
 
 
 @dataclass(frozen=True)
 class Objective:
-    beta: float = 1.0         # the KL's weight after warm-up (1: the ELBO)
-    warmup_steps: int = 0     # linear KL warm-up over this many steps ...
-    warmup_epochs: int = 0    # ... or epochs (at most one of the two is set)
-    free_bits: float = 0.0    # nats per latent dimension (0: off; the analytic ELBO only)
+    beta: float = 1.0  # the KL's weight after warm-up (1: the ELBO)
+    warmup_steps: int = 0  # linear KL warm-up over this many steps ...
+    warmup_epochs: int = 0  # ... or epochs (at most one of the two is set)
+    free_bits: float = 0.0  # nats per latent dimension (0: off; the analytic ELBO only)
     kl_estimator: str = "analytic"  # the KL of the one-sample ELBO with the standard gradient
-    iw_samples: int = 1       # k: importance samples per example
+    iw_samples: int = 1  # k: importance samples per example
     gradient: str = "reparam"  # the encoder's gradient estimator
 
     def __post_init__(self):
@@ -102,8 +103,9 @@ class Objective:
         with torch.no_grad():
             true_bound = bound if c == 1.0 else iwae_bound(_log_weights(log_px_z, log_p, log_q, 1.0))
             kl_dims, kl = vae.kl(q, log_q[:1], log_p[:1])
-        terms = Terms(-log_px_z[0], kl_dims, z[0], q.mu, q.logvar, None if kl_dims is not None else kl,
-                      (log_q - log_p)[0])
+        terms = Terms(
+            -log_px_z[0], kl_dims, z[0], q.mu, q.logvar, None if kl_dims is not None else kl, (log_q - log_p)[0]
+        )
         return Step(-bound.mean(), terms, true_bound if self.iw_samples > 1 else None)
 
 

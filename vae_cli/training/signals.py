@@ -15,6 +15,7 @@ first abandons the stop (the user insists): at once, or, while a checkpoint is b
 what the stop was to save is then lost, and the record says so.
 
 Standard library only, so the handlers are in place before torch and Lightning are imported."""
+
 import logging
 import signal
 import threading
@@ -25,8 +26,14 @@ log = logging.getLogger("vae_cli")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 GRACE = 10.0  # seconds after a stop's first signal in which the others are the same stop
-STARTING, TRAINING, VALIDATING, SAVING, TESTING, FINISHED = \
-    "starting", "training", "validating", "saving", "testing", "finished"
+STARTING, TRAINING, VALIDATING, SAVING, TESTING, FINISHED = (
+    "starting",
+    "training",
+    "validating",
+    "saving",
+    "testing",
+    "finished",
+)
 
 
 class Interrupted(BaseException):
@@ -37,8 +44,16 @@ class Interrupted(BaseException):
     (1-based), global_step and epoch_finished: where training stood; abandoned: a later signal ended the stop
     before it saved (its steps since the last saved state are lost)."""
 
-    def __init__(self, signum: int, checkpoint=None, epoch: int | None = None, global_step: int | None = None,
-                 epoch_finished: bool = False, phase: str | None = None, abandoned: bool = False):
+    def __init__(
+        self,
+        signum: int,
+        checkpoint=None,
+        epoch: int | None = None,
+        global_step: int | None = None,
+        epoch_finished: bool = False,
+        phase: str | None = None,
+        abandoned: bool = False,
+    ):
         super().__init__(signum)
         self.signum, self.checkpoint, self.epoch, self.global_step = signum, checkpoint, epoch, global_step
         self.epoch_finished, self.abandoned = epoch_finished, abandoned
@@ -55,8 +70,11 @@ class Interrupted(BaseException):
             return f"after epoch {self.epoch} (step {self.global_step})"
         if self.checkpoint or self.abandoned:
             return f"in epoch {self.epoch} at step {self.global_step}"
-        return {STARTING: "before training", TESTING: "after training, in the final test",
-                FINISHED: "after its run finished"}.get(self.phase, f"in {self.phase}")
+        return {
+            STARTING: "before training",
+            TESTING: "after training, in the final test",
+            FINISHED: "after its run finished",
+        }.get(self.phase, f"in {self.phase}")
 
 
 class _State:
@@ -84,8 +102,11 @@ def _handle(signum, frame) -> None:
         raise _abandoned(signum)
     s.signum, s.since = signum, time.monotonic()
     if s.phase in (TRAINING, VALIDATING):
-        log.info("received %s: stopping at the end of this %s", signal.Signals(signum).name,
-                 "step" if s.phase == TRAINING else "epoch")
+        log.info(
+            "received %s: stopping at the end of this %s",
+            signal.Signals(signum).name,
+            "step" if s.phase == TRAINING else "epoch",
+        )
         return
     if s.phase == SAVING:
         return  # acted on by the training phase the save belongs to

@@ -7,6 +7,7 @@ says once what it did not draw). Figures are made and
 rendered without pyplot (PNG and TensorBoard images by the Agg canvas): no window, no backend to choose, no
 global registry of open figures in a long training run. Nothing here imports torch, so vae-report draws
 without loading it."""
+
 import io
 import warnings
 from pathlib import Path
@@ -72,9 +73,15 @@ def kl_bars(ax, kl_per_dim: list[float], mu_var: list[float], threshold: float) 
     if positive and positive[0] >= LOG_SPAN * positive[-1]:
         ax.set_yscale("log")  # else a collapsed dimension's bar would be too thin to see
     n_active = sum(active)
-    ax.legend(handles=[Patch(color=ACTIVE, label=f"active ({n_active}): Var_x(E_q[z_j]) > {threshold:g}"),
-                       Patch(color=INACTIVE, label=f"inactive ({len(order) - n_active})")],
-              loc="upper right", fontsize="small", frameon=False)
+    ax.legend(
+        handles=[
+            Patch(color=ACTIVE, label=f"active ({n_active}): Var_x(E_q[z_j]) > {threshold:g}"),
+            Patch(color=INACTIVE, label=f"inactive ({len(order) - n_active})"),
+        ],
+        loc="upper right",
+        fontsize="small",
+        frameon=False,
+    )
     step = max(1, -(-len(order) // 32))  # at most about 32 tick labels
     ticks = range(0, len(order), step)
     ax.set_xticks(ticks, [f"z{order[i]}" for i in ticks], rotation=90 if len(order) > 12 else 0, fontsize="small")
@@ -113,13 +120,17 @@ def evaluation_figure(res: dict, gap: list[float], threshold: float):
     hist.hist(gap, bins=min(50, max(10, len(gap) // 20)), color="tab:orange", alpha=0.85)
     se = res["inference_gap_se"]
     digits = 2 if not se < 0.01 else 3 if se >= 0.001 else 4  # the standard error to about two figures
-    hist.axvline(res["inference_gap"], color="black", linestyle="--", linewidth=1,
-                 label=f"mean {res['inference_gap']:.{digits}f} ± {se:.{digits}f} nats")
+    hist.axvline(
+        res["inference_gap"],
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"mean {res['inference_gap']:.{digits}f} ± {se:.{digits}f} nats",
+    )
     hist.legend(loc="upper right", fontsize="small", frameon=False)
     hist.set_xlabel("log p(x) estimate - ELBO  [nats]")
     hist.set_ylabel("images")
     hist.set_title(f"Inference gap per image (k = {res['iw_samples']})", fontsize="medium")
     hist.margins(y=0.15)
-    fig.suptitle(f"{Path(res['checkpoint']).name}, {res['split']} split, {res['n_examples']} images",
-                 fontsize="medium")
+    fig.suptitle(f"{Path(res['checkpoint']).name}, {res['split']} split, {res['n_examples']} images", fontsize="medium")
     return fig

@@ -2,6 +2,7 @@
 (or a run killed mid-write) never sees half a file, and a link at either name is replaced, never written through;
 and the one message for a file system that refuses a write. Standard library only, so vae-report writes its files
 without loading torch."""
+
 import contextlib
 import errno
 import json
@@ -46,11 +47,14 @@ def create(path: Path):
 
 
 # What to do about a file system that refuses a write, by the system's error number.
-_FIXES = {errno.ENOSPC: "Free some space", errno.EDQUOT: "Free some space (or raise your disk quota)",
-          errno.EROFS: "The file system is mounted read-only: remount it read-write (or write elsewhere)",
-          errno.EACCES: "Make the folder writable for this user (or write elsewhere)",
-          errno.EPERM: "Make the folder writable for this user (or write elsewhere)",
-          errno.ENOENT: "The folder is gone (deleted, moved or unmounted): restore it (or write elsewhere)"}
+_FIXES = {
+    errno.ENOSPC: "Free some space",
+    errno.EDQUOT: "Free some space (or raise your disk quota)",
+    errno.EROFS: "The file system is mounted read-only: remount it read-write (or write elsewhere)",
+    errno.EACCES: "Make the folder writable for this user (or write elsewhere)",
+    errno.EPERM: "Make the folder writable for this user (or write elsewhere)",
+    errno.ENOENT: "The folder is gone (deleted, moved or unmounted): restore it (or write elsewhere)",
+}
 
 
 def cannot_write(path, error: Exception) -> UserError:
@@ -60,9 +64,11 @@ def cannot_write(path, error: Exception) -> UserError:
     reason, number = _reason(error, path.parent)
     fix = _FIXES.get(number, "Free some space (or make the folder writable)")
     where = f"in {path}" if path.is_dir() else path  # a write whose file the system did not name
-    return UserError(f"could not write {where}: {reason}. Whatever was there before is unchanged. {fix}, then run the "
-                     "same command again; a training run resumes from its last checkpoint with "
-                     "ckpt_path=<its run directory>.")
+    return UserError(
+        f"could not write {where}: {reason}. Whatever was there before is unchanged. {fix}, then run the "
+        "same command again; a training run resumes from its last checkpoint with "
+        "ckpt_path=<its run directory>."
+    )
 
 
 def _reason(error: Exception, folder: Path) -> tuple[str, int | None]:

@@ -1,6 +1,7 @@
 """Image grids of what a VAE (core.vae.VAE) has learned, as (C, H, W) tensors in [0, 1]: shared by vae-sample
 (PNG files) and the TensorBoard image callback. Torch only (importing torchvision would double vae-sample's
 start-up); the grids are torchvision's make_grid's, pixel for pixel (a test compares them)."""
+
 import io
 import math
 
@@ -25,7 +26,7 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: floa
     grid = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
     for i, image in enumerate(images):
         top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
-        grid[:, top:top + h, left:left + w] = image
+        grid[:, top : top + h, left : left + w] = image
     return grid
 
 
@@ -36,8 +37,9 @@ def png(grid: torch.Tensor, compress_level: int = 6) -> bytes:
 
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if grid.shape[0] == 1 else pixels).save(buffer, format="png",
-                                                                           compress_level=compress_level)
+    Image.fromarray(pixels[..., 0] if grid.shape[0] == 1 else pixels).save(
+        buffer, format="png", compress_level=compress_level
+    )
     return buffer.getvalue()
 
 
@@ -61,7 +63,7 @@ def reconstructions(vae, x: torch.Tensor, per_row: int = 8) -> torch.Tensor:
     x = x[: (len(x) // per_row) * per_row or len(x)]
     recon = vae.decode_mean(vae.encode(x)[0])
     per_row = min(per_row, len(x))
-    rows = [t for i in range(0, len(x), per_row) for t in (x[i:i + per_row], recon[i:i + per_row])]
+    rows = [t for i in range(0, len(x), per_row) for t in (x[i : i + per_row], recon[i : i + per_row])]
     return _grid(torch.cat(rows), nrow=per_row)
 
 

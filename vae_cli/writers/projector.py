@@ -4,6 +4,7 @@ SummaryWriter.add_embedding writes. Written here because add_embedding draws the
 PIL's default level: most of a run's time after its test. A grey sprite compressed lightly is the same picture.
 Each entry is added to the config (add_embedding rewrites it with its own writer's entries only, so a resumed run
 would drop the first part's)."""
+
 import math
 from pathlib import Path
 
@@ -41,9 +42,11 @@ def write(log_dir: Path, tag: str, step: int, points: torch.Tensor, labels: list
     png = sprite(images)
     atomic_write(log_dir / sub / "sprite.png", lambda f: f.write(png))
     h, w = images.shape[-2:]
-    entry = (f'embeddings {{\n  tensor_name: "{tag}:{step:05d}"\n  tensor_path: "{sub}/tensors.tsv"\n'
-             f'  metadata_path: "{sub}/metadata.tsv"\n  sprite {{\n    image_path: "{sub}/sprite.png"\n'
-             f"    single_image_dim: {w}\n    single_image_dim: {h}\n  }}\n}}\n")
+    entry = (
+        f'embeddings {{\n  tensor_name: "{tag}:{step:05d}"\n  tensor_path: "{sub}/tensors.tsv"\n'
+        f'  metadata_path: "{sub}/metadata.tsv"\n  sprite {{\n    image_path: "{sub}/sprite.png"\n'
+        f"    single_image_dim: {w}\n    single_image_dim: {h}\n  }}\n}}\n"
+    )
     config = log_dir / CONFIG
     before = config.read_text() if config.is_file() else ""
     if f'tensor_name: "{tag}:{step:05d}"' not in before:  # written again at the same step: its entry stands

@@ -1,6 +1,7 @@
 """vae-report's figures of a sweep, beside its tables: a metric against each swept setting (mean ± sample
 standard deviation over seeds), and the rate-distortion plane (KL against reconstruction, one point per job,
 with lines of equal ELBO). Drawn with matplotlib when it is installed (writers/figures.py)."""
+
 import math
 from pathlib import Path
 from statistics import fmean, stdev
@@ -28,8 +29,10 @@ def plot_keys(jobs: list[Job], requested: str | None) -> list[str]:
     known = list(dict.fromkeys(k for j in jobs for k in j.overrides))
     unknown = [k for k in keys if k not in known]
     if unknown:
-        raise UserError(f"--plot-keys {requested}: no job sets {', '.join(unknown)}; "
-                        f"the jobs' overrides are {', '.join(known) or 'none'}")
+        raise UserError(
+            f"--plot-keys {requested}: no job sets {', '.join(unknown)}; "
+            f"the jobs' overrides are {', '.join(known) or 'none'}"
+        )
     return keys
 
 
@@ -47,8 +50,11 @@ def unit(metric: str) -> str:
 
 def finished(jobs: list[Job], *metrics: str) -> list[Job]:
     """The jobs that finished with a finite value of each metric (a point to draw)."""
-    return [j for j in jobs if j.status == "ok"
-            and all(is_number(j.metrics.get(m)) and math.isfinite(float(j.metrics[m])) for m in metrics)]
+    return [
+        j
+        for j in jobs
+        if j.status == "ok" and all(is_number(j.metrics.get(m)) and math.isfinite(float(j.metrics[m])) for m in metrics)
+    ]
 
 
 class Axis:
@@ -70,8 +76,12 @@ class Axis:
         if not self.numeric or len(self.values) <= 10:
             labels = [str(v) for v in self.values]
             crowded = sum(map(len, labels)) > 24  # about what fits side by side under one panel
-            ax.set_xticks([self.position(v) for v in self.values], labels, rotation=30 if crowded else 0,
-                          ha="right" if crowded else "center")
+            ax.set_xticks(
+                [self.position(v) for v in self.values],
+                labels,
+                rotation=30 if crowded else 0,
+                ha="right" if crowded else "center",
+            )
             ax.minorticks_off()
         if not self.values:  # no finished job sets it (a job's record of its settings was unreadable)
             ax.text(0.5, 0.5, "no finished job sets it", transform=ax.transAxes, ha="center", color="0.4")
@@ -108,10 +118,16 @@ def metric_figure(jobs: list[Job], metric: str, keys: list[str]):
         for label, points in sorted(lines.items(), key=lambda item: [sortable(v) for v in item[0]]):
             xs = sorted(points, key=sortable)
             repeats |= any(len(points[x]) > 1 for x in xs)
-            ax.errorbar([axis.position(x) for x in xs], [fmean(points[x]) for x in xs],
-                        yerr=[stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
-                        marker="o", markersize=4, capsize=3, linewidth=1.2,
-                        label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None)
+            ax.errorbar(
+                [axis.position(x) for x in xs],
+                [fmean(points[x]) for x in xs],
+                yerr=[stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
+                marker="o",
+                markersize=4,
+                capsize=3,
+                linewidth=1.2,
+                label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None,
+            )
         axis.apply(ax, key)
         ax.set_ylabel(metric + unit(metric))
         ax.grid(alpha=0.3)
@@ -164,8 +180,15 @@ def rate_distortion_figure(jobs: list[Job], keys: list[str], split: str = "test"
         gy = [y0 + (y1 - y0) * i / grid for i in range(grid + 1)]
         levels = [v for v in MaxNLocator(nbins=5).tick_values(x0 + y0, x1 + y1) if x0 + y0 < v < x1 + y1]
         if levels:
-            iso = ax.contour(gx, gy, [[a + b for a in gx] for b in gy], levels=levels, colors="0.55",
-                             linestyles="dashed", linewidths=0.8)
+            iso = ax.contour(
+                gx,
+                gy,
+                [[a + b for a in gx] for b in gy],
+                levels=levels,
+                colors="0.55",
+                linestyles="dashed",
+                linewidths=0.8,
+            )
             ax.clabel(iso, fmt=lambda v: f"ELBO {-v:g}", fontsize="x-small")
         colours = _colours(fig, ax, key, [j.overrides.get(key, "-") for j in done])
         ax.scatter(xs, ys, c=colours, s=28, edgecolors="black", linewidths=0.4, zorder=3)
@@ -174,8 +197,10 @@ def rate_distortion_figure(jobs: list[Job], keys: list[str], split: str = "test"
         ax.set_xlabel(f"distortion: {recon}  [nats]")
         ax.set_ylabel(f"rate: {kl}  [nats]")
         ax.set_title(f"coloured by {key}" if key else "", fontsize="small")
-    fig.suptitle(f"Rate-distortion plane: {len(done)} finished jobs\n"
-                 "dashed: lines of equal ELBO = -(recon + KL), nats", fontsize="medium")
+    fig.suptitle(
+        f"Rate-distortion plane: {len(done)} finished jobs\ndashed: lines of equal ELBO = -(recon + KL), nats",
+        fontsize="medium",
+    )
     return fig
 
 
@@ -206,5 +231,9 @@ def write_figures(jobs: list[Job], metric: str, keys: list[str], folder: Path) -
         written += figures.write(rate_distortion_figure(jobs, keys), folder / "rate_distortion")
     if not written and not skipped:
         skipped.append("no figures: no job has finished")
-    return "\n".join([*(["vae-report: wrote " + ", ".join(str(p) for p in written)] if written else []),
-                      *(f"vae-report: {s}" for s in skipped)])
+    return "\n".join(
+        [
+            *(["vae-report: wrote " + ", ".join(str(p) for p in written)] if written else []),
+            *(f"vae-report: {s}" for s in skipped),
+        ]
+    )

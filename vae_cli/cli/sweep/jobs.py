@@ -3,6 +3,7 @@ overrides), metrics.json (written only when the job finished), timing.json, inte
 error.json (why a job failed; in directories written before it, its train.log: sweep/train_log.py) and vae-eval's
 eval_<split>_k<k>_<checkpoint>.json, and each invocation's provenance.yaml. Nothing here imports torch or Hydra,
 so reading a sweep is instant."""
+
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,12 +31,12 @@ class JobFailed:
 
 @dataclass
 class Job:
-    num: str                  # the job's directory name, Hydra's job number
-    overrides: dict           # key -> value, both as written on the command line
-    metrics: dict             # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
+    num: str  # the job's directory name, Hydra's job number
+    overrides: dict  # key -> value, both as written on the command line
+    metrics: dict  # metrics.json plus nll_iw from vae-eval; empty when the job did not finish
     train_seconds: float | None
-    status: str               # ok, failed, interrupted (a signal; resumable), requeued (SLURM restarts it), pruned
-                              # (by a search), or incomplete
+    status: str  # ok, failed, interrupted (a signal; resumable), requeued (SLURM restarts it), pruned
+    # (by a search), or incomplete
     error: str | None
     provenance: dict = field(default_factory=dict)  # what made it (provenance.comparable), over its invocations
 
@@ -53,8 +54,14 @@ class Job:
 
 # What each record of a job holds, by key (inputs.record refuses a file that holds anything else there).
 OPTIONAL_TEXT = (str, type(None))
-STOP_FIELDS = {"signal": str, "stopped": OPTIONAL_TEXT, "global_step": (int, type(None)),
-               "requeued": (bool, type(None)), "checkpoint": OPTIONAL_TEXT, "resume": OPTIONAL_TEXT}
+STOP_FIELDS = {
+    "signal": str,
+    "stopped": OPTIONAL_TEXT,
+    "global_step": (int, type(None)),
+    "requeued": (bool, type(None)),
+    "checkpoint": OPTIONAL_TEXT,
+    "resume": OPTIONAL_TEXT,
+}
 ERROR_FIELDS = {"type": str, "message": str}
 PRUNED_FIELDS = {"epoch": int, "monitor": str, "value": (int, float)}
 NUMBER = (int, float)
@@ -109,8 +116,13 @@ def read_job(job_dir: Path) -> Job:
             stopped = inputs.record(stop, "a run's stop record", STOP_FIELDS)
             where = stopped["stopped"] or f"at step {stopped['global_step']}"  # "stopped": since it is written
             if stopped["requeued"]:
-                status, error = "requeued", (f"{stopped['signal']} {where}; waiting for SLURM to restart it, then it "
-                                             f"resumes from {stopped['checkpoint'] or 'the start'}")
+                status, error = (
+                    "requeued",
+                    (
+                        f"{stopped['signal']} {where}; waiting for SLURM to restart it, then it "
+                        f"resumes from {stopped['checkpoint'] or 'the start'}"
+                    ),
+                )
             else:
                 status, error = "interrupted", f"{stopped['signal']} {where}; resume: {stopped['resume']}"
         except inputs.Unreadable as e:
@@ -135,11 +147,15 @@ def read_job(job_dir: Path) -> Job:
         if name and result.get("nll_iw") is not None:
             # The run's best checkpoint under the plain name; any other checkpoint named after it.
             other = name.group(3) not in (None, "best")
-            metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}" + (f"_{name.group(3)}" if other else "")] = result["nll_iw"]
+            metrics[f"{name.group(1)}/nll_iw_k{name.group(2)}" + (f"_{name.group(3)}" if other else "")] = result[
+                "nll_iw"
+            ]
     timing = {}
     if (job_dir / run_files.TIMING).is_file():
         try:
-            timing = inputs.record(job_dir / run_files.TIMING, "a run's timing", {"train_seconds": (*NUMBER, type(None))})
+            timing = inputs.record(
+                job_dir / run_files.TIMING, "a run's timing", {"train_seconds": (*NUMBER, type(None))}
+            )
         except UserError:
             pass
     made = {}
@@ -148,8 +164,15 @@ def read_job(job_dir: Path) -> Job:
             if made.get(key, value).rpartition(", then ")[2] != value:
                 value = f"{made[key]}, then {value}"
             made[key] = value
-    return Job(job_dir.name, overrides, metrics, timing.get("train_seconds"), status,
-               (error or NO_ERROR) if status != "ok" else None, made)
+    return Job(
+        job_dir.name,
+        overrides,
+        metrics,
+        timing.get("train_seconds"),
+        status,
+        (error or NO_ERROR) if status != "ok" else None,
+        made,
+    )
 
 
 def read_sweep(sweep: Path) -> list[Job]:
@@ -162,8 +185,10 @@ def read_sweep(sweep: Path) -> list[Job]:
     dirs = [d for d in sweep.iterdir() if os.path.lexists(d / ".hydra" / "overrides.yaml")]
     if not dirs:
         hint = " (it is a single run's directory)" if (sweep / ".hydra").is_dir() else ""
-        raise UserError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml){hint}; "
-                          "give a sweep directory such as outputs/multirun/DATE/TIME")
+        raise UserError(
+            f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml){hint}; "
+            "give a sweep directory such as outputs/multirun/DATE/TIME"
+        )
     jobs = [read_job(d) for d in dirs]
     return sorted(jobs, key=lambda j: sortable(j.value("job")))
 
@@ -181,5 +206,3 @@ def is_number(value) -> bool:
 def sortable(value):
     # Numbers before strings, so 8 < 32 for latent_dim=8,32 and job 9 < job 10.
     return (0, float(value), "") if is_number(value) else (1, 0.0, str(value))
-
-

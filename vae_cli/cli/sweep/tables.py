@@ -1,5 +1,6 @@
 """A sweep's report: the job table, mean and standard deviation over seeds, the jobs that did not finish, as
 text, Markdown and CSV."""
+
 import csv
 import io
 import statistics
@@ -17,8 +18,9 @@ DEFAULT_METRICS = RUN_SUMMARY
 def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
     """Ascending by `key`, descending for "-key"; jobs without a value go last either way."""
     name, descending = key.removeprefix("-"), key.startswith("-")
-    present = sorted((j for j in jobs if j.value(name) is not None), key=lambda j: sortable(j.value(name)),
-                     reverse=descending)
+    present = sorted(
+        (j for j in jobs if j.value(name) is not None), key=lambda j: sortable(j.value(name)), reverse=descending
+    )
     return present + [j for j in jobs if j.value(name) is None]
 
 
@@ -47,8 +49,7 @@ class Table:
 
 def make_table(headers: list[str], raw_rows: list[list]) -> Table:
     """Cells formatted with fmt; a column is right-aligned when all its values are numbers."""
-    right = [all(v is None or v == "" or is_number(v) for v in col) for col in zip(*raw_rows)] or \
-        [False] * len(headers)
+    right = [all(v is None or v == "" or is_number(v) for v in col) for col in zip(*raw_rows)] or [False] * len(headers)
     return Table(headers, [[fmt(v, h) for v, h in zip(row, headers)] for row in raw_rows], right)
 
 
@@ -65,16 +66,17 @@ def markdown_table(t: Table) -> str:
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    return "\n".join([line(t.headers), "|" + "|".join("---:" if r else "---" for r in t.right) + "|",
-                      *map(line, t.rows)])
+    return "\n".join(
+        [line(t.headers), "|" + "|".join("---:" if r else "---" for r in t.right) + "|", *map(line, t.rows)]
+    )
 
 
 @dataclass
 class Report:
     title: str
-    notes: list[str]              # summary lines above the tables
+    notes: list[str]  # summary lines above the tables
     jobs: Table
-    seeds: Table | None           # mean ± std over seeds, when the sweep repeats seeds
+    seeds: Table | None  # mean ± std over seeds, when the sweep repeats seeds
     failed: list[tuple[str, str, str, str]]  # the jobs that did not finish: (job, overrides, status, why)
 
 
@@ -90,8 +92,13 @@ def made_differently(jobs: list[Job]) -> list[str]:
         for j in recorded:
             groups.setdefault(j.provenance.get(key, "not recorded"), []).append(j.num)
         if len(groups) > 1:
-            notes.append(f"{key} differs: " + ", ".join(
-                f"{value} ({'jobs' if len(nums) > 1 else 'job'} {', '.join(nums)})" for value, nums in groups.items()))
+            notes.append(
+                f"{key} differs: "
+                + ", ".join(
+                    f"{value} ({'jobs' if len(nums) > 1 else 'job'} {', '.join(nums)})"
+                    for value, nums in groups.items()
+                )
+            )
     if notes:
         notes.insert(0, "Made differently (each job's .hydra/provenance.yaml):")
     return notes
@@ -101,18 +108,21 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))  # in command-line order
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     constant = [f"{k}={jobs[0].overrides[k]}" for k in keys if k not in varying]
-    counts = {s: sum(j.status == s for j in jobs)
-              for s in ("ok", "failed", "interrupted", "requeued", "pruned", "incomplete")}
+    counts = {
+        s: sum(j.status == s for j in jobs) for s in ("ok", "failed", "interrupted", "requeued", "pruned", "incomplete")
+    }
     notes = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")]
     if constant:
         notes.append("Same in every job: " + " ".join(constant))
     notes += optuna_note(sweep)
     notes += made_differently(jobs)
-    notes.append("Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
-                 "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
-                 "requeued = the same, and SLURM starts it again; "
-                 "pruned = stopped early by the search's pruner; "
-                 "incomplete = no metrics.json and no error (still running, or killed).")
+    notes.append(
+        "Metrics in nats per example (bpd: bits per dimension) from each job's metrics.json; "
+        "interrupted = stopped by a signal after saving its state (its resume command is listed below); "
+        "requeued = the same, and SLURM starts it again; "
+        "pruned = stopped early by the search's pruner; "
+        "incomplete = no metrics.json and no error (still running, or killed)."
+    )
 
     jobs = sort_jobs(jobs, sort)
     columns = ["job", *varying, "status", *metrics, "epochs", "train_seconds"]
@@ -134,8 +144,11 @@ def build_report(sweep: Path, jobs: list[Job], metrics: list[str], sort: str) ->
         right = [r for k, r in zip(varying, job_table.right[1:]) if k != "seed"]
         seed_table = Table([*others, "n", "jobs", *metrics], rows, right + [True, False] + [True] * len(metrics))
 
-    failed = [(j.num, " ".join(f"{k}={j.overrides[k]}" for k in varying if k in j.overrides), j.status, j.error)
-              for j in sorted(jobs, key=lambda j: sortable(j.value("job"))) if j.status != "ok"]
+    failed = [
+        (j.num, " ".join(f"{k}={j.overrides[k]}" for k in varying if k in j.overrides), j.status, j.error)
+        for j in sorted(jobs, key=lambda j: sortable(j.value("job")))
+        if j.status != "ok"
+    ]
     return Report(f"Sweep {sweep}", notes, job_table, seed_table, failed)
 
 
@@ -196,13 +209,14 @@ def choose_metrics(jobs: list[Job], requested: str | None) -> list[str]:
     available = list(dict.fromkeys(k for j in jobs for k, v in j.metrics.items() if is_number(v)))
     if requested is None:
         # best_val_<m>: a job whose best.ckpt was chosen on another metric than val/elbo
-        extra = (k for k in available if k not in DEFAULT_METRICS
-                 and ("/nll_iw_k" in k or k == "test/iwae" or k.startswith("best_val_")))
+        extra = (
+            k
+            for k in available
+            if k not in DEFAULT_METRICS and ("/nll_iw_k" in k or k == "test/iwae" or k.startswith("best_val_"))
+        )
         return [*DEFAULT_METRICS, *extra]
     names = [m.strip() for m in requested.split(",") if m.strip()]
     unknown = [m for m in names if m not in available]
     if available and unknown:  # with no finished job every name is unknown; show empty columns then
         raise UserError(f"no job has metric {', '.join(unknown)}; available: {', '.join(available)}")
     return names
-
-

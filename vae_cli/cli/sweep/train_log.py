@@ -1,6 +1,7 @@
 """Why a job failed, read from its train.log: in a sweep's job folders written before error.json, the log is the
 only record of it, read through vae_cli/inputs.py like every file. Standard library only, so
 vae-report stays instant."""
+
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def exception_line(lines: list[str]) -> str | None:
     if not starts:
         return None
     # Frames and source lines are indented; the exception line is the first one that is not.
-    return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
+    return next((line.strip() for line in lines[starts[-1] + 1 :] if line.strip() and not line[0].isspace()), None)
 
 
 def error_of(log_file: Path) -> str | None:
@@ -37,6 +38,6 @@ def error_of(log_file: Path) -> str | None:
         if record and record.group(1) in ("ERROR", "CRITICAL"):
             # The record goes on until the next record starts; a traceback, if any, is in there.
             end = next((k for k in range(i + 1, len(lines)) if LOG_RECORD.match(lines[k])), len(lines))
-            exc = exception_line(lines[i + 1:end])
+            exc = exception_line(lines[i + 1 : end])
             return f"{record.group(2)}: {exc}" if exc else record.group(2)
     return exception_line(lines)
