@@ -4,8 +4,10 @@ Trains `vae-train experiment=fashion_mnist_vae` (plus any overrides), then score
 `vae-eval iw_samples=K` (k = 5000 by default, as in the reference results) and prints one Markdown row:
 test nll_iw with its standard error, test ELBO, active units, epochs, wall times and the machine.
 
-    python benchmarks/fashion_mnist_nll.py [--k 5000] [--append docs/benchmarks-history.md] [--run-dir DIR] [-- OVERRIDES...]
-    python benchmarks/fashion_mnist_nll.py -- model=conv 'model.hidden_dims=[32,64,128]' model.activation=relu trainer.accelerator=gpu
+    python benchmarks/fashion_mnist_nll.py [--k 5000] [--append docs/benchmarks-history.md] [--run-dir DIR] \
+        [-- OVERRIDES...]
+    python benchmarks/fashion_mnist_nll.py -- model=conv 'model.hidden_dims=[32,64,128]' model.activation=relu \
+        trainer.accelerator=gpu
 """
 
 import argparse
@@ -60,7 +62,8 @@ def main() -> None:
         f"| {eval_seconds / 60:.1f} | {machine(accelerated)} |"
     )
     print(
-        f"\n| overrides | test nll_iw (k={args.k}) | test ELBO | active units | epochs | train min | eval min | machine |"
+        f"\n| overrides | test nll_iw (k={args.k}) | test ELBO | active units | epochs | train min | eval min "
+        "| machine |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     print(row)

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose
 from vae_cli.cli.checks import EVAL_RULES, SAMPLE_RULES, TRAIN_RULES, check_train_config, check_values, named
 from vae_cli.core.vae import VAE
+from vae_cli.data import Digits, ImageFolder
 from vae_cli.errors import BadArgument, UserError
 from vae_cli.training.callbacks import EMA
-from vae_cli.data import Digits, ImageFolder
 from vae_cli.training.objective import Objective
+
+from conftest import compose
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FOLDER = ["data=image_folder", "data.path=/pictures"]
@@ -234,7 +235,7 @@ def test_every_registered_likelihood_is_a_valid_choice(name):
 def test_a_sweeper_or_launcher_this_machine_cannot_run_is_named_before_hydra_starts(monkeypatch):
     from vae_cli.cli import startup
 
-    for prefix, module, _ in startup.OPTIONAL:  # the real plugins' modules: installed with the test extras
+    for _, module, _ in startup.OPTIONAL:  # the real plugins' modules: installed with the test extras
         assert __import__("importlib.util").util.find_spec(module) is not None, module
     monkeypatch.setattr(startup, "OPTIONAL", [("hparams_search=optuna", "hydra_plugins.not_installed", "the plugin")])
     with pytest.raises(UserError, match=r"hparams_search=optuna needs the plugin, which is not installed.*\[sweeps\]"):

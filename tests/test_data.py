@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import train
 from vae_cli.data import CIFAR10, DEBIAN_FASHION_MNIST, MNIST, Digits, FashionMNIST, ImageFolder
 from vae_cli.errors import BadArgument, UserError
+
+from conftest import train
 
 CLASSES = ("cat", "dog", "owl")
 

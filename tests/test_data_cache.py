@@ -16,10 +16,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET, refused, remount, train
-from vae_cli.data import Digits
-from vae_cli.data import cache
+from vae_cli.data import Digits, cache
 from vae_cli.errors import UserError
+
+from conftest import QUIET, refused, remount, train
 
 SPLITS = ("train", "val", "test")
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from conftest import compose, run_here, train
 from vae_cli.cli.loading import resolve_checkpoint
 from vae_cli.errors import UserError
+
+from conftest import compose, run_here, train
 
 
 def test_presets_compose_to_lightnings_settings():

@@ -1,5 +1,5 @@
-"""The weight average (callbacks=[default,ema], callbacks.ema.decay): its update is the EMA recursion, it is what validation,
-best.ckpt, the test after training and vae-eval score, and a resumed run continues it exactly."""
+"""The weight average (callbacks=[default,ema], callbacks.ema.decay): its update is the EMA recursion, it is what
+validation, best.ckpt, the test after training and vae-eval score, and a resumed run continues it exactly."""
 
 import json
 
@@ -8,8 +8,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import run_here, train
 from vae_cli.training.callbacks import EMA
+
+from conftest import run_here, train
 
 EMA_ON = "callbacks=[default,ema]"  # the weight average is a choice of the callbacks group
 

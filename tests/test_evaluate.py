@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from conftest import run_here, run_tool
-from linear_gaussian import D, K, LinearGaussian, _data, _random_q, fixed_posterior_vae
 from vae_cli.core.elbo import kl_analytic
 from vae_cli.core.scoring import summarize
 from vae_cli.core.vae import ImportanceWeighted
+
+from conftest import run_here, run_tool
+from linear_gaussian import D, K, LinearGaussian, _data, _random_q, fixed_posterior_vae
 
 
 def test_elbo_plus_kl_to_the_true_posterior_is_log_px_for_any_q():

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
-from linear_gaussian import D, K, LinearGaussian, _data, _Fn
 from vae_cli.core.elbo import iwae_bound, kl_analytic, log_standard_normal
 from vae_cli.core.families import IAF, Diagonal, Full, MixtureOfGaussians, QParams
 from vae_cli.core.vae import VAE
 from vae_cli.training.objective import Objective
+
+from linear_gaussian import D, K, LinearGaussian, _data, _Fn
 
 
 def _full_q(b=4, k=3, seed=0, dtype=torch.float64):

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from conftest import compose, read_scalars, refused, run_here, train
 from vae_cli import settings
 from vae_cli.core import families
 from vae_cli.inputs import checkpoint
 from vae_cli.settings import check_families, check_model
+
+from conftest import compose, read_scalars, refused, run_here, train
 
 SMALL = ["model.hidden_dims=[32]", "model.latent_dim=4", "trainer.log_every_n_steps=1"]
 IAF_VAMP = ["posterior=iaf", "posterior.hidden_dims=[16]", "prior=vamp", "prior.n_components=10"]

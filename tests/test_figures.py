@@ -11,12 +11,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import read_scalars, run_here, train
 
 from vae_cli.cli import report
 from vae_cli.cli.sweep import figures as sweep_figures
 from vae_cli.cli.sweep.jobs import read_sweep
 from vae_cli.writers import figures
+
+from conftest import read_scalars, run_here, train
 
 pytest.importorskip("matplotlib", reason="matplotlib is a dependency: pip install -e '.[test]'")
 

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET, refused, train
 from vae_cli.cli.run_dir import LOCK, claim, release
 from vae_cli.errors import UserError
 from vae_cli.writers.files import atomic_write, write_json
+
+from conftest import QUIET, refused, train
 
 TINY = ("model.hidden_dims=[8]", "model.latent_dim=2", "trainer.max_epochs=1", *QUIET)
 

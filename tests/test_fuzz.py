@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from vae_cli.errors import UserError
 
 import fuzz
 from conftest import QUIET, compose, run_here, run_vae_train
-from vae_cli.errors import UserError
 
 # The configs whose keys are attacked: the default, and one with every optional callback and a schedule chosen.
 VARIANTS = [(), ("callbacks=[default,ema,early_stopping]", "scheduler=plateau", "logger=[tensorboard,csv]")]

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from conftest import read_scalars, train
-from linear_gaussian import D, AffineEncoder, LinearGaussian, _data, linear_gaussian_vae
 from vae_cli.training.objective import Objective
+
+from conftest import read_scalars, train
+from linear_gaussian import AffineEncoder, D, LinearGaussian, _data, linear_gaussian_vae
 
 
 def _objective(k: int, gradient: str = "reparam", beta: float = 1.0) -> Objective:

@@ -6,10 +6,9 @@ import math
 import mpmath
 import pytest
 import torch
-from torch.distributions import AffineTransform, SigmoidTransform, TransformedDistribution, Uniform
+from torch.distributions import AffineTransform, Normal, SigmoidTransform, TransformedDistribution, Uniform
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import ContinuousBernoulli as TorchContinuousBernoulli
-from torch.distributions import Normal
 
 from vae_cli.core import likelihoods
 from vae_cli.core.likelihoods import (

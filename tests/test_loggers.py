@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, compose, read_scalars, run_vae_train, train
 from vae_cli.errors import UserError
+
+from conftest import QUIET, compose, read_scalars, run_vae_train, train
 
 EPOCHS, STEPS_PER_EPOCH, DECAY = 2, 11, 0.5  # digits: 1350 training examples in batches of 128
 

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from conftest import read_scalars, run_here, train
 from vae_cli.cli.checks import check_fits_data
 from vae_cli.core.elbo import kl_analytic, kl_mc_dims, log_normal_diag, log_standard_normal, reparameterize
 from vae_cli.core.likelihoods import LIKELIHOODS
@@ -15,6 +14,8 @@ from vae_cli.data import DEBIAN_FASHION_MNIST
 from vae_cli.errors import UserError
 from vae_cli.training.module import VAEModule
 from vae_cli.training.objective import Objective, free_bits_kl
+
+from conftest import read_scalars, run_here, train
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 17, 23), (2, 5, 64)])

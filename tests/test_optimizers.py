@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from conftest import QUIET, SMALL_NET, compose, read_scalars, refused, train
 from vae_cli.cli.checks import optimizer_and_schedule
+
+from conftest import QUIET, SMALL_NET, compose, read_scalars, refused, train
 
 
 def _built(*overrides):

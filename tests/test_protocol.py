@@ -9,11 +9,12 @@ import pytest
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
-from conftest import compose
 from vae_cli.core.vae import VAE
 from vae_cli.data import Digits
 from vae_cli.training.callbacks import EarlyStopping
 from vae_cli.training.module import VAEModule
+
+from conftest import compose
 
 
 def test_the_last_split_takes_the_last_examples_of_the_training_file_in_order():

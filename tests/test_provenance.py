@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUIET, run_vae_train
 
 from vae_cli.cli import provenance, report
 from vae_cli.cli.secrets import mask
+
+from conftest import QUIET, run_vae_train
 
 SHORT = ["trainer.max_epochs=1", "++trainer.limit_train_batches=2", *QUIET]
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_here, train
 from vae_cli.data.torchvision_sets import DEBIAN_FASHION_MNIST
+
+from conftest import run_here, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p for p in (ROOT / "benchmarks" / "runs").glob("*") if (p / "checkpoints" / "best.ckpt").is_file())

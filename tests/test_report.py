@@ -12,10 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import QUIET, run_vae_train
 
 from vae_cli.cli import report
 from vae_cli.cli.sweep import jobs, tables
+
+from conftest import QUIET, run_vae_train
 
 CONSTANT = "trainer.max_epochs=5"
 ERROR_MSG = "KL(q(z|x) || p(z)) is not finite at step 40; last.ckpt holds the last good state."
@@ -199,9 +200,9 @@ def test_seed_groups_give_mean_and_sample_std(sweep, capsys):
         "test/nll_iw_k100",
     ]
     assert list(rows) == ["2", "8", "32", "64", "128"]
-    for dim, jobs in (("2", (0, 1)), ("8", (2, 3))):
+    for dim, nums in (("2", (0, 1)), ("8", (2, 3))):
         row = dict(zip(header, rows[dim]))
-        assert row["n"] == "2" and row["jobs"] == ",".join(map(str, jobs))
+        assert row["n"] == "2" and row["jobs"] == ",".join(map(str, nums))
         for key in ("test/elbo", "test/recon_loss", "test/kl", "test/bpd", "best_val_elbo"):
             values = [ok[j][key] for j in jobs]
             assert row[key] == f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"

@@ -13,8 +13,9 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET, run_vae_train
 from vae_cli.cli.secrets import HIDDEN, mask
+
+from conftest import QUIET, run_vae_train
 
 # Characters a URL may hold unencoded beside letters, digits and -._~ (RFC 3986), in a userinfo password and in a
 # query value (less & and #, which end it, and +, which reads as a space).

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from vae_cli import settings
 from vae_cli.core import nets

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, SMALL_NET
 from vae_cli.cli import provenance
+
+from conftest import QUIET, SMALL_NET
 from slurm_cluster import REQUEUE_DELAY_S, Cluster, missing
 
 pytestmark = pytest.mark.slow  # real SLURM daemons and vae-train jobs

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import SMALL, run_here, train
 from vae_cli.training import signals
+
+from conftest import SMALL, run_here, train
 
 RUN = (*SMALL, "seed=4")  # 11 steps an epoch
 

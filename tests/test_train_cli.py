@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, read_scalars, refused, run_here, run_vae_train, train
 from vae_cli.data import DEBIAN_FASHION_MNIST
+
+from conftest import QUIET, read_scalars, refused, run_here, run_vae_train, train
 
 TERMS = ("recon_loss", "kl", "elbo", "loss", "bpd")
 STEPS_PER_EPOCH = 11  # digits: 1350 training examples in batches of 128

@@ -11,7 +11,6 @@ from ..core.metrics import run_summary
 from .run_dir import RECORD
 from .secrets import mask
 
-
 # Settings that say where a run writes and how it survives a fault, not how it was made: left out of HPARAMS (so
 # are the loggers').
 WHERE = ("run_dir", "ckpt_path", "requeue", "data.data_dir", "trainer.default_root_dir")

@@ -126,10 +126,9 @@ def load_vae(path: Path, map_location="cpu", trust=()):
 
 def saved_datamodule(data_config: dict | None, path, trust=(), **overrides):
     """The datamodule a checkpoint's data config describes (a class inputs.TRUSTED or `trust` names)."""
-    from ..inputs import build
-
     from .. import settings
     from ..errors import BadArgument
+    from ..inputs import build
 
     if not data_config:
         raise UserError(f"{path} holds no data config (it was not written by vae-train), so its data is unknown.")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-
 # What a choice on the command line needs beyond the main install: (argument prefix, module, how to get it).
 OPTIONAL = [
     ("hparams_search=optuna", "optuna", "Optuna"),

@@ -20,12 +20,11 @@ from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
 from . import hparams, run_files, slurm
+from .checks import TRAIN_RULES
 from .errors import command, exit_without_collecting, own_message, run_or_exit
 from .loading import resolve_checkpoint
-from .secrets import mask_log_lines
 from .run_dir import claim, first_process, forget_refused_record, outside_fault, record_failure, record_stop, release
-from .sweep.jobs import JobFailed
-from .checks import TRAIN_RULES
+from .secrets import mask_log_lines
 from .startup import (
     check_callback_choices,
     check_command_line_values,
@@ -33,6 +32,7 @@ from .startup import (
     check_logger_packages,
     check_optional_parts,
 )
+from .sweep.jobs import JobFailed
 
 log = logging.getLogger("vae_cli")
 
@@ -77,11 +77,9 @@ def setup(cfg: DictConfig):
     optimizer, scheduler = optimizer_and_schedule(cfg)
     check_logger_packages(cfg)
     import pytorch_lightning as pl  # imported here, not at the top, so `vae-train --help` starts fast
-    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.callbacks import LearningRateMonitor, Timer
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    from pytorch_lightning.callbacks import Timer
 
     from ..data import BaseDataModule
     from ..data.lightning import LightningData
@@ -354,9 +352,8 @@ class CheckedSettings(Callback):
     jobs of a sweep check theirs as they start.)"""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from .checks import check_train_config
-
         from .. import settings as rules
+        from .checks import check_train_config
         from .errors import fail
 
         why = rules.folder_key("hydra.run.dir", config.hydra.run.dir, must_exist=False)

@@ -14,7 +14,8 @@ def bits_per_dim(nll_nats, n_dims: int):
 
 def batch_metrics(terms, loss, n_dims: int, iwae=None) -> dict:
     """A batch's means in nats per example (terms: core.vae.Terms, the one-sample ELBO's terms with the
-    analytic KL, or its Monte Carlo estimate where the posterior and prior families have no closed form), logged as <split>/<name>; `loss` is what the objective optimises; `iwae`, when training
+    analytic KL, or its Monte Carlo estimate where the posterior and prior families have no closed form), logged
+    as <split>/<name>; `loss` is what the objective optimises; `iwae`, when training
     on k > 1 samples, the k-sample bound L_k per example. recon_loss and kl come first: the non-finite
     guard names the first non-finite metric in this order."""
     from .elbo import elbo  # here, not at the top: see above

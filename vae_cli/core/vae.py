@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .elbo import elbo, iwae_bound
 from ..settings import check_model, kl_estimate
+from .elbo import elbo, iwae_bound
 from .families import QParams, make_posterior, make_prior
 from .likelihoods import make_likelihood
 from .nets import make_networks
@@ -64,7 +64,8 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 class VAE(nn.Module):
     """q(z|x) = N(mu(x), diag(exp(logvar(x)))) by the encoder, p(x|z) by the decoder and the likelihood
     family, p(z) = N(0, I); posterior and prior (a dict {family: <name>, <its settings>}, a family's name, or None
-    for diagonal and standard) choose other families of q and p (core/families.py). logvar_range: bounds [lo, hi] clipping the encoder's log-variance (a hardtanh,
+    for diagonal and standard) choose other families of q and p (core/families.py). logvar_range: bounds [lo, hi]
+    clipping the encoder's log-variance (a hardtanh,
     as in the VampPrior / Exemplar VAE models), or None. init_output_bias: whether training starts the
     decoder's output at the data's mean image (init_output_bias(mean), by the trainer, which has the data)."""
 

@@ -4,8 +4,8 @@ memory) and a config file in configs/data/. Torch only: Lightning sees a datamod
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -67,7 +67,7 @@ class BaseDataModule(ABC):
         self.split_seed = split_seed  # which examples are validation (and test) examples
         self.seed = seed  # the run's seed: the order of training batches
 
-    def prepare_data(self) -> None:
+    def prepare_data(self) -> None:  # noqa: B027 (a hook with nothing to do by default, not an abstract method)
         """Download or check the files (once, before setup); nothing by default."""
 
     @abstractmethod

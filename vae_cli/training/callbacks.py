@@ -267,7 +267,8 @@ class NonFiniteGuard(pl.Callback):
             raise UserError(
                 f"{name} became non-finite at step {step}; the run stopped there. The last good checkpoint "
                 f"{'is ' + ckpt if ckpt else 'was not written yet'}. Resume from it (ckpt_path=...) with a lower "
-                "optim.lr, gradient clipping (trainer.gradient_clip_val=1.0), or a KL warm-up (objective.warmup_epochs)."
+                "optim.lr, gradient clipping (trainer.gradient_clip_val=1.0), or a KL warm-up "
+                "(objective.warmup_epochs)."
             )
 
     def on_validation_end(self, trainer, pl_module):

@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from . import signals
 from ..writers.files import atomic_write, cannot_write
+from . import signals
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

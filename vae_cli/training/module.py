@@ -2,9 +2,10 @@
 for the loss, and logs every metric of core.metrics by name, once per split and epoch (and every
 trainer.log_every_n_steps training steps)."""
 
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch

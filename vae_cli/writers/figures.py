@@ -43,8 +43,8 @@ def write(fig, stem: Path) -> list[Path]:
         with warnings.catch_warnings():  # a crowded figure keeps matplotlib's plain layout; nothing to act on
             warnings.filterwarnings("ignore", "constrained_layout not applied")
             fig.savefig(buf, format=fmt, dpi=110)
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write(path, lambda f, data=buf.getvalue(): f.write(data))
+        path, data = stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue()
+        atomic_write(path, lambda f: f.write(data))  # noqa: B023 (called here, before the loop goes on)
         paths.append(path)
     return paths
 

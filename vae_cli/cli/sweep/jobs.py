@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ... import inputs
 from ...errors import UserError
-from .train_log import error_of
 from .. import provenance, run_files
+from .train_log import error_of
 
 NO_ERROR = "no metrics.json and no error recorded"
 # vae-eval's report: eval_<split>_k<k>_<checkpoint>.json (eval_<split>_k<k>.json from earlier versions: best.ckpt)
