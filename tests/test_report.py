@@ -204,7 +204,7 @@ def test_seed_groups_give_mean_and_sample_std(sweep, capsys):
         row = dict(zip(header, rows[dim]))
         assert row["n"] == "2" and row["jobs"] == ",".join(map(str, nums))
         for key in ("test/elbo", "test/recon_loss", "test/kl", "test/bpd", "best_val_elbo"):
-            values = [ok[j][key] for j in jobs]
+            values = [ok[j][key] for j in nums]
             assert row[key] == f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
     # By hand: the two seeds' ELBOs differ by exactly 2, so the sample std is sqrt(2) (the population one is 1).
     assert dict(zip(header, rows["2"]))["test/elbo"] == f"{-100.0 - 2 / 3 - 1.0 - 0.000123456789:.4f} ± 1.4142"
