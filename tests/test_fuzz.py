@@ -440,13 +440,12 @@ def _write_hostile(path: Path, kind: str, content) -> None:
         path.write_text(content, errors="surrogatepass")
 
 
-@pytest.mark.slow
 def test_a_hostile_sweep_record_is_reported_or_refused_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     from vae_cli.cli import report
 
     @settings(
-        max_examples=fuzz.examples(60),
+        max_examples=fuzz.examples(25),
         deadline=None,
         derandomize=True,
         database=None,
@@ -544,7 +543,6 @@ def test_a_hostile_cache_or_per_image_file_is_prepared_again_or_refused_in_one_l
     attack()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["train", "eval", "sample"])
 def test_a_value_refused_before_the_config_is_composed_is_refused_alike_after(tool):
     """The command line's values are judged before Hydra composes the config (startup.py), for speed: never a
@@ -570,7 +568,7 @@ def test_a_value_refused_before_the_config_is_composed_is_refused_alike_after(to
             checks.check_values(cfg, rules)
 
     @settings(
-        max_examples=fuzz.examples(40),
+        max_examples=fuzz.examples(10),
         deadline=None,
         derandomize=True,
         database=None,
