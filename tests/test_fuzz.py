@@ -39,11 +39,11 @@ def _named(message: str, key: str) -> bool:
 
 def judged_and_built(cfg) -> None:
     """What vae-train does before training: the settings' rules, then every object built."""
+    from vae_cli.cli.build import build
     from vae_cli.cli.checks import check_train_config
-    from vae_cli.cli.train import setup
 
     check_train_config(cfg)
-    setup(cfg)
+    build(cfg)
 
 
 @pytest.mark.parametrize("group", GROUPS)

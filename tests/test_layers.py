@@ -83,7 +83,7 @@ def test_each_layer_imports_only_the_layers_below_it(layer, path):
 
 def test_the_parser_sees_relative_and_local_imports():
     # The check above is only as good as _imports: it must see an upward import written either way.
-    found = _imports(PACKAGE / "cli" / "train.py")
+    found = _imports(PACKAGE / "cli" / "build.py")
     assert "vae_cli.training.module" in found and "vae_cli.core.metrics" in found and "pytorch_lightning" in found
 
 
@@ -105,3 +105,42 @@ def test_every_datamodule_keeps_the_declared_contract():
     } <= BaseDataModule.__abstractmethods__
     concrete = [m for m in modules if issubclass(m, BaseDataModule) and not m.__abstractmethods__]
     assert {m.__name__ for m in concrete} == {"Digits", "MNIST", "FashionMNIST", "CIFAR10", "ImageFolder"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each vae_cli module and the vae_cli modules it imports (a name imported from a package counts as the
+    package unless it is one of its modules)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imports(path):
+            while imported and imported not in modules:  # vae_cli.cli.checks.named -> vae_cli.cli.checks
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and imported.startswith("vae_cli."):
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph, done, path = _import_graph(), set(), []
+
+    def visit(name):  # depth first: a module met again on the current path closes a cycle
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(name) :] + [name]))
+        if name in done:
+            return
+        path.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)

@@ -1,19 +1,22 @@
 """Every value a user types, checked at start-up, before torch is imported, with a message that names the key, its
 value and what it accepts: the rules of the model, objective and data (vae_cli/settings.py, which the classes also
 apply when built), and below those of the keys no class of vae-cli owns (the seed, the trainer's, the optimiser's).
-named() turns a class's refusal (BadArgument) into the user's error with the config key. What only the data can tell
-(a split larger than the dataset, a file that cannot be read) is checked where the data is read."""
+What only the data can tell (a split larger than the dataset, a file that cannot be read) is checked where the data
+is read."""
 
 import inspect
 import os
 import platform
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .. import settings
 from ..errors import BadArgument, UserError, integer, one_of
 from ..inputs import TRUSTED_DATA, TRUSTED_MODELS
+from .refusals import named, refused_by
+from .refusals import short as _short
 
 
 def _int(lo: int):
@@ -363,49 +366,6 @@ def check_accelerator(accelerator, devices) -> None:
         )
 
 
-def named(group: str, build, *args, **kwargs):
-    """build(*args, **kwargs), the constructor of an object the config group `group` describes; an argument it
-    refuses (BadArgument) becomes the user's error naming the config key, group.<argument>. A class that cannot
-    be imported or called with these settings (Hydra's InstantiationException, a TypeError or ValueError of the
-    class's own, Lightning's MisconfigurationException) is the user's error too, naming the group and the keys
-    its message mentions."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return build(*args, **kwargs)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 (a class of the user's choosing, called with the user's settings)
-        refusal = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
-        if isinstance(refusal, BadArgument):
-            raise UserError(refusal.named(lambda name: f"{group}.{name}")) from None
-        raise UserError(
-            refused_by(group, refusal, args[0] if args and isinstance(args[0], (dict, DictConfig)) else kwargs)
-        ) from None
-
-
-def refused_by(group: str, error: BaseException, config) -> str:
-    """The user's message for a class that refused its config: the keys its reason names (or all of them, with
-    their values, where it names none), and the reason."""
-    import re
-
-    why = " ".join(str(error).split())[:400] or type(error).__name__
-    config = dict(config or {})
-    target = config.get("_target_")
-    if isinstance(error, (ImportError, AttributeError)) or re.search(r"\b(target|import|callable)\b", why, re.I):
-        return (
-            f"{group}._target_={target!r} cannot be built ({why}). Name a class that is installed here, with "
-            f"the settings it takes (vae-train --cfg job shows {group})."
-        )
-    settings_ = {k: v for k, v in config.items() if isinstance(k, str) and k != "_target_"}
-    keys = [k for k in settings_ if re.search(rf"\b{re.escape(k)}\b", why)] or list(settings_)
-    shown = ", ".join(f"{group}.{k}={_short(settings_[k])}" for k in keys)
-    return (
-        f"{group}._target_={target!r} refused its settings ({shown}): {why}. Change the value it names (vae-train "
-        "--cfg job shows them)."
-    )
-
-
 def misconfigured(cfg: DictConfig, error: BaseException) -> str:
     """The user's message for a setting Lightning refused while it ran (a monitored metric the run does not log,
     say): its reason, and the trainer or callback keys whose values it quotes."""
@@ -423,11 +383,6 @@ def misconfigured(cfg: DictConfig, error: BaseException) -> str:
                     keys.append(f"{prefix}.{k}={_short(v)}")
     named = ", ".join(keys) or "a trainer.* or callbacks.* setting"
     return f"{named}: Lightning refused it as the run went ({why}). Change that value (vae-train --cfg job shows them)."
-
-
-def _short(value) -> str:
-    text = repr(OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value)
-    return text if len(text) <= 120 else f"{text[:90]}...{text[-20:]} ({len(text)} characters)"
 
 
 def optimizer_and_schedule(cfg: DictConfig):
@@ -491,3 +446,21 @@ def check_fits_data(name: str, x, binarize: bool) -> None:
                 f"model.likelihood={name} models 8-bit images (values k/255), but this data is not on that grid "
                 "(e.g. data=digits has 17 grey levels); use model.likelihood=gaussian or continuous_bernoulli."
             )
+
+
+class CheckedSettings(Callback):
+    """A run's settings checked before Hydra makes its directory: a refused command leaves nothing behind. (The
+    jobs of a sweep check theirs as they start.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .errors import fail, run_or_exit
+
+        why = settings.folder_key("hydra.run.dir", config.hydra.run.dir, must_exist=False)
+        if why:
+            fail("vae-train", f"{why}.")
+        HydraConfig.instance().set_config(config)  # as Hydra does when it starts the run: ${hydra:...} resolves
+        chosen = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        chosen.run_dir = config.hydra.run.dir  # hydra.runtime.output_dir is set once Hydra makes the directory
+        run_or_exit("vae-train", check_train_config, chosen)

@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..compat import event_file_writer
-from ..core.metrics import run_summary
+from ..core.metrics import MONITOR, run_summary
 from .run_dir import RECORD
 from .secrets import mask
 
@@ -46,7 +46,7 @@ def hparams_of(cfg: DictConfig) -> dict:
 def best_tag(monitor: str | None) -> str:
     """TensorBoard's tag for the best validation value, the one number a run of a sweep is selected on:
     val/elbo_best beside the val/elbo curve."""
-    return f"{monitor or 'val/elbo'}_best"
+    return f"{monitor or MONITOR}_best"
 
 
 def tensorboard_metrics(monitor: str | None) -> list[str]:

@@ -233,6 +233,16 @@ def build_vae(model: dict):
     other keys; an argument the class refuses is named with its key, model.<name>."""
     from hydra.utils import instantiate
 
-    from .checks import named
+    from .refusals import named
 
     return named("model", instantiate, model, _convert_="all")
+
+
+def unresumable(ckpt_path: str, error: BaseException) -> UserError:
+    """The user's error for a checkpoint whose training state does not load into the run (compat.raised_restoring)."""
+    return UserError(
+        f"ckpt_path={ckpt_path!r} cannot be resumed: its training state does not load into this "
+        f"run ({' '.join(str(error).split())[:300] or type(error).__name__}). The file was altered, "
+        "or is not a state of this run; resume from another checkpoint of the run (last.ckpt or "
+        "interrupted.ckpt), or start a new run. Nothing in the run directory was changed."
+    )

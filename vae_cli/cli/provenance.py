@@ -8,6 +8,7 @@ commits from one git call, only where a .git is there. Reading a record back (va
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shlex
@@ -230,3 +231,22 @@ def comparable(record: dict) -> dict:
         "cudnn": gpu.get("cudnn"),
     }
     return {k: str(v) for k, v in out.items() if v is not None}
+
+
+def provenance_of(run_dir: Path):
+    """This invocation's provenance record, beside Hydra's record of its config (none in the processes after the
+    first of a data-parallel run, which keep no record)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from ..errors import UserError
+    from .run_dir import first_process
+
+    hydra = HydraConfig.get()
+    if hydra.output_subdir is None or not first_process():
+        return None
+    folder = run_dir / hydra.output_subdir
+    try:
+        return Provenance(folder, cwd=Path(hydra.runtime.cwd))
+    except (OSError, UserError) as e:  # a full disk, say: the run goes on, and stops where it must write what it cannot
+        logging.getLogger("vae_cli").warning("no provenance record: %s", e)
+        return None

@@ -425,3 +425,15 @@ class Masked(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         mask_folder(Path(config.hydra.sweep.dir))
+
+
+def announce(run_dir: Path) -> None:
+    """Where the run writes, and the folder to point TensorBoard at (the sweep's, in a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    where = Path(hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else run_dir)
+    curves = "outputs" if where.resolve().is_relative_to(Path("outputs").resolve()) else str(where)
+    shown = os.path.relpath(run_dir) if run_dir.resolve().is_relative_to(Path.cwd()) else run_dir
+    logging.getLogger("vae_cli").info("run directory: %s   (curves: tensorboard --logdir %s)", shown, curves)

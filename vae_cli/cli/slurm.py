@@ -115,3 +115,11 @@ def requeued_from_outside() -> bool:
     restarts = next((w.split("=", 1)[1] for w in out.split() if w.startswith("Restarts=")), "") if code == 0 else ""
     own = os.environ.get("SLURM_RESTART_COUNT", "").strip() or "0"
     return restarts.isdigit() and own.isdigit() and int(restarts) > int(own)
+
+
+def requeued_note(signum: int, argv: list[str]) -> str:
+    """What a command stopped before its run began says of its SLURM job: requeued (where wanted), or why not."""
+    if batch_job() is None or not wanted(signum, "requeue=false" not in argv):
+        return ""
+    requeued, why = requeue()  # nothing to save: the restart starts (or resumes) the run afresh
+    return "; SLURM has requeued the job" if requeued else f"; could not requeue the SLURM job ({why})"

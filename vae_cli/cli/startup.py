@@ -118,7 +118,7 @@ def check_command_line_values(argv: list[str], rules: list) -> None:
 
     from .. import settings
     from ..errors import BadArgument
-    from .checks import _short
+    from .refusals import short as _short
 
     if any(a.split("=")[0] in OWN_CONFIGS for a in argv):
         return

@@ -157,3 +157,30 @@ def trial_reporter(number: int):
         return trial.should_prune()
 
     return report
+
+
+def pruned(cfg: DictConfig, trainer, run_dir: Path, monitor: str, epoch: int, value: float) -> dict:
+    """A trial that the search's pruner stopped: no test, no metrics.json; pruned.json says when and why."""
+    from ..writers.files import write_json
+    from . import run_files
+
+    record = {
+        "trial": cfg.search.trial,
+        "epoch": epoch,
+        "monitor": monitor,
+        "value": value,
+        "global_step": trainer.global_step,
+    }
+    for lg in trainer.loggers:
+        lg.finalize("success")
+    if trainer.is_global_zero:
+        write_json(run_dir / run_files.PRUNED, record)
+    log.info(
+        "pruned by the search after epoch %d (%s %.4f): trial %s stops here (%s)",
+        epoch,
+        monitor,
+        value,
+        cfg.search.trial,
+        run_dir / run_files.PRUNED,
+    )
+    return {"pruned": record}

@@ -28,6 +28,9 @@ def batch_metrics(terms, loss, n_dims: int, iwae=None) -> dict:
     return metrics
 
 
+# The metric best.ckpt is chosen on unless callbacks.model_checkpoint.monitor names another (its config's default).
+MONITOR = "val/elbo"
+
 # What a finished run reports: the final log line, metrics.json's test/ values in TensorBoard's HPARAMS
 # tab, and vae-report's default columns.
 SUMMARY = ("elbo", "recon_loss", "kl", "bpd")
@@ -36,7 +39,7 @@ SUMMARY = ("elbo", "recon_loss", "kl", "bpd")
 def best_val_key(monitor: str | None) -> str:
     """metrics.json's name for the best value of the metric best.ckpt is chosen on: best_val_elbo for val/elbo,
     best_val_iwae for a run checkpointed on its k-sample bound, so no key claims an ELBO it does not hold."""
-    return "best_" + (monitor or "val/elbo").replace("/", "_")
+    return "best_" + (monitor or MONITOR).replace("/", "_")
 
 
 def run_summary(monitor: str | None = None) -> tuple[str, ...]:

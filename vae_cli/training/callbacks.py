@@ -24,6 +24,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ..compat import average_model
 from ..core.elbo import kl_analytic
+from ..core.metrics import MONITOR
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD, score
 from ..errors import UserError, number, require
 from ..writers import figures, images, projector
@@ -192,9 +193,9 @@ class EpochLines(pl.Callback):
     def status(self, trainer, pl_module) -> dict[str, str]:
         running = pl_module.epoch_means("train")
         shown = {k: f"{running[k]:.2f}" for k in self.SHOWN if k in running}
-        val = trainer.callback_metrics.get("val/elbo")
+        val = trainer.callback_metrics.get(MONITOR)
         if val is not None:
-            shown["val/elbo"] = f"{float(val):.2f}"
+            shown[MONITOR] = f"{float(val):.2f}"
         left = self._time_left(trainer)
         if left is not None:
             shown["left"] = str(left)
@@ -389,7 +390,7 @@ class Pruning(pl.Callback):
     monitored metric to the search, which answers whether its pruner stops the trial; if so, training ends at
     that epoch and `pruned_at` holds (epoch, value)."""
 
-    def __init__(self, report, monitor: str = "val/elbo"):
+    def __init__(self, report, monitor: str = MONITOR):
         self.report, self.monitor = report, monitor
         self.pruned_at: tuple[int, float] | None = None
 

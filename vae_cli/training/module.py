@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ..compat import attached_trainer, divide_by_norms
-from ..core.metrics import batch_metrics
+from ..core.metrics import MONITOR, batch_metrics
 from ..core.scoring import ACTIVE_UNIT_THRESHOLD
 from ..inputs import upgrade_checkpoint
 from .objective import Objective
@@ -40,7 +40,7 @@ class VAEModule(pl.LightningModule):
         optimizer: Callable = partial(torch.optim.Adam, lr=1e-3, fused=True),
         scheduler: Callable | None = None,
         normalize_grads: bool = False,
-        monitor: str = "val/elbo",
+        monitor: str = MONITOR,
         data_config: dict | None = None,
     ):
         super().__init__()
