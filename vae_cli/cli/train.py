@@ -14,25 +14,16 @@ from ..errors import UserError
 from ..training import signals
 from ..training.signals import Interrupted
 from . import hparams, slurm
+from . import run_dir as runs
 from .build import build, checkpoint_monitor
 from .checks import TRAIN_RULES, check_train_config, misconfigured
 from .errors import command, exit_without_collecting, own_message, run_or_exit
 from .loading import unresumable
 from .provenance import provenance_of
 from .results import test_and_record
-from .run_dir import (
-    announce,
-    claim,
-    first_process,
-    forget_refused_record,
-    outside_fault,
-    record_failure,
-    record_stop,
-    release,
-)
 from .secrets import mask_log_lines
 from .startup import check_callback_choices, check_command_line_values, check_config_files, check_optional_parts
-from .study import pruned
+from .study import Pruned, pruned
 from .sweep.jobs import JobFailed
 from .sweep.summary import SweepSummary, summarize_sweep
 
@@ -73,14 +64,9 @@ def train(cfg: DictConfig):
     except UserError as e:  # a job of a sweep (a single run exits instead): recorded and said; the others go on
         return JobFailed(own_message(e))
     except Exception as e:  # noqa: BLE001 (a bug in a job of a sweep: its traceback is in the job's log)
-        return JobFailed(
-            f"a bug in vae-cli ({type(e).__name__}: {e}); the traceback is in "
-            f"{getattr(e, 'traceback_in', 'the job log')}",
-            exit_status=1,
-        )
+        where = getattr(e, "traceback_in", "the job log")
+        return JobFailed(f"a bug in vae-cli ({type(e).__name__}: {e}); the traceback is in {where}", exit_status=1)
     if "pruned" in metrics:
-        from .study import Pruned
-
         return Pruned(metrics["pruned"]["epoch"], metrics["pruned"]["value"])
     best = metrics.get(best_val_key(checkpoint_monitor(cfg)))
     return best if best is not None else metrics["test/elbo"]
@@ -90,24 +76,24 @@ def fit(cfg: DictConfig) -> dict:
     """Train and test one run; returns the metrics written to metrics.json."""
     run_dir = Path(cfg.run_dir)
     mask_log_lines()  # again: a job of a sweep may run in a process of its own (joblib, SLURM)
-    if not first_process():  # a data-parallel run's other processes: their lines would repeat the first's
+    if not runs.first_process():  # a data-parallel run's other processes: their lines would repeat the first's
         logging.getLogger("vae_cli").setLevel(logging.WARNING)
     signals.reset()
     signals.catch()
     try:
         check_train_config(cfg)  # before torch is imported: a mistyped value is named at once
     except UserError as refusal:  # a job of a sweep (a single run is refused before its directory is made)
-        record_failure(run_dir, refusal)  # the sweep's table reads why
+        runs.record_failure(run_dir, refusal)  # the sweep's table reads why
         raise
     try:
-        lock = claim(run_dir)
+        lock = runs.claim(run_dir)
     except UserError:
-        forget_refused_record()
+        runs.forget_refused_record()
         raise
     try:
         record = provenance_of(run_dir)
     except BaseException:
-        release(lock)
+        runs.release(lock)
         raise
     outcome = "failed"
     try:
@@ -117,11 +103,11 @@ def fit(cfg: DictConfig) -> dict:
         return metrics
     except Interrupted as stop:
         outcome = f"stopped by {stop.name}"
-        record_stop(cfg, run_dir, stop)
+        runs.record_stop(cfg, run_dir, stop)
         raise SystemExit(128 + stop.signum) from None  # the shell's convention for a process ended by a signal
     except Exception as error:  # a UserError or a bug; a signal's stop is not a failure
-        fault = outside_fault(error, run_dir)  # a refused write or a vanished directory: one message
-        record_failure(run_dir, fault)
+        fault = runs.outside_fault(error, run_dir)  # a refused write or a vanished directory: one message
+        runs.record_failure(run_dir, fault)
         if fault is error:
             raise
         raise fault from error
@@ -130,18 +116,18 @@ def fit(cfg: DictConfig) -> dict:
             # A full disk: the error that ended the run still reaches the user.
             with contextlib.suppress(OSError, UserError):
                 record.end(outcome)
-        release(lock)
+        runs.release(lock)
 
 
 def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
     try:
         run = build(cfg)
     except UserError:
-        forget_refused_record()
+        runs.forget_refused_record()
         raise
     if record is not None:
         record.device(str(run.trainer.strategy.root_device))
-    announce(run_dir)
+    runs.announce(run_dir)
     if run.ckpt_path is not None:
         log.info("resuming %s", run.ckpt_path)
     hparams_loggers = hparams.loggers_of(run.trainer, cfg, checkpoint_monitor(cfg), record.record if record else None)
@@ -151,7 +137,7 @@ def _fit(cfg: DictConfig, run_dir: Path, record) -> dict:
         if type(error).__name__ == "MisconfigurationException":  # Lightning refusing a setting as it meets it
             raise UserError(misconfigured(cfg, error)) from None
         if run.ckpt_path is not None and raised_restoring(error):
-            forget_refused_record()
+            runs.forget_refused_record()
             raise unresumable(run.ckpt_path, error) from None
         raise
     if run.pruning is not None and run.pruning.pruned_at is not None:
