@@ -462,11 +462,12 @@ def test_a_newer_interruption_outranks_an_older_error(sweep, capsys):
 
 @pytest.mark.slow
 def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
-    """With a job log format of the user's own, which the report cannot parse: error.json says why."""
+    """With a job log format of the user's own, which the report cannot parse: error.json says why. (A pair of
+    settings, which only the composed config can judge: a value bad on its own is refused before the sweep starts.)"""
     proc = run_vae_train(
         "--multirun",
-        "model.latent_dim=0",
-        "trainer.max_epochs=1",
+        "model.likelihood=gaussian",
+        "model.gaussian_std=-1",
         f"hydra.sweep.dir={tmp_path / 's'}",
         "hydra.job_logging.formatters.simple.format='%(levelname)s %(message)s'",
         *QUIET,
@@ -476,8 +477,9 @@ def test_a_real_failed_job_writes_error_json_that_the_report_reads(tmp_path):
     assert proc.returncode != 0
     error = json.loads((tmp_path / "s" / "0" / "error.json").read_text())
     assert error["type"] == "vae_cli.errors.UserError" and error["traceback"] is None
-    assert error["message"].startswith("model.latent_dim=0 is not a valid latent dimension")
-    assert error["overrides"][:2] == ["model.latent_dim=0", "trainer.max_epochs=1"] and error["time"][:2] == "20"
+    assert error["message"].startswith("model.gaussian_std=-1 is not a valid standard deviation")
+    assert error["overrides"][:2] == ["model.likelihood=gaussian", "model.gaussian_std=-1"]
+    assert error["time"][:2] == "20"
     assert "[ERROR]" not in (tmp_path / "s" / "0" / "train.log").read_text()  # not Hydra's default format
     out = vae_report(tmp_path / "s", cwd=tmp_path).stdout
     assert "1 jobs: 0 ok, 1 failed" in out
