@@ -25,8 +25,12 @@ SOURCES = sorted(
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}  # config keys, not private names
 
 
+# A named tuple's public methods, underscored so that no field name can shadow them.
+NAMEDTUPLE = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
+
+
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__") and name not in HYDRA_KEYS
+    return name.startswith("_") and not name.startswith("__") and name not in HYDRA_KEYS | NAMEDTUPLE
 
 
 def _own_private_names() -> dict[str, set[str]]:

@@ -97,6 +97,7 @@ BAD = [
     (["+model.foo=1"], "model.foo is not a setting of model"),
     (["+objective.k=5"], "objective.k is not a setting of objective"),
     (["model.latent_dim=10000000000"], "more than the"),
+    (["prior=vamp", "prior.n_components=10000000000"], "prior.n_components"),  # the pseudo-inputs' memory
     (["data.data_dir=/etc/hostname"], "data.data_dir='/etc/hostname' is a file, not a folder"),
 ]
 

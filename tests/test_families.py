@@ -283,3 +283,30 @@ def test_the_terms_stay_float32_and_close_under_bf16_autocast(posterior, prior):
     assert t16.recon.dtype == t16.kl.dtype == iw.log_px.dtype == torch.float32
     torch.testing.assert_close(t16.recon, t32.recon, rtol=0.02, atol=0.5)
     torch.testing.assert_close(t16.kl, t32.kl, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_mixtures_expanded_density_is_the_direct_one(dtype):
+    """log_normal_diag_mixture (the mixture priors' square expanded into products) against the (..., N, K) form,
+    at the log-variance clip's extremes and with IWAE's leading sample axis, values and gradients."""
+    from vae_cli.core.elbo import log_normal_diag
+    from vae_cli.core.families import log_normal_diag_mixture
+
+    g = torch.Generator().manual_seed(0)
+    mu = (2 * torch.randn(7, 40, generator=g, dtype=torch.float64)).requires_grad_()
+    logvar = (-6 + 8 * torch.rand(7, 40, generator=g, dtype=torch.float64)).requires_grad_()
+    z = (
+        mu.detach()[torch.randint(7, (3, 5), generator=g)]
+        + 0.01 * torch.randn(3, 5, 40, generator=g, dtype=torch.float64)
+    ).requires_grad_()
+    direct = log_normal_diag(z.unsqueeze(-2), mu, logvar)
+    expanded = log_normal_diag_mixture(z.to(dtype), mu.to(dtype), logvar.to(dtype))
+    assert expanded.shape == (3, 5, 7) and expanded.dtype == dtype
+    # float32: the inputs' and the output's rounding only (the densities reach -1e4 here)
+    tol = dict(rtol=0, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(expanded.double(), direct, **tol)
+    w = torch.randn(3, 5, 7, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((direct * w).sum(), (z, mu, logvar))
+    mine = torch.autograd.grad((log_normal_diag_mixture(z, mu, logvar) * w).sum(), (z, mu, logvar))
+    for a, b in zip(mine, grads):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)

@@ -71,15 +71,40 @@ def test_every_datamodule_argument_with_a_rule_is_an_argument_of_some_datamodule
     activation=st.sampled_from([*settings.ACTIVATIONS, settings.GATED]),
     likelihood=st.sampled_from(list(settings.FAMILIES)),
     shape=st.sampled_from([(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 7, 5), (1, 1, 1)]),
+    posterior=st.sampled_from(
+        [
+            None,
+            "diagonal",
+            "full",
+            "iaf",
+            {"family": "iaf", "n_steps": 3, "hidden_dims": []},
+            {"family": "iaf", "hidden_dims": [5, 7]},
+        ]
+    ),
+    prior=st.sampled_from(
+        [None, "standard", "mog", {"family": "mog", "n_components": 3}, "vamp", {"family": "vamp", "n_components": 7}]
+    ),
 )
-def test_the_parameter_count_is_that_of_the_network_built(arch, latent_dim, hidden_dims, activation, likelihood, shape):
+def test_the_parameter_count_is_that_of_the_network_built(
+    arch, latent_dim, hidden_dims, activation, likelihood, shape, posterior, prior
+):
+    """The networks' and the posterior and prior families' parameters (the likelihood's own are not counted)."""
     if activation == settings.GATED and arch != "mlp":
         activation = "relu"
     vae = VAE(
-        shape, latent_dim=latent_dim, hidden_dims=hidden_dims, arch=arch, activation=activation, likelihood=likelihood
+        shape,
+        latent_dim=latent_dim,
+        hidden_dims=hidden_dims,
+        arch=arch,
+        activation=activation,
+        likelihood=likelihood,
+        posterior=posterior,
+        prior=prior,
     )
-    built = sum(p.numel() for m in (vae.encoder, vae.decoder) for p in m.parameters())
-    assert settings.n_parameters(shape, latent_dim, hidden_dims, arch, activation, likelihood) == built
+    built = sum(p.numel() for m in (vae.encoder, vae.decoder, vae.posterior, vae.prior) for p in m.parameters())
+    assert (
+        settings.n_parameters(shape, latent_dim, hidden_dims, arch, activation, likelihood, posterior, prior) == built
+    )
 
 
 # A refusal answers before torch is imported: the command, run as users run it, with torch made unimportable.

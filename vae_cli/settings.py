@@ -196,9 +196,42 @@ def _halvings(size, n: int) -> list[tuple[int, ...]]:
     return sizes
 
 
-def n_parameters(data_shape, latent_dim: int, hidden_dims, arch: str, activation: str, likelihood: str) -> int:
-    """The number of parameters of the encoder and decoder these settings build (core/nets.py), without
-    building them."""
+def _family_settings(spec, families: dict, default: str) -> tuple[str, dict]:
+    """(family, its settings with the defaults filled in) of a posterior or prior setting (check_model's forms)."""
+    spec = {"family": default} if spec is None else {"family": spec} if isinstance(spec, str) else dict(spec)
+    family = spec.pop("family", default)
+    return family, {**{k: rule[3] for k, rule in families[family].items()}, **spec}
+
+
+def n_parameters(
+    data_shape, latent_dim: int, hidden_dims, arch: str, activation: str, likelihood: str, posterior=None, prior=None
+) -> int:
+    """The number of parameters of the encoder and decoder these settings build (core/nets.py) and of the posterior
+    and prior families (core/families.py): the full covariance's K(K-1)/2 more encoder outputs, the IAF's MADE
+    layers, the mixture's weights, means and log-variances, the VampPrior's pseudo-inputs; without building them."""
+    k = latent_dim
+    q_family, q = _family_settings(posterior, POSTERIORS, "diagonal")
+    p_family, p = _family_settings(prior, PRIORS, "standard")
+    extra = k * (k - 1) // 2 if q_family == "full" else 0
+    families = 0
+    if q_family == "iaf":  # each step a MADE: masked (full-size) linear layers K -> hidden_dims -> 2K
+        sizes = [k, *q["hidden_dims"], 2 * k]
+        families += q["n_steps"] * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    if p_family == "mog":
+        families += p["n_components"] * (1 + 2 * k)
+    elif p_family == "vamp":
+        families += p["n_components"] * math.prod(data_shape)
+    last_in = (
+        hidden_dims[-1]
+        if arch == "mlp"
+        else hidden_dims[-1] * math.prod(_halvings(data_shape[1:], len(hidden_dims))[-1])
+    )
+    return (
+        _networks(data_shape, latent_dim, hidden_dims, arch, activation, likelihood) + extra * (last_in + 1) + families
+    )
+
+
+def _networks(data_shape, latent_dim: int, hidden_dims, arch: str, activation: str, likelihood: str) -> int:
     c, *hw = data_shape
     out = FAMILIES[likelihood].params_per_dim
     if arch == "mlp":

@@ -167,6 +167,12 @@ EVAL_RULES = [
     ),
     ("figures", _bool, "switch", "true or false"),
     ("trust", lambda v: _names(v), "list of classes", "a list of dotted class names, e.g. trust=[mypkg.MyVAE]"),
+    ("gaps", _bool, "switch", "true or false"),
+    ("gaps_images", _int(1), "number of images", "an integer >= 1, e.g. gaps_images=1000"),
+    ("gaps_steps", _int(0), "number of steps", "an integer >= 0, e.g. gaps_steps=500"),
+    ("gaps_lr", _number(lambda v: v > 0), "learning rate", "a number > 0, e.g. gaps_lr=0.05"),
+    ("gaps_samples", _int(1), "number of samples", "an integer >= 1, e.g. gaps_samples=10"),
+    ("gaps_eval_samples", _int(1), "number of samples", "an integer >= 1, e.g. gaps_eval_samples=1000"),
 ]
 SAMPLE_RULES = [
     ("n", _int(1), "number of images", "an integer >= 1, e.g. n=64"),
@@ -312,14 +318,24 @@ def check_memory(model: dict, shape) -> None:
     """Refuse a network whose parameters, gradients and optimiser state alone exceed this machine's free memory."""
     defaults = {k: p.default for k, p in inspect.signature(settings.check_model).parameters.items()}
     m = {**defaults, **model}
-    n = settings.n_parameters(shape, m["latent_dim"], m["hidden_dims"], m["arch"], m["activation"], m["likelihood"])
+    n = settings.n_parameters(
+        shape,
+        m["latent_dim"],
+        m["hidden_dims"],
+        m["arch"],
+        m["activation"],
+        m["likelihood"],
+        m["posterior"],
+        m["prior"],
+    )
     need, have = n * settings.BYTES_PER_PARAMETER, settings.available_memory()
     if have is not None and need > have:
         raise UserError(
             f"model.latent_dim={m['latent_dim']} and model.hidden_dims={m['hidden_dims']} make a network of "
             f"{n:,} parameters on {'x'.join(map(str, shape))} images: {need / 2**30:,.1f} GiB with their "
             f"gradients and the optimiser's state, more than the {have / 2**30:,.1f} GiB of memory free "
-            "here. Use a smaller model.latent_dim or model.hidden_dims."
+            "here (the posterior's and prior's parameters counted). Use a smaller model.latent_dim or "
+            "model.hidden_dims, or a smaller posterior or prior (prior.n_components)."
         )
 
 

@@ -86,6 +86,22 @@ def format_table(res: dict) -> str:
         f"{res['checkpoint']}  split={res['split']} ({res['n_examples']} examples), nats per example, ± standard error"
     )
     lines = [head, *(f"  {name:<22}{value}" for name, value in rows), f"  kl per dim (sorted)   {kl_dims}"]
+    if "gaps" in res:
+        g = res["gaps"]
+        lines += [
+            f"  gaps (Cremer et al. 2018) on the first {g['n_images']} images, q's {g['optimised']} optimised "
+            f"({g['steps']} Adam steps, lr {g['lr']}, {g['samples']} draws a step; {g['seconds']:.1f} s):"
+        ]
+        lines += [
+            f"    {name:<20}{g[key]:.4f} ± {g[key + '_se']:.4f}"
+            for name, key in (
+                (f"log p(x) (k={res['iw_samples']})", "log_px"),
+                ("amortised elbo", "amortised_elbo"),
+                ("optimised elbo", "optimised_elbo"),
+                ("approximation_gap", "approximation_gap"),
+                ("amortisation_gap", "amortisation_gap"),
+            )
+        ]
     if "compared_to" in res:
         c = res["compared_to"]
         lines += [
@@ -138,6 +154,9 @@ def run_eval(cfg: DictConfig) -> dict:
         "images_sha256": images,
         "checkpoint": str(ckpt),
     }
+    if cfg.gaps:
+        res["gaps"], per_image = inference_gaps(cfg, vae, dm, scored.log_px, device)
+        mine.update(per_image)
     if baseline is not None:
         res["compared_to"] = {
             "file": baseline["file"],
@@ -152,7 +171,80 @@ def run_eval(cfg: DictConfig) -> dict:
     print(f"  written to {out}")
     if cfg.figures:
         print("  " + write_figure(out.with_suffix(""), res, (scored.log_px - scored.elbo).tolist()))
+        if cfg.gaps:
+            print("  " + write_gaps_figure(out.with_name(out.stem + "_gaps"), res, mine))
     return res
+
+
+OPTIMISED = {
+    "diagonal": "mu and log-variance",
+    "full": "mu, log-variance and Cholesky factor",
+    "iaf": "base Gaussian's mu and log-variance (the flow's weights fixed)",
+}
+
+
+def inference_gaps(cfg: DictConfig, vae, dm, log_px, device) -> tuple[dict, dict]:
+    """The inference gap log p(x) - ELBO split into the approximation gap log p(x) - ELBO(q*) and the amortisation
+    gap ELBO(q*) - ELBO(q(z|x)) on the first gaps_images scored images (core/gaps.py): the summary, and per image."""
+    import time
+
+    from ..core.gaps import gaps
+    from ..core.scoring import mean_se
+    from .progress import Progress
+
+    n = min(cfg.gaps_images, len(log_px))
+    start = time.perf_counter()
+    with Progress(n, "images' q optimised") as progress:
+        g = gaps(
+            vae,
+            dm.eval_batches(cfg.split),
+            device,
+            n,
+            cfg.gaps_steps,
+            cfg.gaps_lr,
+            cfg.gaps_samples,
+            cfg.gaps_eval_samples,
+            cfg.iw_batch,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    seconds = time.perf_counter() - start
+    per_image = {
+        "gaps_log_px": log_px[:n].double().cpu(),
+        "gaps_amortised_elbo": g.amortised_elbo.double().cpu(),
+        "gaps_optimised_elbo": g.optimised_elbo.double().cpu(),
+    }
+    per_image["approximation_gap"] = per_image["gaps_log_px"] - per_image["gaps_optimised_elbo"]
+    per_image["amortisation_gap"] = per_image["gaps_optimised_elbo"] - per_image["gaps_amortised_elbo"]
+    res = {
+        "n_images": n,
+        "optimised": OPTIMISED[vae.posterior.family],
+        "steps": cfg.gaps_steps,
+        "lr": cfg.gaps_lr,
+        "samples": cfg.gaps_samples,
+        "eval_samples": cfg.gaps_eval_samples,
+        "seed": cfg.seed,
+        "seconds": round(seconds, 3),
+    }
+    for key, values in (
+        ("log_px", per_image["gaps_log_px"]),
+        ("amortised_elbo", per_image["gaps_amortised_elbo"]),
+        ("optimised_elbo", per_image["gaps_optimised_elbo"]),
+        ("approximation_gap", per_image["approximation_gap"]),
+        ("amortisation_gap", per_image["amortisation_gap"]),
+    ):
+        res[key], res[key + "_se"] = mean_se(values)
+    return res, per_image
+
+
+def write_gaps_figure(stem: Path, res: dict, per_image: dict) -> str:
+    """The mean gaps as a stacked bar beside histograms of the per-image gaps, as stem.png and stem.svg."""
+    from ..writers import figures
+
+    fig = figures.gaps_figure(res, per_image["approximation_gap"].tolist(), per_image["amortisation_gap"].tolist())
+    if fig is None:
+        return figures.not_installed("gaps figure")
+    return "gaps figure: " + ", ".join(str(p) for p in figures.write(fig, stem))
 
 
 def write_figure(stem: Path, res: dict, gap: list[float]) -> str:

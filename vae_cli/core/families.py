@@ -61,6 +61,20 @@ def _no_autocast(f):
     return wrapped
 
 
+def log_normal_diag_mixture(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu_n, diag(exp(logvar_n))) of every z (..., K) under every component n of mu, logvar (N, K): (..., N).
+    The square sum_k (z_k - mu_nk)^2 / s_nk^2 expanded into three (..., K) x (K, N) products, so the (..., N, K)
+    differences are never made (the mixture priors' cost at N = 500 was that tensor's, in time and memory); in
+    float64 (float32 on MPS), where the expansion's cancellation costs no digit a float32 density would keep."""
+    wide = torch.float32 if z.device.type == "mps" else torch.float64
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        zw, mw, lw = z.to(wide), mu.to(wide), logvar.to(wide)
+        precision = torch.exp(-lw)  # (N, K)
+        square = (zw * zw) @ precision.T - 2 * zw @ (mw * precision).T + (mw * mw * precision).sum(-1)
+        log_density = -0.5 * (z.shape[-1] * LOG_2PI + lw.sum(-1) + square)
+    return log_density.to(torch.promote_types(torch.promote_types(z.dtype, mu.dtype), torch.float32))
+
+
 def _samples(mu: torch.Tensor, k: int | None) -> torch.Tensor:
     return mu if k is None else mu.expand(k, *mu.shape)
 
@@ -234,7 +248,7 @@ class MixtureOfGaussians(nn.Module):
 
     def log_prob(self, z: torch.Tensor, vae=None) -> torch.Tensor:
         """log sum_k pi_k N(z; m_k, diag(s_k^2)), z (..., K) -> (...)."""
-        log_components = log_normal_diag(z.unsqueeze(-2), self.means, self.logvars)  # (..., n)
+        log_components = log_normal_diag_mixture(z, self.means, self.logvars)  # (..., n)
         return torch.logsumexp(F.log_softmax(self.logits, -1) + log_components, dim=-1)
 
     def sample(self, n: int, latent_dim: int, device, vae=None) -> torch.Tensor:
@@ -251,8 +265,11 @@ class VampPrior(nn.Module):
 
     def log_prob(self, z: torch.Tensor, vae) -> torch.Tensor:
         """log (1/N) sum_k q(z|u_k), z (..., K) -> (...), in the posterior's family."""
-        q = vae.encode_q(self.pseudo_inputs)
-        log_components = vae.posterior.log_prob(z.unsqueeze(-2), q)  # (..., N)
+        q = vae.encode_q(self.pseudo_inputs)  # once per call: each of z's leading axes (IWAE's k too) shares it
+        if vae.posterior.family == "diagonal":
+            log_components = log_normal_diag_mixture(z, q.mu, q.logvar)  # (..., N), without a (..., N, K) tensor
+        else:
+            log_components = vae.posterior.log_prob(z.unsqueeze(-2), q)  # (..., N)
         return torch.logsumexp(log_components, dim=-1) - math.log(len(self.pseudo_inputs))
 
     def sample(self, n: int, latent_dim: int, device, vae=None) -> torch.Tensor:

@@ -134,3 +134,50 @@ def evaluation_figure(res: dict, gap: list[float], threshold: float):
     hist.margins(y=0.15)
     fig.suptitle(f"{Path(res['checkpoint']).name}, {res['split']} split, {res['n_examples']} images", fontsize="medium")
     return fig
+
+
+def gaps_figure(res: dict, approximation: list[float], amortisation: list[float]):
+    """vae-eval gaps=true's figure: the mean inference gap as a stacked bar (approximation + amortisation, with
+    their standard errors) beside histograms of the two gaps per image; None without matplotlib."""
+    Figure = figure_class()
+    if Figure is None:
+        return None
+    g = res["gaps"]
+    fig = Figure(figsize=(9.5, 3.8), layout="constrained")
+    bar, hist = fig.subplots(1, 2, width_ratios=[2.5, 7])
+    parts = (("approximation", "tab:blue"), ("amortisation", "tab:orange"))
+    bottom = 0.0
+    for name, color in parts:
+        mean, se = g[f"{name}_gap"], g[f"{name}_gap_se"]
+        bar.bar(
+            [0],
+            [mean],
+            bottom=bottom,
+            color=color,
+            alpha=0.85,
+            yerr=[se],
+            capsize=4,
+            label=f"{name} {mean:.3f} ± {se:.3f}",
+        )
+        bottom += mean
+    bar.set_xticks([])
+    bar.set_xlim(-0.8, 0.8)
+    bar.set_ylabel("nats per image")
+    bar.set_title("Mean inference gap", fontsize="medium")
+    bar.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize="small", frameon=False)
+    values = approximation + amortisation
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    bins = [lo + (hi - lo) * i / 40 for i in range(41)] if hi > lo else 10
+    for (name, color), v in zip(parts, (approximation, amortisation)):
+        hist.hist(v, bins=bins, color=color, alpha=0.6, label=f"{name} gap")
+    hist.legend(loc="upper right", fontsize="small", frameon=False)
+    hist.set_xlabel("nats")
+    hist.set_ylabel("images")
+    hist.set_title(
+        f"Per image: log p(x) - ELBO(q*) and ELBO(q*) - ELBO(q(z|x)), {g['n_images']} images", fontsize="medium"
+    )
+    fig.suptitle(
+        f"{Path(res['checkpoint']).name}, {res['split']} split: q's {g['optimised']} optimised, {g['steps']} steps",
+        fontsize="medium",
+    )
+    return fig
