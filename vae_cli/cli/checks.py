@@ -290,7 +290,9 @@ def _resolved(cfg, key: str):
         return cfg[key]
     except OmegaConfBaseException as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{key}: {why}. Fix that value (vae-train --cfg job shows the config).") from None
+        raise UserError(
+            f"{key}: {why}. Fix that value (the command with --cfg job shows the composed config)."
+        ) from None
 
 
 def _container(node) -> dict:
@@ -300,7 +302,9 @@ def _container(node) -> dict:
         return OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve: the user's config
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{e.full_key}: {why}. Fix that value (vae-train --cfg job shows the config).") from None
+        raise UserError(
+            f"{e.full_key}: {why}. Fix that value (the command with --cfg job shows the composed config)."
+        ) from None
 
 
 def _known_keys(group: str, config: dict, check) -> None:
