@@ -198,6 +198,71 @@ def test_provenance_settings_name_the_versions_and_commits():
     }
 
 
+def test_what_may_differ_between_jobs_is_each_field_that_can_change_the_numbers():
+    record = {
+        "vae_cli": {"version": "0.4.0", "commit": "a" * 40, "modified": True},
+        "experiment_repository": {"commit": "b" * 40, "modified": False},
+        "versions": {"torch": "2.14.1", "numpy": None},
+        "machine": {
+            "host": "node1",
+            "cpu": "Xeon",
+            "torch_threads": 2,
+            "device": "cuda:0",
+            "gpu": {"name": "H200", "cuda": "13.0", "cudnn": 91000},
+        },
+    }
+    assert provenance.comparable(record) == {
+        "vae-cli": "0.4.0",
+        "vae-cli commit": "a" * 12 + "+modified",
+        "experiment commit": "b" * 12,
+        "torch": "2.14.1",
+        "host": "node1",
+        "cpu": "Xeon",
+        "torch threads": "2",
+        "device": "cuda:0",
+        "gpu": "H200",
+        "cuda": "13.0",
+        "cudnn": "91000",
+    }
+    bare = {"vae_cli": None, "experiment_repository": None, "versions": None, "machine": {"gpu": None}}
+    assert provenance.comparable(bare) == provenance.comparable({}) == {}
+
+
+def test_a_runs_records_are_read_first_invocation_first_and_others_passed_over(tmp_path):
+    record = tmp_path / ".hydra"
+    good = {"command": "vae-train", "versions": None, "machine": {"host": "h", "gpu": None}}
+    folders = {
+        "2026-12-01_09-00-00": "a folder",  # not a file
+        "2026-12-02_09-00-00": "versions: [\n",  # not YAML
+        "2026-12-03_09-00-00": yaml.safe_dump({**good, "command": "third"}),
+        "2026-12-04_09-00-00": "- a list\n",
+        "2026-12-05_09-00-00": yaml.safe_dump({**good, "machine": "h"}),
+        "2026-12-06_09-00-00": yaml.safe_dump({**good, "machine": {"gpu": "H200"}}),
+        "2026-12-07_09-00-00": yaml.safe_dump({**good, "vae_cli": "0.4.0"}),
+        "2026-12-08_09-00-00": yaml.safe_dump({**good, "experiment_repository": ["x"]}),
+        "2026-12-09_09-00-00": "",
+        "2026-12-10_09-00-00": yaml.safe_dump({**good, "command": "last"}),
+    }
+    for name, text in reversed(folders.items()):  # made in another order than the names'
+        (record / name).mkdir(parents=True)
+        if text == "a folder":
+            (record / name / provenance.FILE).mkdir()
+        else:
+            (record / name / provenance.FILE).write_text(text)
+    assert provenance.read(tmp_path) == [{**good, "command": "third"}, {}, {**good, "command": "last"}]
+    (record / provenance.FILE).write_text(yaml.safe_dump({**good, "command": "first"}))
+    assert [r.get("command") for r in provenance.read(tmp_path)] == ["first", "third", None, "last"]
+
+
+def test_the_device_a_run_used_and_its_outcome_complete_its_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "collect", lambda argv, cwd: {"command": argv[0], "machine": {"device": None}})
+    record = provenance.Provenance(tmp_path, argv=["vae-train"], cwd=tmp_path)
+    record.device("cuda:1")
+    record.end("finished")
+    saved = yaml.safe_load((tmp_path / provenance.FILE).read_text())
+    assert saved["machine"] == {"device": "cuda:1"} and saved["outcome"] == "finished" and "ended" in saved
+
+
 def test_reading_the_record_needs_neither_torch_nor_hydra(tmp_path):
     code = (
         "import sys; from vae_cli.cli.sweep import jobs; "

@@ -104,3 +104,99 @@ def test_an_abandon_waits_until_the_checkpoint_being_written_is_whole(helpers, t
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)  # whole: it loads
     record = json.loads((run / "interrupted.json").read_text())
     assert code == 130 and saved["global_step"] == 16 and record["global_step"] == 16
+
+
+# The stop's state machine itself, one signal at a time, in this process: each rule of the module's docstring.
+
+
+@pytest.fixture
+def state(monkeypatch):
+    import signal
+
+    before = {s: signal.getsignal(s) for s in signals.SIGNALS}
+    clock = [100.0]
+    monkeypatch.setattr(signals.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(signals, "_state", signals._State())
+    yield clock
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_a_signal_before_training_stops_at_once_and_says_so(state):
+    with pytest.raises(signals.Interrupted) as e:
+        signals._handle(15, None)
+    assert (e.value.signum, e.value.phase, e.value.where, e.value.abandoned) == (
+        15,
+        "starting",
+        "before training",
+        False,
+    )
+    assert e.value.name == "SIGTERM" and e.value.checkpoint is None and e.value.epoch is None
+
+
+@pytest.mark.parametrize("phase, until", [(signals.TRAINING, "step"), (signals.VALIDATING, "epoch")])
+def test_a_signal_in_training_is_noted_and_a_second_within_the_grace_is_the_same_stop(state, caplog, phase, until):
+    import logging
+
+    signals.enter(phase, progress=lambda: (3, 120))
+    with caplog.at_level(logging.INFO, logger="vae_cli"):
+        assert signals._handle(10, None) is None
+    assert f"received SIGUSR1: stopping at the end of this {until}" in caplog.text
+    state[0] += signals.GRACE - 0.001
+    assert signals._handle(2, None) is None
+    assert signals.pending() == 10  # the stop's first signal, not the second
+
+
+def test_a_signal_after_the_grace_abandons_the_stop_where_training_stood(state):
+    signals.enter(signals.TRAINING, progress=lambda: (3, 120))
+    signals._handle(10, None)
+    state[0] += signals.GRACE
+    with pytest.raises(signals.Interrupted) as e:
+        signals._handle(2, None)
+    assert (e.value.signum, e.value.epoch, e.value.global_step, e.value.abandoned) == (2, 3, 120, True)
+    assert e.value.where == "in epoch 3 at step 120" and e.value.phase == signals.TRAINING
+
+
+def test_an_abandon_while_saving_waits_for_the_save_and_a_first_signal_there_waits_for_training(state):
+    signals.enter(signals.TRAINING, progress=lambda: (1, 7))
+    with pytest.raises(signals.Interrupted) as e:
+        with signals.saving():
+            assert signals.phase() == signals.SAVING
+            assert signals._handle(15, None) is None  # the first: left to the training phase
+            state[0] += signals.GRACE + 1
+            assert signals._handle(2, None) is None  # the insisting one: once the checkpoint is whole
+            assert signals.phase() == signals.SAVING
+    assert (e.value.signum, e.value.abandoned, e.value.global_step) == (2, True, 7)
+    assert signals.phase() == signals.TRAINING
+
+
+def test_a_stop_noted_where_nothing_is_saved_acts_when_testing_begins(state):
+    signals.enter(signals.VALIDATING, progress=lambda: (2, 5))
+    signals._handle(15, None)
+    with pytest.raises(signals.Interrupted) as e:
+        signals.enter(signals.TESTING)
+    assert (e.value.signum, e.value.phase, e.value.where) == (15, "testing", "after training, in the final test")
+    assert signals._state.progress is None
+
+
+def test_signals_after_a_run_finished_stop_only_the_next_run_with_the_first_of_them(state):
+    signals.finished()
+    assert signals._handle(10, None) is None
+    assert signals._handle(15, None) is None
+    assert signals.pending() == 10
+    with pytest.raises(signals.Interrupted) as e:
+        signals.reset()
+    assert e.value.signum == 10 and signals.phase() == signals.STARTING and signals.pending() is None
+    signals.reset()  # nothing noted since: nothing raised
+
+
+def test_entering_a_phase_puts_the_handlers_in_place_and_ignore_takes_them_away(state):
+    import signal
+
+    for s in signals.SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+    signals.enter(signals.STARTING, progress=lambda: (1, 1))
+    assert signals._state.progress is None  # progress means something only while training
+    assert all(signal.getsignal(s) is signals._handle for s in signals.SIGNALS)
+    signals.ignore()
+    assert all(signal.getsignal(s) is signal.SIG_IGN for s in signals.SIGNALS)
