@@ -196,6 +196,63 @@ def test_provenance_settings_name_the_versions_and_commits():
         "code/vae_cli_commit": "c" * 40 + "+modified",
         "machine/host": "h",
     }
+    record["experiment_repository"] = {"commit": "d" * 40, "modified": False}
+    assert provenance.settings(record)["code/experiment_commit"] == "d" * 40
+
+
+def test_the_git_state_is_the_commit_and_whether_tracked_files_differ_from_it(experiment_repo, monkeypatch):
+    inside = experiment_repo / "a" / "b"
+    inside.mkdir(parents=True)
+    head = git(experiment_repo, "rev-parse", "HEAD")
+    (experiment_repo / "outputs").mkdir()
+    (experiment_repo / "outputs" / "run.log").write_text("untracked: does not count")
+    assert provenance.git_state(inside) == {"path": str(experiment_repo), "commit": head, "modified": False}
+    (experiment_repo / "notes.md").write_text("K = 3\n")
+    assert provenance.git_state(experiment_repo) == {"path": str(experiment_repo), "commit": head, "modified": True}
+
+    fresh = experiment_repo.parent / "fresh"
+    fresh.mkdir()
+    git(fresh, "init", "-q")
+    assert provenance.git_state(fresh) == {"path": str(fresh), "commit": None, "modified": False}
+    (fresh / ".git").rename(fresh / "git")
+    (fresh / ".git").write_text("gitdir: nowhere\n")  # a repository git cannot read
+    assert provenance.git_state(fresh) is None
+    monkeypatch.setenv("PATH", "")  # no git
+    assert provenance.git_state(experiment_repo) is None
+
+
+def test_a_wheel_names_what_its_build_recorded_and_a_source_folder_asks_git(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    package = checkout / "vae_cli"
+    (package / "cli").mkdir(parents=True)
+    monkeypatch.setattr(provenance, "__file__", str(package / "cli" / "provenance.py"))
+    build = package / provenance.BUILD_FILE
+    build.write_text(json.dumps({"version": "9.1", "commit": "f" * 40, "modified": True}))
+    assert provenance.installed_code() == {"version": "9.1", "install": "wheel", "commit": "f" * 40, "modified": True}
+    build.write_text(json.dumps({"version": "9.1"}))  # built from an sdist
+    assert provenance.installed_code() == {"version": "9.1", "install": "wheel"}
+
+    build.unlink()
+    git(tmp_path, "init", "-q")  # a repository above the checkout is not the checkout's
+    assert provenance.installed_code() == {"version": VERSION, "install": "editable"}
+    git(checkout, "init", "-q")
+    head = commit(checkout, "start")
+    assert provenance.installed_code() == {"version": VERSION, "install": "editable", "commit": head, "modified": False}
+
+
+def test_a_version_is_the_imported_modules_own_else_the_installed_distributions(monkeypatch):
+    import importlib.metadata
+    import types
+
+    build = type("Build", (str,), {})("2.14.1+cu130")  # torch's version is a str subclass naming the build
+    monkeypatch.setitem(sys.modules, "fake_torch", types.SimpleNamespace(__version__=build))
+    assert provenance._version("pytest", "fake_torch") == "2.14.1+cu130"
+    assert type(provenance._version("pytest", "fake_torch")) is str  # safe to write as YAML
+    monkeypatch.setitem(sys.modules, "fake_torch", types.SimpleNamespace(__version__=(2, 14)))
+    assert provenance._version("pytest", "fake_torch") == importlib.metadata.version("pytest")
+    assert provenance._version("pytest", "not_imported") == importlib.metadata.version("pytest")
+    assert provenance._version("pytest") == importlib.metadata.version("pytest")
+    assert provenance._version("no-such-distribution-here") is None
 
 
 def test_what_may_differ_between_jobs_is_each_field_that_can_change_the_numbers():
@@ -239,7 +296,8 @@ def test_a_runs_records_are_read_first_invocation_first_and_others_passed_over(t
         "2026-12-05_09-00-00": yaml.safe_dump({**good, "machine": "h"}),
         "2026-12-06_09-00-00": yaml.safe_dump({**good, "machine": {"gpu": "H200"}}),
         "2026-12-07_09-00-00": yaml.safe_dump({**good, "vae_cli": "0.4.0"}),
-        "2026-12-08_09-00-00": yaml.safe_dump({**good, "experiment_repository": ["x"]}),
+        "2026-12-08_09-00-00": yaml.safe_dump({**good, "experiment_repository": ["x"], "versions": "x"}),
+        "2026-12-08_10-00-00": yaml.safe_dump({**good, "versions": "2.14.1"}),
         "2026-12-09_09-00-00": "",
         "2026-12-10_09-00-00": yaml.safe_dump({**good, "command": "last"}),
     }

@@ -141,7 +141,7 @@ def test_a_signal_in_training_is_noted_and_a_second_within_the_grace_is_the_same
     signals.enter(phase, progress=lambda: (3, 120))
     with caplog.at_level(logging.INFO, logger="vae_cli"):
         assert signals._handle(10, None) is None
-    assert f"received SIGUSR1: stopping at the end of this {until}" in caplog.text
+    assert caplog.messages == [f"received SIGUSR1: stopping at the end of this {until}"]
     state[0] += signals.GRACE - 0.001
     assert signals._handle(2, None) is None
     assert signals.pending() == 10  # the stop's first signal, not the second
@@ -200,3 +200,23 @@ def test_entering_a_phase_puts_the_handlers_in_place_and_ignore_takes_them_away(
     assert all(signal.getsignal(s) is signals._handle for s in signals.SIGNALS)
     signals.ignore()
     assert all(signal.getsignal(s) is signal.SIG_IGN for s in signals.SIGNALS)
+
+
+def test_a_second_signal_after_the_grace_of_a_stop_before_training_abandons_nothing(state):
+    with pytest.raises(signals.Interrupted):
+        signals._handle(2, None)
+    state[0] += signals.GRACE
+    with pytest.raises(signals.Interrupted) as e:  # while the first stop's record is written, say
+        signals._handle(2, None)
+    assert (e.value.epoch, e.value.global_step, e.value.abandoned, e.value.where) == (
+        None,
+        None,
+        False,
+        "before training",
+    )
+
+
+def test_a_stop_with_a_checkpoint_is_after_its_epoch_only_when_the_epoch_finished(state):
+    assert signals.Interrupted(15, checkpoint="c", epoch=2, global_step=9).where == "in epoch 2 at step 9"
+    stopped = signals.Interrupted(15, checkpoint="c", epoch=2, global_step=9, epoch_finished=True)
+    assert stopped.where == "after epoch 2 (step 9)"

@@ -91,8 +91,9 @@ def installed_code() -> dict:
     return code
 
 
-def short_commit(state: dict | None, length: int = 40) -> str | None:
-    """A git_state's commit, marked +modified when tracked files differed from it."""
+def short_commit(state: dict | None, length: int | None = None) -> str | None:
+    """A git_state's commit (its first `length` digits; all by default), marked +modified when tracked files differed
+    from it."""
     if not state or not state.get("commit"):
         return None
     return state["commit"][:length] + ("+modified" if state.get("modified") else "")
