@@ -346,3 +346,38 @@ def test_vae_train_with_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path, 
     )
     assert err.startswith("vae-train: error: data.data_dir='f'") and err.count("\n") == 1
     assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def _record(shape=(1, 2, 2)):
+    splits = {s: (torch.randint(0, 2, (3, *shape)).float(), torch.arange(3)) for s in cache.SPLITS}
+    return cache._record("the key", splits)
+
+
+def _pixels(kept, x):
+    kept["splits"]["val"]["x"] = x
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (lambda k: k.update(format=cache.FORMAT + 1), "not a vae-cli cache of this format"),
+        (lambda k: k.update(key="another key"), "made for other sources or settings"),
+        (lambda k: k["splits"].pop("val"), "its splits are missing"),
+        (lambda k: k.update(splits=[1, 2, 3]), "its splits are missing"),
+        (lambda k: k["splits"]["val"].pop("scale"), "its val split is not pixels, scale and labels"),
+        (lambda k: k["splits"]["test"].update(y=[0, 1, 2]), "its test split holds no tensors"),
+        (lambda k: k["splits"]["val"].update(scale=3.0), "its val pixels are torch.uint8, scaled by float"),
+        (lambda k: k["splits"]["val"].update(y=torch.zeros(3)), "its val labels are torch.float32, not integers"),
+        (
+            lambda k: _pixels(k, torch.zeros(3, 1, 2, 3, dtype=torch.uint8)),
+            "its val split is shaped (3, 1, 2, 3) with labels (3,), not (N, 1, 2, 2) and (N,)",
+        ),
+        (lambda k: k.update(manifest={}), "its tensors are not those it lists"),
+        (lambda k: k["splits"]["train"]["x"].add_(1), "its bytes do not match their hash"),
+    ],
+)
+def test_a_cache_that_is_not_what_its_name_claims_is_named_with_the_reason(change, why):
+    assert cache._mismatch(_record(), "the key", (1, 2, 2)) is None
+    kept = _record()
+    change(kept)
+    assert cache._mismatch(kept, "the key", (1, 2, 2)) == why

@@ -255,6 +255,82 @@ def test_a_version_is_the_imported_modules_own_else_the_installed_distributions(
     assert provenance._version("no-such-distribution-here") is None
 
 
+def test_an_invocations_record_names_its_command_code_versions_machine_and_slurm_job(experiment_repo, monkeypatch):
+    import datetime
+    import socket
+
+    import hydra
+    import numpy
+    import omegaconf
+    import pytorch_lightning
+    import torch
+    import torchvision
+
+    for key, value in {"SLURM_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_NODELIST": "n[1-2]"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    argv = ["/opt/venv/bin/vae-train", "logger.tracking_uri=postgresql://u:pw@db/x", "model.latent_dim=2"]
+    record = provenance.collect(argv, experiment_repo)
+    started = datetime.datetime.fromisoformat(record.pop("started"))
+    assert abs(started - datetime.datetime.now().astimezone()) < datetime.timedelta(minutes=1)
+    assert record == {
+        "command": "vae-train logger.tracking_uri=postgresql://u:***@db/x model.latent_dim=2",
+        "ended": None,
+        "outcome": "running",
+        "vae_cli": provenance.installed_code(),
+        "experiment_repository": provenance.git_state(experiment_repo),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "pytorch_lightning": pytorch_lightning.__version__,
+            "hydra": hydra.__version__,
+            "omegaconf": omegaconf.__version__,
+            "optuna": provenance._version("optuna", "optuna"),
+            "numpy": numpy.__version__,
+        },
+        "machine": {
+            "host": socket.gethostname(),
+            "system": platform.platform(),
+            "cpu": provenance._cpu(),
+            "cpu_count": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": None,
+        },
+        "slurm": {"job_id": "41", "array_task_id": "3", "job_nodelist": "n[1-2]"},
+        "working_directory": str(experiment_repo),
+    }
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"H200 #{i}")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    record = provenance.collect(["vae-eval"], experiment_repo)
+    assert record["machine"]["gpu"] == {"name": "H200 #0", "count": 8, "cuda": "13.0", "cudnn": 91000}
+    assert record["slurm"] is None and record["command"] == "vae-eval"
+
+
+def test_the_cpu_is_named_as_proc_cpuinfo_names_it_else_as_the_platform_does(monkeypatch):
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    named = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    if named:
+        assert provenance._cpu() == named[0]
+
+    class Unreadable(type(Path())):
+        def read_text(self, *args, **kwargs):
+            raise PermissionError("no /proc here")
+
+    monkeypatch.setattr(provenance, "Path", Unreadable)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert provenance._cpu() == "aarch64"
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert provenance._cpu() == "arm"
+
+
 def test_what_may_differ_between_jobs_is_each_field_that_can_change_the_numbers():
     record = {
         "vae_cli": {"version": "0.4.0", "commit": "a" * 40, "modified": True},
@@ -296,7 +372,7 @@ def test_a_runs_records_are_read_first_invocation_first_and_others_passed_over(t
         "2026-12-05_09-00-00": yaml.safe_dump({**good, "machine": "h"}),
         "2026-12-06_09-00-00": yaml.safe_dump({**good, "machine": {"gpu": "H200"}}),
         "2026-12-07_09-00-00": yaml.safe_dump({**good, "vae_cli": "0.4.0"}),
-        "2026-12-08_09-00-00": yaml.safe_dump({**good, "experiment_repository": ["x"], "versions": "x"}),
+        "2026-12-08_09-00-00": yaml.safe_dump({**good, "experiment_repository": ["x"]}),
         "2026-12-08_10-00-00": yaml.safe_dump({**good, "versions": "2.14.1"}),
         "2026-12-09_09-00-00": "",
         "2026-12-10_09-00-00": yaml.safe_dump({**good, "command": "last"}),
@@ -312,13 +388,81 @@ def test_a_runs_records_are_read_first_invocation_first_and_others_passed_over(t
     assert [r.get("command") for r in provenance.read(tmp_path)] == ["first", "third", None, "last"]
 
 
-def test_the_device_a_run_used_and_its_outcome_complete_its_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(provenance, "collect", lambda argv, cwd: {"command": argv[0], "machine": {"device": None}})
-    record = provenance.Provenance(tmp_path, argv=["vae-train"], cwd=tmp_path)
+def test_a_record_is_written_as_the_run_starts_and_completed_as_it_ends(tmp_path, monkeypatch):
+    asked = []
+
+    def collect(argv, cwd):
+        asked.append((argv, cwd))
+        return {"command": argv[0], "ended": None, "machine": {"device": None}}
+
+    monkeypatch.setattr(provenance, "collect", collect)
+    record = provenance.Provenance(tmp_path, argv=["vae-train"], cwd=tmp_path / "experiment")
+    assert asked == [(["vae-train"], tmp_path / "experiment")]
+    assert yaml.safe_load((tmp_path / provenance.FILE).read_text()) == collect(["vae-train"], None)
     record.device("cuda:1")
     record.end("finished")
     saved = yaml.safe_load((tmp_path / provenance.FILE).read_text())
-    assert saved["machine"] == {"device": "cuda:1"} and saved["outcome"] == "finished" and "ended" in saved
+    assert saved["machine"] == {"device": "cuda:1"} and saved["outcome"] == "finished" and saved["ended"]
+
+
+def test_the_record_is_block_yaml_in_the_order_written_with_a_long_command_on_one_line(tmp_path):
+    command = "vae-train " + " ".join(f"+key{i}=value{i}" for i in range(40))
+    provenance.write(tmp_path / "p.yaml", {"command": command, "machine": {"host": "h", "cpu": "c"}, "ended": None})
+    assert (tmp_path / "p.yaml").read_text() == f"command: {command}\nmachine:\n  host: h\n  cpu: c\nended: null\n"
+
+
+@pytest.mark.parametrize(
+    "subdir, first, recorded", [(".hydra", True, True), (None, True, False), (".hydra", False, False)]
+)
+def test_an_invocation_is_recorded_beside_hydras_record_by_the_first_process_only(
+    tmp_path, monkeypatch, subdir, first, recorded
+):
+    import types
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from vae_cli.cli import run_dir
+
+    config = types.SimpleNamespace(output_subdir=subdir, runtime=types.SimpleNamespace(cwd=str(tmp_path / "exp")))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: config))
+    monkeypatch.setattr(run_dir, "first_process", lambda: first)
+    monkeypatch.setattr(provenance, "collect", lambda argv, cwd: {"cwd": str(cwd)})
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    record = provenance.provenance_of(tmp_path / "run")
+    assert (record is not None) == recorded
+    if recorded:
+        assert record.path == tmp_path / "run" / ".hydra" / provenance.FILE
+        assert record.record == {"cwd": str(tmp_path / "exp")} and record.path.is_file()
+
+
+def test_a_record_that_cannot_be_written_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    import logging
+    import types
+
+    from hydra.core.hydra_config import HydraConfig
+
+    config = types.SimpleNamespace(output_subdir=".hydra", runtime=types.SimpleNamespace(cwd=str(tmp_path)))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: config))
+    monkeypatch.setattr(provenance, "collect", lambda argv, cwd: {})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".hydra").write_text("a file where the folder should be")
+    with caplog.at_level(logging.WARNING, logger="vae_cli"):
+        assert provenance.provenance_of(tmp_path / "run") is None
+    (message,) = [r for r in caplog.records if r.name == "vae_cli"]
+    assert message.getMessage().startswith(f"no provenance record: could not write {tmp_path / 'run' / '.hydra'}")
+
+
+def test_a_git_that_hangs_costs_its_timeout_and_no_record_of_the_commit(experiment_repo, tmp_path, monkeypatch):
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text("#!/bin/sh\nexec sleep 30\n")
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(provenance, "GIT_TIMEOUT", 0.5)
+    start = time.monotonic()
+    assert provenance.git_state(experiment_repo) is None and time.monotonic() - start < 5
 
 
 def test_reading_the_record_needs_neither_torch_nor_hydra(tmp_path):

@@ -220,3 +220,10 @@ def test_a_stop_with_a_checkpoint_is_after_its_epoch_only_when_the_epoch_finishe
     assert signals.Interrupted(15, checkpoint="c", epoch=2, global_step=9).where == "in epoch 2 at step 9"
     stopped = signals.Interrupted(15, checkpoint="c", epoch=2, global_step=9, epoch_finished=True)
     assert stopped.where == "after epoch 2 (step 9)"
+
+
+def test_a_stop_acted_on_in_training_does_not_stop_the_next_run(state):
+    signals.enter(signals.TRAINING, progress=lambda: (1, 1))
+    signals._handle(15, None)
+    signals.reset()  # the stopped run's signal was its own
+    assert signals.pending() is None and signals.phase() == signals.STARTING

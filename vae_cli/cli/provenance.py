@@ -26,6 +26,7 @@ from .secrets import mask
 
 FILE = "provenance.yaml"
 BUILD_FILE = "_build.json"  # written into the package by setup.py
+GIT_TIMEOUT = 10.0  # seconds: a git that hangs (a network file system, a lock) costs a run no more
 # The libraries behind a run's numbers: module -> distribution.
 PACKAGES = {
     "torch": "torch",
@@ -61,7 +62,7 @@ def git_state(folder: Path) -> dict | None:
             ["git", "-C", str(top), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=GIT_TIMEOUT,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
