@@ -381,3 +381,82 @@ def test_a_cache_that_is_not_what_its_name_claims_is_named_with_the_reason(chang
     kept = _record()
     change(kept)
     assert cache._mismatch(kept, "the key", (1, 2, 2)) == why
+
+
+def test_the_key_is_each_source_by_path_size_and_time_and_the_settings_in_any_order(tmp_path):
+    from pathlib import Path
+
+    import numpy
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for p in (a, b):
+        p.write_bytes(b"same")
+        os.utime(p, ns=(1, 1))
+    key = cache.key("digits", {"x": 1, "root": Path("p")}, [a])
+    assert key == cache.key("digits", {"root": Path("p"), "x": 1}, [a])
+    assert key != cache.key("digits", {"x": 1, "root": Path("p")}, [b])  # the same size and time: another file
+    assert json.loads(key) == {
+        "format": cache.FORMAT,
+        "name": "digits",
+        "settings": {"root": "p", "x": 1},
+        "sources": [[str(a.resolve()), 4, 1]],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+@pytest.mark.parametrize(
+    "error, why",
+    [
+        (ValueError("a field\n   it did not expect"), "a field it did not expect"),
+        (ValueError(), "ValueError"),
+        (ValueError("x" * 300), "x" * 200),
+    ],
+)
+def test_content_no_check_foresaw_is_named_with_its_error_in_one_line(tmp_path, monkeypatch, caplog, error, why):
+    file = tmp_path / "c.pt"
+    cache.write(file, "k", {s: (torch.zeros(2, 1, 2, 2), torch.arange(2)) for s in cache.SPLITS})
+
+    def unforeseen(*args):
+        raise error
+
+    monkeypatch.setattr(cache, "_mismatch", unforeseen)
+    with caplog.at_level(logging.INFO):
+        assert cache.read(file, "k", (1, 2, 2)) is None
+    assert caplog.messages == [
+        f"{file} is not the cache of prepared data its name claims (it cannot be read as one: {why}); "
+        "the data is prepared again"
+    ]
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_the_file_and_the_cause(tmp_path, caplog):
+    (tmp_path / "data").write_text("a file where the cache's folder should be")
+    file = tmp_path / "data" / cache.FOLDER / "c.pt"
+    with caplog.at_level(logging.INFO):
+        cache.write(file, "k", {s: (torch.zeros(2, 1, 2, 2), torch.arange(2)) for s in cache.SPLITS})
+    assert caplog.messages == [
+        f"no cache of the prepared data at {file} (Not a directory); the next run prepares it again"
+    ]
+
+
+def test_a_new_cache_file_has_the_usual_permissions_and_a_link_planted_in_a_race_is_not_written_through(
+    tmp_path, monkeypatch
+):
+    umask = os.umask(0)
+    os.umask(umask)
+    with cache.create(tmp_path / "f") as f:
+        f.write(b"x")
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    real = os.unlink
+
+    def racing(path):  # another process plants a link between the removal and the opening
+        real(path)
+        os.symlink(victim, path)
+
+    monkeypatch.setattr(os, "unlink", racing)
+    with pytest.raises(FileExistsError):
+        cache.create(tmp_path / "f")
+    assert victim.read_bytes() == b"precious"
