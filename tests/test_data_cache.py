@@ -369,6 +369,12 @@ def _pixels(kept, x):
         (lambda k: k["splits"]["val"].update(scale=3.0), "its val pixels are torch.uint8, scaled by float"),
         (lambda k: k["splits"]["val"].update(y=torch.zeros(3)), "its val labels are torch.float32, not integers"),
         (
+            lambda k: k["splits"]["val"].update(y=torch.ones(3, dtype=torch.bool)),
+            "its val labels are torch.bool, not integers",
+        ),
+        (lambda k: k["splits"]["val"].update(scale=None), "its val pixels are torch.uint8, scaled by NoneType"),
+        (lambda k: _pixels(k, torch.zeros(3, 1, 2, 2)), "its val pixels are torch.float32, scaled by float"),
+        (
             lambda k: _pixels(k, torch.zeros(3, 1, 2, 3, dtype=torch.uint8)),
             "its val split is shaped (3, 1, 2, 3) with labels (3,), not (N, 1, 2, 2) and (N,)",
         ),
@@ -395,6 +401,8 @@ def test_the_key_is_each_source_by_path_size_and_time_and_the_settings_in_any_or
     key = cache.key("digits", {"x": 1, "root": Path("p")}, [a])
     assert key == cache.key("digits", {"root": Path("p"), "x": 1}, [a])
     assert key != cache.key("digits", {"x": 1, "root": Path("p")}, [b])  # the same size and time: another file
+    digest = __import__("hashlib").sha256(key.encode()).hexdigest()
+    assert cache.path(tmp_path, "digits", key) == tmp_path / cache.FOLDER / f"digits-{digest[:16]}.pt"
     assert json.loads(key) == {
         "format": cache.FORMAT,
         "name": "digits",

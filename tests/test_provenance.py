@@ -268,8 +268,8 @@ def test_an_invocations_record_names_its_command_code_versions_machine_and_slurm
 
     for key, value in {"SLURM_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_NODELIST": "n[1-2]"}.items():
         monkeypatch.setenv(key, value)
-    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     argv = ["/opt/venv/bin/vae-train", "logger.tracking_uri=postgresql://u:pw@db/x", "model.latent_dim=2"]
     record = provenance.collect(argv, experiment_repo)
     started = datetime.datetime.fromisoformat(record.pop("started"))
@@ -298,10 +298,22 @@ def test_an_invocations_record_names_its_command_code_versions_machine_and_slurm
             "torch_threads": torch.get_num_threads(),
             "gpu": None,
         },
-        "slurm": {"job_id": "41", "array_task_id": "3", "job_nodelist": "n[1-2]"},
+        "slurm": {
+            "job_id": "41",
+            "array_job_id": "40",
+            "array_task_id": "3",
+            "restart_count": "1",
+            "job_nodelist": "n[1-2]",
+        },
         "working_directory": str(experiment_repo),
     }
-    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST"):
+    for key in (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "SLURM_JOB_NODELIST",
+    ):
         monkeypatch.delenv(key)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"H200 #{i}")
@@ -323,6 +335,12 @@ def test_the_cpu_is_named_as_proc_cpuinfo_names_it_else_as_the_platform_does(mon
         def read_text(self, *args, **kwargs):
             raise PermissionError("no /proc here")
 
+    class Named(type(Path())):
+        def read_text(self, *args, **kwargs):
+            return "processor\t: 0\nmodel name\t: Ampere(R): Altra\n"
+
+    monkeypatch.setattr(provenance, "Path", Named)
+    assert provenance._cpu() == "Ampere(R): Altra"
     monkeypatch.setattr(provenance, "Path", Unreadable)
     monkeypatch.setattr(platform, "processor", lambda: "")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
@@ -457,7 +475,7 @@ def test_a_git_that_hangs_costs_its_timeout_and_no_record_of_the_commit(experime
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "git").write_text("#!/bin/sh\nexec sleep 30\n")
+    (bin_dir / "git").write_text(f"#!/bin/sh\nexec {shutil.which('sleep')} 30\n")
     (bin_dir / "git").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setattr(provenance, "GIT_TIMEOUT", 0.5)
