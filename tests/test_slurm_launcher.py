@@ -73,6 +73,7 @@ class FakeSlurm:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        assert self.now < 86400, "the wait went on for a day of fake time"  # fails at once, not at a timeout
         for step in [s for s in self.steps if s[0] <= self.now]:
             self.steps.remove(step)
             step[1]()
@@ -412,7 +413,7 @@ def test_a_queue_that_cannot_be_read_is_waited_for_ten_minutes_then_given_up_on(
     slurm.queue = {"12": ("RUNNING", "None")}
     slurm.at(10, lambda: setattr(slurm, "queue", None))
     ret = waited(tmp_path, [job])[0]
-    assert slurm.now == 10 + sl.SQUEUE_PATIENCE_S + sl.POLL_S
+    assert slurm.now == 10 + sl.SQUEUE_PATIENCE_S + sl.POLL_S and ret.overrides == ["seed=0"]
     assert ret.return_value.message == (
         "job 0 (SLURM job 12): SLURM's queue could not be read for 10 minutes; the job may still run. "
         f"Its log: {job.paths.stderr}"
