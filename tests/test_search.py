@@ -66,6 +66,14 @@ def no_waiting(monkeypatch):
         raise AssertionError(f"the search waited {seconds} s for trials running elsewhere")
 
     monkeypatch.setattr(_impl, "time", SimpleNamespace(sleep=sleep))
+    looks, fail_stale = [], optuna.storages.fail_stale_trials
+
+    def look(study):  # one look per turn of the search's loop: a loop that spins without running a trial fails
+        looks.append(1)
+        assert len(looks) < 50, "the search spun without running a trial"
+        fail_stale(study)
+
+    monkeypatch.setattr(optuna.storages, "fail_stale_trials", look)
 
 
 @pytest.fixture
@@ -210,20 +218,13 @@ def test_a_trial_still_running_in_another_worker_counts_toward_n_trials(tmp_path
         study.tell(elsewhere, -70.0)
 
     monkeypatch.setattr(_impl, "time", SimpleNamespace(sleep=sleep))
-    looks, fail_stale = [], optuna.storages.fail_stale_trials
-
-    def look(study):  # one look per turn of the search's loop: a loop that spins without waiting fails at once
-        looks.append(1)
-        assert len(looks) < 20, "the search spun without waiting"
-        fail_stale(study)
-
-    monkeypatch.setattr(optuna.storages, "fail_stale_trials", look)
     search = make(tmp_path, lambda n: pytest.fail("no trial should run"), n_trials=2, heartbeat_interval=9)
     search.sweep([])
     assert waits == [9] and search.launcher.launches == []
     assert results(tmp_path)["trials"] == {"complete": 2}
 
 
+@pytest.mark.filterwarnings("error")  # given up outright: no warning of Optuna's on stderr
 def test_trials_asked_at_once_by_several_workers_beyond_n_trials_are_given_up_by_the_later(tmp_path):
     study, _ = study_in(tmp_path)
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=-90.0))
@@ -234,6 +235,15 @@ def test_trials_asked_at_once_by_several_workers_beyond_n_trials_are_given_up_by
     given_up = study.get_trials()[third.number]
     assert given_up.state == TrialState.FAIL and given_up.user_attrs == {"surplus": True}
     assert _impl.tried(study) == study.get_trials()[:1]
+
+
+def test_a_retry_taken_up_after_another_workers_trial_started_is_the_one_given_up(tmp_path):
+    study, storage = study_in(tmp_path)
+    study.enqueue_trial({}, user_attrs={"retry_of": 7})  # trial 0, waiting
+    elsewhere = storage.create_new_trial(study._study_id)  # trial 1, asked and started by another worker
+    retry = study.ask()  # trial 0, started later: the lower number, the later start
+    assert retry.number == 0 and trial_id(storage, study, 1) == elsewhere
+    assert make(tmp_path, None, n_trials=1).surplus(study, retry)
 
 
 def test_a_trial_asked_when_the_study_already_has_more_than_n_trials_is_given_up(tmp_path):
