@@ -5,6 +5,7 @@ driving real vae-train jobs is in test_sweeps.py (slow)."""
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,9 +22,6 @@ optuna = pytest.importorskip("optuna", reason="install the test extra: pip insta
 from optuna.trial import TrialState  # noqa: E402
 
 from hydra_plugins.vae_cli_search import _impl  # noqa: E402
-
-# The tests play another worker's part with study.ask(), which Optuna expects only inside Study.optimize.
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
 SETTINGS = {
     "sampler": {"_target_": "optuna.samplers.RandomSampler", "seed": 0},
@@ -98,6 +96,14 @@ def study_in(tmp_path, name="vae"):
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True), storage
 
 
+def ask(study):
+    """A trial asked as another worker asks it; Optuna warns of a heartbeat used outside Study.optimize, which the
+    search itself keeps off the user's screen (test_a_search_runs_n_trials_...)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
 def states(study) -> list[str]:
     return [t.state.name for t in study.get_trials(deepcopy=False)]
 
@@ -110,6 +116,7 @@ def results(tmp_path) -> dict:
     return yaml.safe_load((tmp_path / "sweep" / _impl.RESULTS_FILE).read_text())
 
 
+@pytest.mark.filterwarnings("error")  # Optuna's warnings about its heartbeat outside Study.optimize are not the user's
 def test_a_search_runs_n_trials_in_batches_of_n_jobs_each_with_its_settings(tmp_path, figures, caplog):
     search = make(tmp_path, lambda n: -100.0 + n * (3 - n), n_trials=3, n_jobs=2)
     with caplog.at_level(logging.INFO, logger="vae_cli"):
@@ -209,7 +216,7 @@ def test_a_search_already_at_n_trials_runs_none_and_still_writes_its_results(tmp
 def test_a_trial_still_running_in_another_worker_counts_toward_n_trials(tmp_path, figures, monkeypatch):
     study, storage = study_in(tmp_path)
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=-90.0))
-    elsewhere = study.ask()  # another worker's trial, alive: its heartbeat is fresh
+    elsewhere = ask(study)  # another worker's trial, alive: its heartbeat is fresh
     storage.record_heartbeat(elsewhere._trial_id)
     waits = []
 
@@ -224,11 +231,58 @@ def test_a_trial_still_running_in_another_worker_counts_toward_n_trials(tmp_path
     assert results(tmp_path)["trials"] == {"complete": 2}
 
 
+def test_a_worker_waits_for_a_trial_running_elsewhere_and_runs_its_settings_again_if_it_is_interrupted(
+    tmp_path, figures, monkeypatch
+):
+    study, storage = study_in(tmp_path)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=-90.0))
+    elsewhere = ask(study)
+    storage.record_heartbeat(elsewhere._trial_id)
+    waits = []
+
+    def sleep(seconds):  # the other worker's trial runs through one wait, and is interrupted in the second
+        waits.append(seconds)
+        if len(waits) == 2:
+            study.tell(elsewhere, state=TrialState.FAIL)
+
+    monkeypatch.setattr(_impl, "time", SimpleNamespace(sleep=sleep))
+    search = make(tmp_path, lambda n: -80.0, n_trials=2, heartbeat_interval=9)
+    search.sweep([])
+    assert waits == [9, 9] and [trial_of(o) for o, _ in search.launcher.launches for o in o] == [2]
+    assert results(tmp_path)["trials"] == {"complete": 2, "fail": 1}
+
+
+def test_trials_given_up_as_surplus_launch_no_empty_batch(tmp_path, figures, monkeypatch):
+    search = make(tmp_path, lambda n: -80.0, n_trials=2)
+    given_up = []
+
+    def surplus(study, trial):  # the first trial asked is one too many: another worker asked at the same moment
+        if given_up:
+            return False
+        given_up.append(trial.number)
+        study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    monkeypatch.setattr(search, "surplus", surplus)
+    search.sweep([])
+    assert given_up == [0] and [[trial_of(o) for o in os] for os, _ in search.launcher.launches] == [[1], [2]]
+
+
+def test_a_search_space_takes_real_ranges_as_choices_log_integer_ranges_and_refuses_other_sweeps():
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    space, _ = _impl.search_space({"a": "range(0.5, 2.0, 0.5)", "b": "tag(log, range(1, 9))"}, [])
+    assert space == {"a": CategoricalDistribution([0.5, 1.0, 1.5]), "b": IntDistribution(1, 8, log=True)}
+    with pytest.raises(UserError) as e:
+        _impl.search_space(None, ["data.root=glob(*)"])
+    assert str(e.value) == "data.root=glob(*): a search takes choice(...), range(...) or interval(...)."
+
+
 @pytest.mark.filterwarnings("error")  # given up outright: no warning of Optuna's on stderr
 def test_trials_asked_at_once_by_several_workers_beyond_n_trials_are_given_up_by_the_later(tmp_path):
     study, _ = study_in(tmp_path)
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=-90.0))
-    first, second, third = study.ask(), study.ask(), study.ask()
+    first, second, third = ask(study), ask(study), ask(study)
     search = make(tmp_path, None, n_trials=3)
     assert not search.surplus(study, first) and not search.surplus(study, second)
     assert search.surplus(study, third)
@@ -241,7 +295,7 @@ def test_a_retry_taken_up_after_another_workers_trial_started_is_the_one_given_u
     study, storage = study_in(tmp_path)
     study.enqueue_trial({}, user_attrs={"retry_of": 7})  # trial 0, waiting
     elsewhere = storage.create_new_trial(study._study_id)  # trial 1, asked and started by another worker
-    retry = study.ask()  # trial 0, started later: the lower number, the later start
+    retry = ask(study)  # trial 0, started later: the lower number, the later start
     assert retry.number == 0 and trial_id(storage, study, 1) == elsewhere
     assert make(tmp_path, None, n_trials=1).surplus(study, retry)
 
@@ -250,7 +304,7 @@ def test_a_trial_asked_when_the_study_already_has_more_than_n_trials_is_given_up
     study, _ = study_in(tmp_path)
     for value in (-90.0, -91.0):
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
-    first, second = study.ask(), study.ask()
+    first, second = ask(study), ask(study)
     search = make(tmp_path, None, n_trials=1)
     assert search.surplus(study, first) and search.surplus(study, second)
 
