@@ -22,11 +22,13 @@ START = 1000.0  # the fake clock's reading at the test's time 0 (a monotonic clo
 SINFO = ("sinfo", "--noheader", "--Node", "--format=%N|%P|%c|%m|%G|%l")
 SQUEUE = ("squeue", "--noheader", "--array", "--user", USER, "--format=%i|%T|%r")
 
-# Two partitions: cpu (the default) of two nodes that differ, and gpu of one node with four GPUs of two kinds.
+# Three partitions: cpu (the default) of two nodes that differ, gpu of one node with four GPUs of two kinds, and
+# bigX, whose name ends in a letter as sinfo's default mark (*) is stripped.
 NODES = """\
 node1|cpu*|8|16384|(null)|1-00:00:00
 node2|cpu*|4+|8192+|(null)|1-00:00:00
 node3|gpu|16|65536|gpu:a100:2(S:0-1),gpu:v100:2|02:00:00
+node4|bigX|64|262144|(null)|infinite
 a line that is not a node
 """
 
@@ -43,6 +45,7 @@ class FakeSlurm:
         self.scontrol: dict[str, str] = {}
         self.calls: list[tuple[str, ...]] = []
         self.sleeps: list[float] = []
+        self.looks = 0
         self.steps: list[tuple[float, object]] = []
 
     def run(self, *command: str) -> tuple[int, str]:
@@ -53,6 +56,8 @@ class FakeSlurm:
             return (0, self.nodes) if self.nodes is not None else (1, "sinfo: error: cannot reach slurmctld")
         if name == "squeue":
             assert command == SQUEUE
+            self.looks += 1  # one look at the queue per pause: a wait that polls without pausing fails at once
+            assert self.looks == 1, "the queue was read again without a pause"
             if self.queue is None:
                 return 1, "slurm_load_jobs error: Socket timed out"
             # squeue lists every job of the user's, not only those asked about, and a line of its own noise.
@@ -73,6 +78,7 @@ class FakeSlurm:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        self.looks = 0
         assert self.now < 86400, "the wait went on for a day of fake time"  # fails at once, not at a timeout
         for step in [s for s in self.steps if s[0] <= self.now]:
             self.steps.remove(step)
@@ -135,6 +141,7 @@ def test_a_nodes_gpus_are_counted_from_its_gres(gres, gpus):
     [
         {},  # the default partition, one CPU
         {"partition": "cpu", "nodes": 2},  # the default partition by its name (sinfo marks it cpu*)
+        {"partition": "bigX", "cpus_per_task": 64, "timeout_min": 100000},
         {"nodes": 2, "cpus_per_task": 8, "mem_gb": 16, "timeout_min": 1440},  # exactly what the cpu nodes have
         {"tasks_per_node": 2, "cpus_per_task": 4},
         {"partition": "gpu", "gpus_per_node": 4, "cpus_per_task": 16, "mem_gb": 64, "timeout_min": 120},
@@ -152,7 +159,7 @@ def test_a_request_the_partitions_nodes_can_meet_is_accepted(slurm, params):
     [
         (
             {"partition": "debug"},
-            "hydra.launcher.partition=debug: SLURM has no such partition; it has cpu, gpu.",
+            "hydra.launcher.partition=debug: SLURM has no such partition; it has bigX, cpu, gpu.",
         ),
         (
             {"gpus_per_node": 1},
@@ -259,6 +266,7 @@ def test_a_command_that_cannot_run_or_hangs_is_a_failure_not_a_crash(monkeypatch
 def test_the_queue_holds_the_users_jobs_asked_about_with_state_and_reason(slurm):
     slurm.queue = {"12": ("PENDING", "Priority"), "13_1": ("RUNNING", "None"), "14": ("PENDING", "BeginTime")}
     assert sl._queued(["12", "13_1", "15"]) == {"12": ("PENDING", "Priority"), "13_1": ("RUNNING", "None")}
+    slurm.sleep(sl.POLL_S)
     slurm.queue = None
     assert sl._queued(["12"]) is None
 
@@ -429,7 +437,7 @@ def test_a_queue_readable_again_restarts_the_patience_and_a_result_ends_the_wait
     assert waited(tmp_path, [job])[0].return_value == 4.0
     # A job absent from no queue at all is not taken for gone: the grace does not run while squeue is unreadable.
     job2 = Job(tmp_path / "b", "13", value=5.0)
-    slurm.now, slurm.queue, slurm.sleeps = 0.0, {}, []
+    slurm.now, slurm.queue, slurm.sleeps, slurm.looks = 0.0, {}, [], 0
     slurm.at(5, lambda: setattr(slurm, "queue", None))
     slurm.at(300, job2.finish)
     assert waited(tmp_path, [job2])[0].return_value == 5.0
