@@ -273,7 +273,7 @@ def _owner(lock: Path) -> dict | None:
     try:  # not through a link; O_NONBLOCK: a FIFO planted there is read as empty, not waited on
         fd = os.open(lock, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
-            owner = json.loads(f.read(4096))
+            owner = json.loads(f.read(4096) or b"")  # None: a FIFO a writer holds open, with nothing to read yet
     except (OSError, ValueError):
         return None
     if type(owner) is int:
