@@ -16,8 +16,10 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
+import traceback
 import types
 from pathlib import Path
 
@@ -723,6 +725,48 @@ def test_an_output_folder_with_a_name_too_long_is_refused_naming_the_key_and_the
             f"(at most {os.pathconf('/', 'PC_NAME_MAX')} characters a name).\n"
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def _as_another_user(action) -> tuple[int, str]:
+    """`action` run in a child of this process as an ordinary user (nobody, when the tests run as root): its exit
+    status and what it wrote to stderr."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        code = 1
+        try:
+            os.close(read)
+            sys.stderr = os.fdopen(write, "w")
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            action()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        err = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+
+def test_an_output_folder_under_one_this_user_cannot_enter_is_refused_as_not_writable(tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    if os.geteuid() != 0:
+        closed.chmod(0o000)
+    run = closed / "x" / "run"
+    try:
+        code, err = _as_another_user(lambda: run_dir.WritableOutput().on_run_start(_hydra_config(run=run)))
+    finally:
+        closed.chmod(0o700)
+    assert code == 2 and "shorter path" not in err, err
+    assert err.startswith(f"vae-train: error: could not write {run}: Permission denied (errno 13).")
 
 
 # --- Hydra's records, masked; where the run writes, announced ----------------------------------------------------
