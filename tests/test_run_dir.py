@@ -209,7 +209,9 @@ def test_a_bugs_failure_record_has_its_qualified_type_message_traceback_override
         raise ValueError(f"bad value at {URL}")
     except ValueError as e:
         run_dir.record_failure(tmp_path, e)
+        whole = "".join(traceback.format_exception(e)).replace("hunter2", "***")
     record = json.loads((tmp_path / "error.json").read_text())
+    assert record["traceback"] == whole
     assert record["type"] == "ValueError" and record["message"] == f"bad value at {MASKED_URL}"
     assert record["traceback"].startswith("Traceback (most recent call last):")
     assert (
@@ -459,6 +461,38 @@ def test_a_lock_that_cannot_be_made_or_removed_is_a_refusal_naming_it(tmp_path):
         claim(tmp_path)
 
 
+def test_a_live_owners_lock_is_refused_naming_the_run_directory(tmp_path, sleeper):
+    (tmp_path / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": None}))
+    with pytest.raises(
+        UserError, match=f"^{tmp_path} is being written by another vae-train \\(process {sleeper.pid}\\)"
+    ):
+        claim(tmp_path)
+
+
+def test_a_stale_lock_its_owner_removes_while_it_is_read_is_no_obstacle(tmp_path, monkeypatch):
+    lock, real_open = tmp_path / LOCK, os.open
+    lock.write_text(json.dumps({"pid": _ended_pid()}))
+
+    def owner_ends_meanwhile(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if not flags & os.O_CREAT and Path(path).exists():
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", owner_ends_meanwhile)
+    assert claim(tmp_path) == lock
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_that_cannot_be_written_nor_removed_is_refused_for_the_write(tmp_path, monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with _file_size_limit(16), pytest.raises(UserError, match=f"^could not write {tmp_path / LOCK}: File too large"):
+        claim(tmp_path)
+
+
 def test_a_lock_that_cannot_be_written_is_removed_and_refused(tmp_path):
     with _file_size_limit(16), pytest.raises(UserError, match=f"^could not write {tmp_path / LOCK}: File too large"):
         claim(tmp_path)
@@ -489,12 +523,12 @@ def test_a_lock_made_again_by_another_process_each_time_it_is_removed_is_given_u
 def test_a_fifo_at_the_lock_is_read_without_waiting_and_replaced(tmp_path):
     os.mkfifo(tmp_path / LOCK)
     writer = os.open(tmp_path / LOCK, os.O_RDWR)  # a writer that never writes: a blocking read would wait for it
-    unblock = threading.Timer(3, os.write, (writer, b"x"))
+    unblock = threading.Timer(1, os.write, (writer, b"x"))
     unblock.start()
     try:
         began = time.monotonic()
         lock = claim(tmp_path)
-        assert time.monotonic() - began < 2
+        assert time.monotonic() - began < 0.9
     finally:
         unblock.cancel()
         os.close(writer)
@@ -536,6 +570,7 @@ def test_a_locks_owner_is_read_with_only_the_fields_fit_to_show(tmp_path):
         "slurm_job": None,
     }
     assert _owner_of(tmp_path, {"pid": 7, "since": "x" * 255})["since"] == "x" * 255
+    assert _owner_of(tmp_path, {"pid": 7, "since": "x"})["since"] == "x"
     assert _owner_of(tmp_path, {"pid": 7, "since": "x" * 256})["since"] is None
 
 
@@ -569,6 +604,9 @@ def test_a_lock_is_read_up_to_its_first_4096_bytes(tmp_path):
     assert len(padded) == 4096
     assert _owner_of(tmp_path, padded + b"junk")["pid"] == 7
     assert _owner_of(tmp_path, b" " + padded) is None
+    accented = json.dumps({"pid": 7, "x": "\u00e9" * 100}, ensure_ascii=False).encode()
+    padded = accented[:-1] + b" " * (4096 - len(accented)) + b"}"
+    assert len(padded) == 4096 and _owner_of(tmp_path, padded + b"junk")["pid"] == 7  # bytes, not characters
 
 
 def test_a_lock_that_is_a_link_or_a_folder_or_missing_has_no_owner(tmp_path):
@@ -605,6 +643,8 @@ def test_a_process_on_this_host_holds_only_while_its_id_and_start_time_name_a_li
 def test_without_start_times_a_process_holds_while_its_id_is_a_live_process(sleeper, monkeypatch):
     monkeypatch.setattr(run_dir, "_start_time", lambda pid: None)  # no /proc, as on macOS
     assert run_dir._alive({"pid": sleeper.pid, "host": None, "start": 5, "slurm_job": None})
+    with pytest.raises(subprocess.TimeoutExpired):  # asked whether it exists, not signalled
+        sleeper.wait(timeout=0.3)
     assert not run_dir._alive({"pid": _ended_pid(), "host": None, "start": 5, "slurm_job": None})
 
 
@@ -702,6 +742,29 @@ def test_an_output_folder_that_cannot_take_the_probe_is_refused_and_what_was_mad
     with _file_size_limit(run_dir.PROBE_BYTES):
         run_dir.WritableOutput().on_run_start(_hydra_config(run=run))
     assert run.is_dir()
+
+
+@pytest.fixture
+def three_inodes(tmp_path):
+    """A real file system (tmpfs) with room for its root and two more files or folders, where this machine lets the
+    tests mount one."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=3", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_folders_made_for_an_output_folder_the_file_system_cannot_hold_are_removed(three_inodes, capsys):
+    run = three_inodes / "a" / "b" / "run"
+    with pytest.raises(SystemExit) as e:
+        run_dir.WritableOutput().on_run_start(_hydra_config(run=run))
+    assert e.value.code == 2 and list(three_inodes.iterdir()) == []
+    assert capsys.readouterr().err.startswith(f"vae-train: error: could not write {run}: No space left on device")
 
 
 def test_an_output_folder_under_a_file_is_refused_and_the_file_left_alone(tmp_path, capsys):
