@@ -824,6 +824,9 @@ def test_an_output_folder_under_one_this_user_cannot_enter_is_refused_as_not_wri
     if os.geteuid() != 0:
         closed.chmod(0o000)
     run = closed / "x" / "run"
+    beside = tmp_path / "open" / "run"
+    run_dir.WritableOutput().on_run_start(_hydra_config(run=beside))
+    assert beside.is_dir()
     try:
         code, err = _as_another_user(lambda: run_dir.WritableOutput().on_run_start(_hydra_config(run=run)))
     finally:
