@@ -273,7 +273,7 @@ def _owner(lock: Path) -> dict | None:
     try:  # not through a link; O_NONBLOCK: a FIFO planted there is read as empty, not waited on
         fd = os.open(lock, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
-            owner = json.loads(f.read(4096))
+            owner = json.loads(f.read(4096) or b"")  # None: a FIFO a writer holds open, with nothing to read yet
     except (OSError, ValueError):
         return None
     if type(owner) is int:
@@ -387,7 +387,9 @@ PROBE_BYTES = 1 << 16  # more than Hydra's record and the first lines of the log
 def _try_writing(folder: Path, key: str) -> None:
     try:
         made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    except OSError as e:  # a name longer than the file system takes
+    except OSError as e:  # a name longer than the file system takes, or a folder above it this user cannot enter
+        if e.errno != errno.ENAMETOOLONG:
+            fail("vae-train", str(cannot_write(folder, e)))
         shown = str(folder) if len(str(folder)) <= 80 else str(folder)[:60] + "..." + str(folder)[-15:]
         fail(
             "vae-train",

@@ -63,7 +63,10 @@ def cannot_write(path, error: Exception) -> UserError:
     path = Path(os.fsdecode(path))
     reason, number = _reason(error, path.parent)
     fix = _FIXES.get(number, "Free some space (or make the folder writable)")
-    where = f"in {path}" if path.is_dir() else path  # a write whose file the system did not name
+    try:
+        where = f"in {path}" if path.is_dir() else path  # a write whose file the system did not name
+    except OSError:  # a folder above it that this user cannot enter
+        where = path
     return UserError(
         f"could not write {where}: {reason}. Whatever was there before is unchanged. {fix}, then run the "
         "same command again; a training run resumes from its last checkpoint with "
