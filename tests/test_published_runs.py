@@ -57,8 +57,11 @@ def test_a_published_run_still_scores_what_it_recorded(run, tmp_path):
         f"data_dir={tmp_path / 'data'}",
         f"compare_to={run / 'eval_test_k5000_best.pt'}",
     )
-    # The analytic KL depends only on the weights and the images: the same up to the order of summation.
-    assert e["kl"] == pytest.approx(recorded["kl"], abs=1e-4)
+    if recorded.get("kl_estimate", "analytic") == "analytic":
+        # The analytic KL depends only on the weights and the images: the same up to the order of summation.
+        assert e["kl"] == pytest.approx(recorded["kl"], abs=1e-4)
+    else:  # log q - log p at one sample per image against 5000: the mean of 10,000 draws, within a few of its SEs
+        assert e["kl"] == pytest.approx(recorded["kl"], abs=0.3)
     assert e["kl_per_dim"] == pytest.approx(recorded["kl_per_dim"], abs=1e-4)
     assert e["active_units"] == recorded["active_units"]
     # The ELBO is a Monte Carlo estimate in both: paired over 10,000 images they agree to within their noise, which
