@@ -357,3 +357,30 @@ def test_in_a_terminal_the_bar_shows_the_running_means_and_the_time_left(tmp_pat
     assert proc.wait(timeout=120) == 0
     frames = [f for f in out.decode(errors="replace").replace("\r", "\n").splitlines() if f.startswith("Epoch 3/3")]
     assert frames and all(f"{k}=" in frames[-1] for k in ("loss", "recon_loss", "kl", "elbo", "val/elbo", "left"))
+
+
+def test_the_time_left_is_capped_by_the_time_limit_and_never_below_zero(monkeypatch):
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    import pytorch_lightning as pl
+
+    from vae_cli.training.callbacks import EpochLines
+
+    class Limit(pl.callbacks.Timer):
+        def __init__(self, remaining):
+            super().__init__(duration=timedelta(hours=1))
+            self.remaining = remaining
+
+        def time_remaining(self, stage="train"):
+            return self.remaining
+
+    lines = EpochLines()
+    lines._start = (0.0, 0)
+    monkeypatch.setattr("time.monotonic", lambda: 10.0)  # 10 s for 10 steps: 90 steps left take 90 s
+    trainer = SimpleNamespace(global_step=10, max_steps=-1, max_epochs=10, num_training_batches=10, callbacks=[])
+    assert lines._time_left(trainer) == timedelta(seconds=90)
+    trainer.callbacks = [Limit(30.0)]
+    assert lines._time_left(trainer) == timedelta(seconds=30)
+    trainer.callbacks = [Limit(-3.0)]  # the epoch that crossed the limit ends after it
+    assert lines._time_left(trainer) == timedelta(0)

@@ -187,7 +187,7 @@ class EpochLines(pl.Callback):
         left = elapsed / done * max(0, min(ends) - trainer.global_step)
         timer = next((cb for cb in trainer.callbacks if isinstance(cb, pl.callbacks.Timer)), None)
         if timer is not None and timer.time_remaining() is not None:
-            left = min(left, timer.time_remaining())
+            left = min(left, max(0.0, timer.time_remaining()))  # negative once the limit has passed
         return timedelta(seconds=round(left))
 
     def status(self, trainer, pl_module) -> dict[str, str]:
