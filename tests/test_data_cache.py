@@ -118,7 +118,7 @@ def test_jobs_starting_together_each_leave_a_whole_file(tmp_path):
     "x, as_bytes",
     [
         (torch.rand(5, 1, 4, 4), False),
-        (torch.randint(0, 256, (5, 3, 4, 4)).float() / 255, True),  # 8-bit images
+        (torch.arange(256).reshape(4, 1, 8, 8).float() / 255, True),  # 8-bit images, each level 0 to 255 once
         (torch.randint(0, 17, (5, 1, 8, 8)).float() / 16, True),  # digits' 17 levels
         (torch.randint(0, 2, (5, 1, 2, 2)).float(), True),  # bits
         (torch.empty(0, 1, 2, 2), False),

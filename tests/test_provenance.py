@@ -609,3 +609,14 @@ def test_an_editable_install_names_the_checkouts_live_commit(clone, tmp_path):
     append(clone / "vae_cli" / "__init__.py", "# live code\n")
     record = record_of_installed(tmp_path / "site", cwd=tmp_path, runs_from=clone)
     assert record["vae_cli"] == {"version": VERSION, "install": "editable", "commit": later, "modified": True}
+
+
+def test_a_package_not_imported_yet_is_recorded_with_its_installed_distributions_version(monkeypatch, tmp_path):
+    import importlib.metadata
+    import sys
+
+    for module in ("optuna", "omegaconf"):  # not imported: the record reads sys.modules only, imports nothing
+        monkeypatch.setitem(sys.modules, module, None)
+    versions = provenance.collect(["vae-train"], tmp_path)["versions"]
+    assert versions["optuna"] == importlib.metadata.version("optuna")
+    assert versions["omegaconf"] == importlib.metadata.version("omegaconf")
