@@ -129,3 +129,39 @@ def test_a_run_with_learned_families_averages_their_weights(tmp_path):
     raw, average = ckpt["current_model_state"], ckpt["state_dict"]
     for name in ("vae.prior.pseudo_inputs", "vae.posterior.steps.0.layers.0.weight"):
         assert name in average and not torch.equal(raw[name], average[name])
+
+
+@pytest.mark.slow
+def test_a_sweep_and_a_search_over_the_families_table_and_choose_them(tmp_path):
+    from conftest import QUIET, run_vae_train
+
+    sweep = tmp_path / "sweep"
+    args = [*SMALL, "trainer.max_epochs=1", *QUIET]
+    proc = run_vae_train(
+        "--multirun", "prior=standard,vamp", "posterior=diagonal,iaf", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert "4 jobs: 4 ok" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("job "))
+    assert "prior" in header.split() and "posterior" in header.split()
+    for job, (prior, posterior) in enumerate(
+        [("standard", "diagonal"), ("standard", "iaf"), ("vamp", "diagonal"), ("vamp", "iaf")]
+    ):
+        model = checkpoint(sweep / str(job) / "checkpoints" / "last.ckpt")["hyper_parameters"]["model"]
+        assert (model["prior"]["family"], model["posterior"]["family"]) == (prior, posterior)
+    search = tmp_path / "search"
+    proc = run_vae_train(
+        "--multirun",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0",
+        "prior=choice(standard,mog)",
+        *args,
+        f"hydra.sweep.dir={search}",
+        cwd=tmp_path,
+    )
+    import yaml
+
+    best = yaml.safe_load((search / "optimization_results.yaml").read_text())
+    assert best["best_params"]["prior"] in ("standard", "mog")
+    chosen = checkpoint(search / str(best["best_trial"]) / "checkpoints" / "last.ckpt")
+    assert chosen["hyper_parameters"]["model"]["prior"]["family"] == best["best_params"]["prior"]
