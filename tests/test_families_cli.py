@@ -7,13 +7,14 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from vae_cli import settings
 from vae_cli.core import families
 from vae_cli.inputs import checkpoint
 from vae_cli.settings import check_families, check_model
 
-from conftest import compose, read_scalars, refused, run_here, train
+from conftest import QUIET, compose, read_scalars, refused, run_here, run_vae_train, train
 
 SMALL = ["model.hidden_dims=[32]", "model.latent_dim=4", "trainer.log_every_n_steps=1"]
 IAF_VAMP = ["posterior=iaf", "posterior.hidden_dims=[16]", "prior=vamp", "prior.n_components=10"]
@@ -133,8 +134,6 @@ def test_a_run_with_learned_families_averages_their_weights(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_and_a_search_over_the_families_table_and_choose_them(tmp_path):
-    from conftest import QUIET, run_vae_train
-
     sweep = tmp_path / "sweep"
     args = [*SMALL, "trainer.max_epochs=1", *QUIET]
     proc = run_vae_train(
@@ -149,7 +148,7 @@ def test_a_sweep_and_a_search_over_the_families_table_and_choose_them(tmp_path):
         model = checkpoint(sweep / str(job) / "checkpoints" / "last.ckpt")["hyper_parameters"]["model"]
         assert (model["prior"]["family"], model["posterior"]["family"]) == (prior, posterior)
     search = tmp_path / "search"
-    proc = run_vae_train(
+    run_vae_train(
         "--multirun",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
@@ -159,8 +158,6 @@ def test_a_sweep_and_a_search_over_the_families_table_and_choose_them(tmp_path):
         f"hydra.sweep.dir={search}",
         cwd=tmp_path,
     )
-    import yaml
-
     best = yaml.safe_load((search / "optimization_results.yaml").read_text())
     assert best["best_params"]["prior"] in ("standard", "mog")
     chosen = checkpoint(search / str(best["best_trial"]) / "checkpoints" / "last.ckpt")
