@@ -232,6 +232,23 @@ def test_vae_eval_writes_its_figure_beside_its_report(run, tmp_path, capsys):
     assert hist.get_xlabel() == "log p(x) estimate - ELBO  [nats]"
 
 
+def test_without_a_kl_per_dimension_the_eval_figure_is_the_histogram_alone():
+    res = {
+        "kl_per_dim": [],
+        "posterior_mean_var_per_dim": [],
+        "latent_dim": 4,
+        "kl": 3.0,
+        "inference_gap": 0.5,
+        "inference_gap_se": 0.1,
+        "iw_samples": 10,
+        "checkpoint": "best.ckpt",
+        "split": "test",
+        "n_examples": 3,
+    }
+    (hist,) = figures.evaluation_figure(res, [0.4, 0.5, 0.6], 0.01).axes  # no empty KL panel beside it
+    assert sum(p.get_height() for p in hist.patches) == 3
+
+
 @pytest.mark.slow
 def test_tensorboard_has_active_units_every_validation_and_the_sorted_kl_bars(run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator

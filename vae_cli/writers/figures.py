@@ -111,12 +111,15 @@ def evaluation_figure(res: dict, gap: list[float], threshold: float):
     Figure = figure_class()
     if Figure is None:
         return None
-    k = res["latent_dim"]
-    bars_width = max(4.5, 1.5 + 0.16 * k)
-    fig = Figure(figsize=(bars_width + 4.5, 3.8), layout="constrained")
-    bars, hist = fig.subplots(1, 2, width_ratios=[bars_width, 4.5])
-    kl_bars(bars, res["kl_per_dim"], res["posterior_mean_var_per_dim"], threshold)
-    bars.set_title(f"KL per latent dimension (total {res['kl']:.2f} nats)", fontsize="medium")
+    if res["kl_per_dim"]:
+        bars_width = max(4.5, 1.5 + 0.16 * res["latent_dim"])
+        fig = Figure(figsize=(bars_width + 4.5, 3.8), layout="constrained")
+        bars, hist = fig.subplots(1, 2, width_ratios=[bars_width, 4.5])
+        kl_bars(bars, res["kl_per_dim"], res["posterior_mean_var_per_dim"], threshold)
+        bars.set_title(f"KL per latent dimension (total {res['kl']:.2f} nats)", fontsize="medium")
+    else:  # families whose KL is not a sum over dimensions: no bars to draw
+        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+        hist = fig.subplots()
     hist.hist(gap, bins=min(50, max(10, len(gap) // 20)), color="tab:orange", alpha=0.85)
     se = res["inference_gap_se"]
     digits = 2 if not se < 0.01 else 3 if se >= 0.001 else 4  # the standard error to about two figures
