@@ -284,6 +284,10 @@ def test_tensorboard_has_active_units_every_validation_and_the_sorted_kl_bars(ru
 
 
 def test_without_matplotlib_training_logs_once_and_eval_prints_its_table(tmp_path, capsys, monkeypatch):
+    # torchmetrics imports matplotlib whenever it is installed, so load it first, as a machine without matplotlib
+    # would have it: the test then holds alone as in the whole suite.
+    import torchmetrics  # noqa: F401
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     run_dir = train(
         tmp_path,
