@@ -3,6 +3,7 @@ a later one abandons it only once what is being written is whole, and the record
 stopped and what was lost. Real signals, sent to this process by the run's own callbacks."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,3 +228,118 @@ def test_a_stop_acted_on_in_training_does_not_stop_the_next_run(state):
     signals._handle(15, None)
     signals.reset()  # the stopped run's signal was its own
     assert signals.pending() is None and signals.phase() == signals.STARTING
+
+
+def test_a_stop_inside_an_import_waits_for_the_import_to_end(state, tmp_path, monkeypatch):
+    """A real SIGUSR1 sent by a module's own body while it is imported: the module is imported whole (bound to its
+    package) and the stop comes right after, before training, instead of leaving the package half set up."""
+    import importlib
+    import sys
+    import time
+
+    (tmp_path / "stoppkg").mkdir()
+    (tmp_path / "stoppkg" / "__init__.py").write_text("")
+    (tmp_path / "stoppkg" / "child.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\nfor _ in range(10_000):\n    pass\ndone = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "stoppkg.child", raising=False)
+    signals.catch()
+    try:
+        with pytest.raises(signals.Interrupted) as e:
+            importlib.import_module("stoppkg.child")
+            time.sleep(5)  # the stop comes here, once the import has ended
+        child = sys.modules["stoppkg.child"]
+        assert child.done is True and sys.modules["stoppkg"].child is child
+        assert (e.value.signum, e.value.where) == (10, "before training")
+        assert _outside_imports(e.value)
+    finally:
+        sys.modules.pop("stoppkg.child", None)
+        sys.modules.pop("stoppkg", None)
+
+
+def test_a_stop_waiting_for_an_import_acts_when_the_next_phase_begins(state):
+    signals._state.deferred = signals.Interrupted(15)
+    with pytest.raises(signals.Interrupted) as e:
+        signals.enter(signals.TRAINING, progress=lambda: (1, 0))
+    assert e.value.where == "before training" and signals.phase() == signals.STARTING
+    signals.enter(signals.TRAINING, progress=lambda: (1, 0))  # acted on once only
+    assert signals.phase() == signals.TRAINING
+
+
+@pytest.mark.slow  # real vae-train processes, one for each moment tried
+def test_a_signal_at_any_moment_of_a_run_stops_it_cleanly(tmp_path_factory):
+    """SIGUSR1 at a generated moment of a short run, from the moment the command handles it (its first line, about
+    0.2 s after the interpreter starts) through the imports, Hydra, the data, the model and training to its end:
+    the run stops where it is and says so (exit 138) or has finished (exit 0); never a bug."""
+    import signal
+    import subprocess
+    import time
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from conftest import QUIET, SMALL_NET, _exe
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.floats(0.0, 10.0))
+    def stop_at(seconds):
+        work = tmp_path_factory.mktemp("at")
+        proc = subprocess.Popen(
+            [_exe("vae-train"), *SMALL_NET, *QUIET, "trainer.max_epochs=2", f"hydra.run.dir={work / 'run'}"],
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while not _catches_usr1(proc.pid) and proc.poll() is None:  # the interpreter's own start-up comes first
+            time.sleep(0.001)
+        time.sleep(seconds)
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 138), (seconds, proc.returncode, err[-3000:])
+        assert "bug" not in err and "Traceback" not in err, (seconds, err[-3000:])
+        if proc.returncode == 138:
+            assert "SIGUSR1" in err + out, (seconds, err[-3000:])
+
+    stop_at()
+
+
+def _catches_usr1(pid: int) -> bool:
+    """Whether process `pid` has a handler of its own for SIGUSR1 (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt")), 0)
+    return bool(caught & (1 << (10 - 1)))
+
+
+def test_a_stop_waits_for_a_second_import_that_begins_before_it_acts(state, tmp_path, monkeypatch):
+    """The first import's body signals; the next one begins right after it (within the watch's 5 ms, almost
+    always): the stop acts after the second, and in any case outside both."""
+    import importlib
+    import sys
+    import time
+
+    (tmp_path / "first.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\ndone = True\n")
+    (tmp_path / "second.py").write_text("import time\nfor _ in range(200):\n    time.sleep(0.001)\ndone = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    signals.catch()
+    try:
+        with pytest.raises(signals.Interrupted) as e:
+            importlib.import_module("first")
+            importlib.import_module("second")
+            time.sleep(5)
+        assert sys.modules["first"].done and sys.modules.get("second", sys.modules["first"]).done
+        assert _outside_imports(e.value)
+    finally:
+        sys.modules.pop("first", None)
+        sys.modules.pop("second", None)
+
+
+def _outside_imports(stop: BaseException) -> bool:
+    """Whether `stop` was raised outside Python's import machinery (none of its frames on the traceback)."""
+    import traceback
+
+    return all(not f.filename.startswith("<frozen importlib") for f in traceback.extract_tb(stop.__traceback__))

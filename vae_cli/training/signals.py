@@ -14,6 +14,10 @@ Signals that come while a stop is under way are the same stop: SLURM signals a j
 first abandons the stop (the user insists): at once, or, while a checkpoint is being written, once it is whole;
 what the stop was to save is then lost, and the record says so.
 
+A stop that acts at once waits for an import under way to end (it acts as the import returns): an exception raised
+inside Python's import machinery can leave a module in sys.modules but not bound to its package, and a vae-train
+warned by SLURM during its imports once went on to fail in numpy with a RecursionError instead of stopping.
+
 Standard library only, so the handlers are in place before torch and Lightning are imported."""
 
 import logging
@@ -83,13 +87,49 @@ class _State:
     signum: int | None = None  # the stop's first signal, not yet acted on
     since: float | None = None  # when it came
     abandon: int | None = None  # a later signal, waiting for a save to be whole
+    deferred: "Interrupted | None" = None  # a stop waiting for an import to end
 
 
 _state = _State()
 
 
+def _importing(frame) -> bool:
+    """Whether `frame` runs inside an import (Python's import machinery is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    """Send `signum` to the main thread every 10 ms while the stop waits: its handler raises the stop once the
+    main thread is outside any import."""
+    main = threading.main_thread()
+
+    def watch():
+        while _state.deferred is not None:
+            signal.pthread_kill(main.ident, signum)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, name="vae-cli-stop", daemon=True).start()
+
+
+def _stop(stop: "Interrupted", frame) -> None:
+    """Raise `stop` now, or, inside an import, as soon as the import ends."""
+    if not _importing(frame):
+        _state.deferred, _state.since = None, time.monotonic()  # a delivery still on its way is the same stop
+        raise stop
+    waiting, _state.deferred = _state.deferred, stop
+    if waiting is None:
+        _redeliver(stop.signum)
+
+
 def _handle(signum, frame) -> None:
     s = _state
+    if s.deferred is not None:  # the stop's own delivery once the import ended, or another signal meanwhile
+        _stop(s.deferred, frame)
+        return
     if s.phase == FINISHED:
         s.signum = s.signum or signum
         return
@@ -110,7 +150,7 @@ def _handle(signum, frame) -> None:
         return
     if s.phase == SAVING:
         return  # acted on by the training phase the save belongs to
-    raise Interrupted(signum)
+    _stop(Interrupted(signum), frame)
 
 
 def catch() -> None:
@@ -130,6 +170,9 @@ def _abandoned(signum: int) -> Interrupted:
 def enter(phase: str, progress=None) -> None:
     """The run is now in `phase`; while training, progress() says where (epoch, 1-based, and steps taken). A stop
     noted in a phase that saves nothing acts when the run enters one that cannot wait (testing)."""
+    deferred, _state.deferred = _state.deferred, None
+    if deferred is not None:  # a stop of the phase that ends here, waiting for an import: it acts now
+        raise deferred
     _state.phase = phase
     _state.progress = progress if phase in (TRAINING, VALIDATING) else None
     catch()
@@ -173,7 +216,7 @@ def finished() -> None:
     """From here a signal is noted and stops nothing of this run: its results are written, or its stop is being
     recorded (where a requeued SLURM job gets SLURM's SIGTERM). A signal noted from here on stops the next run in
     this process before it begins; the one this run has acted on does not."""
-    _state.phase, _state.signum, _state.abandon = FINISHED, None, None
+    _state.phase, _state.signum, _state.abandon, _state.deferred = FINISHED, None, None, None
 
 
 def reset() -> None:
@@ -181,6 +224,6 @@ def reset() -> None:
     after the previous run's results were written stops it before it begins."""
     after_a_run = _state.signum if _state.phase == FINISHED else None
     _state.phase, _state.progress = STARTING, None
-    _state.signum = _state.since = _state.abandon = None
+    _state.signum = _state.since = _state.abandon = _state.deferred = None
     if after_a_run:
         raise Interrupted(after_a_run)
