@@ -219,7 +219,7 @@ def busy():
 
 @pytest.mark.parametrize("load", ["idle", "busy"])
 def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(cluster, tmp_path, helpers, load, request):
-    args = (*SMALL, "trainer.max_epochs=250")
+    args = (*SMALL, "trainer.max_epochs=500")
     reference = _reference(tmp_path, *args)
     if load == "busy":
         request.getfixturevalue("busy")
@@ -229,13 +229,16 @@ def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(clu
         "\n".join(
             [
                 "#!/bin/bash",
-                "#SBATCH --time=00:01:00",
-                "#SBATCH --signal=USR1@50",
+                # slurmctld checks time limits every 30 s, so USR1@30 comes 30 to 60 s before the limit: 60 to 90 s
+                # after each start. A warning within start-up, as USR1@50 of one minute gave, stopped every
+                # restart before it trained (its checks fell a second after each restart), and the job never ended.
+                "#SBATCH --time=00:02:00",
+                "#SBATCH --signal=USR1@30",
                 "#SBATCH --requeue",
                 "#SBATCH --open-mode=append",
                 "#SBATCH --cpus-per-task=1",
                 f"#SBATCH --output={tmp_path / 'job.out'}",
-                # Over a minute of training on any machine (an idle one once trained it all before slurmctld's USR1).
+                # Over two minutes of training on any machine, so the first start is warned before it ends.
                 f"srun {VAE_TRAIN} hydra.run.dir={run} {' '.join(args)} "
                 "+callbacks.slow._target_=fault_helpers.SlowEpochs +callbacks.slow.seconds=0.25",
                 "",
@@ -243,7 +246,7 @@ def test_the_readme_batch_script_requeues_at_its_time_limit_and_ends_exactly(clu
         )
     )
     job = cluster.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
-    end = cluster.wait_gone(job, timeout=400 if load == "idle" else 1200)
+    end = cluster.wait_gone(job, timeout=900 if load == "idle" else 1800)
     log = (tmp_path / "job.out").read_text()
     assert end["JobState"] == "COMPLETED" and int(end["Restarts"]) >= 1, (end, log[-3000:])
     assert log.count("SLURM has requeued the job") == int(end["Restarts"]), log[-3000:]
