@@ -2,7 +2,12 @@
 a later one abandons it only once what is being written is whole, and the record always says where the run
 stopped and what was lost. Real signals, sent to this process by the run's own callbacks."""
 
+import importlib
 import json
+import signal
+import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -230,32 +235,22 @@ def test_a_stop_acted_on_in_training_does_not_stop_the_next_run(state):
     assert signals.pending() is None and signals.phase() == signals.STARTING
 
 
-def test_a_stop_inside_an_import_waits_for_the_import_to_end(state, tmp_path, monkeypatch):
+def test_a_stop_inside_an_import_waits_for_the_import_to_end(state, modules):
     """A real SIGUSR1 sent by a module's own body while it is imported: the module is imported whole (bound to its
     package) and the stop comes right after, before training, instead of leaving the package half set up."""
-    import importlib
-    import sys
-    import time
-
-    (tmp_path / "stoppkg").mkdir()
-    (tmp_path / "stoppkg" / "__init__.py").write_text("")
-    (tmp_path / "stoppkg" / "child.py").write_text(
-        "import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\nfor _ in range(10_000):\n    pass\ndone = True\n"
+    modules(
+        {
+            "stoppkg/__init__.py": "",
+            "stoppkg/child.py": f"{SIGNAL_SELF}for _ in range(10_000):\n    pass\ndone = True\n",
+        }
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "stoppkg.child", raising=False)
-    signals.catch()
-    try:
-        with pytest.raises(signals.Interrupted) as e:
-            importlib.import_module("stoppkg.child")
-            time.sleep(5)  # the stop comes here, once the import has ended
-        child = sys.modules["stoppkg.child"]
-        assert child.done is True and sys.modules["stoppkg"].child is child
-        assert (e.value.signum, e.value.where) == (10, "before training")
-        assert _outside_imports(e.value)
-    finally:
-        sys.modules.pop("stoppkg.child", None)
-        sys.modules.pop("stoppkg", None)
+    with pytest.raises(signals.Interrupted) as e:
+        importlib.import_module("stoppkg.child")
+        time.sleep(5)  # the stop comes here, once the import has ended
+    child = sys.modules["stoppkg.child"]
+    assert child.done is True and sys.modules["stoppkg"].child is child
+    assert (e.value.signum, e.value.where) == (10, "before training")
+    assert _outside_imports(e.value)
 
 
 def test_a_stop_waiting_for_an_import_acts_when_the_next_phase_begins(state):
@@ -272,9 +267,7 @@ def test_a_signal_at_any_moment_of_a_run_stops_it_cleanly(tmp_path_factory):
     """SIGUSR1 at a generated moment of a short run, from the moment the command handles it (its first line, about
     0.2 s after the interpreter starts) through the imports, Hydra, the data, the model and training to its end:
     the run stops where it is and says so (exit 138) or has finished (exit 0); never a bug."""
-    import signal
     import subprocess
-    import time
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -312,34 +305,48 @@ def _catches_usr1(pid: int) -> bool:
     except OSError:
         return False
     caught = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt")), 0)
-    return bool(caught & (1 << (10 - 1)))
+    return bool(caught & (1 << (signal.SIGUSR1 - 1)))
 
 
-def test_a_stop_waits_for_a_second_import_that_begins_before_it_acts(state, tmp_path, monkeypatch):
-    """The first import's body signals; the next one begins right after it (within the watch's 5 ms, almost
-    always): the stop acts after the second, and in any case outside both."""
-    import importlib
-    import sys
-    import time
+def test_a_stop_waits_for_a_second_import_that_begins_before_it_acts(state, modules):
+    """The first import's body signals; the next one begins right after it (before the next delivery, 10 ms on,
+    almost always): the stop acts after the second, and in any case outside both."""
+    modules(
+        {
+            "first.py": f"{SIGNAL_SELF}done = True\n",
+            "second.py": "import time\nfor _ in range(200):\n    time.sleep(0.001)\ndone = True\n",
+        }
+    )
+    with pytest.raises(signals.Interrupted) as e:
+        importlib.import_module("first")
+        importlib.import_module("second")
+        time.sleep(5)
+    assert sys.modules["first"].done and sys.modules.get("second", sys.modules["first"]).done
+    assert _outside_imports(e.value)
 
-    (tmp_path / "first.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\ndone = True\n")
-    (tmp_path / "second.py").write_text("import time\nfor _ in range(200):\n    time.sleep(0.001)\ndone = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    signals.catch()
-    try:
-        with pytest.raises(signals.Interrupted) as e:
-            importlib.import_module("first")
-            importlib.import_module("second")
-            time.sleep(5)
-        assert sys.modules["first"].done and sys.modules.get("second", sys.modules["first"]).done
-        assert _outside_imports(e.value)
-    finally:
-        sys.modules.pop("first", None)
-        sys.modules.pop("second", None)
+
+SIGNAL_SELF = "import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\n"  # a module body's first lines
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    """Write modules ({relative path: source}) to an importable folder, with the stop signals handled here; each
+    is forgotten afterwards."""
+    written = []
+
+    def write(sources: dict[str, str]) -> None:
+        for name, source in sources.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(source)
+            written.append(name.removesuffix(".py").removesuffix("/__init__").replace("/", "."))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        signals.catch()
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
 
 
 def _outside_imports(stop: BaseException) -> bool:
     """Whether `stop` was raised outside Python's import machinery (none of its frames on the traceback)."""
-    import traceback
-
     return all(not f.filename.startswith("<frozen importlib") for f in traceback.extract_tb(stop.__traceback__))
